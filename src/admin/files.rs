@@ -1,0 +1,181 @@
+//! The dumps themselves: the operator pushes the upgraded file (streamed to disk, never
+//! held in memory) and fetches the customer's upload (with HTTP Range support).
+
+use std::io::SeekFrom;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio_util::io::ReaderStream;
+
+use super::requests::view;
+use super::{parse_id, AdminState, ApiError, ApiResult, Failure};
+use crate::store::sync_dir_io;
+
+pub async fn put_upgraded(
+    State(state): State<Arc<AdminState>>,
+    Path(raw): Path<String>,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    let id = parse_id(&raw)?;
+    let record = state
+        .gateway
+        .store
+        .get(id)
+        .ok_or_else(|| ApiError::not_found(id))?;
+    let path = state.gateway.store.upgraded_path(id);
+    let dir = path
+        .parent()
+        .map(|p| p.to_path_buf())
+        .ok_or_else(|| ApiError::storage("no request directory"))?;
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(ApiError::storage)?;
+    // Stream into a temporary file and rename it into place: a download never sees a
+    // half-written upgraded dump, and a failed upload leaves the old one.
+    let tmp = tempfile::Builder::new()
+        .prefix(".upgraded.")
+        .tempfile_in(&dir)
+        .map_err(ApiError::storage)?;
+    let (std_file, tmp_path) = tmp.into_parts();
+    let mut file = tokio::fs::File::from_std(std_file);
+    let mut stream = body.into_data_stream();
+    let mut total: u64 = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk: Bytes = chunk.map_err(|e| {
+            ApiError::bad(
+                "BODY:INTERRUPTED",
+                format!("the upload was interrupted: {e}"),
+            )
+        })?;
+        total += chunk.len() as u64;
+        file.write_all(&chunk).await.map_err(ApiError::storage)?;
+    }
+    file.sync_all().await.map_err(ApiError::storage)?;
+    drop(file);
+    tmp_path
+        .persist(&path)
+        .map_err(|e| ApiError::storage(e.error))?;
+    tokio::task::spawn_blocking(move || sync_dir_io(&dir))
+        .await
+        .map_err(ApiError::storage)?
+        .map_err(ApiError::storage)?;
+    tracing::info!(target: "audit", event = "upgraded-stored", request = id, bytes = total, "upgraded file stored");
+    Ok(Json(
+        json!({"failures": [], "request": view(&state, &record)}),
+    ))
+}
+
+/// A single byte range `start..=end` resolved against a file of `len` bytes.
+fn parse_range(h: &str, len: u64) -> Option<(u64, u64)> {
+    let spec = h.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (a, b) = (a.trim(), b.trim());
+    let (start, end) = if a.is_empty() {
+        let n: u64 = b.parse().ok()?;
+        if n == 0 {
+            return None;
+        }
+        (len.saturating_sub(n), len.checked_sub(1)?)
+    } else {
+        let start: u64 = a.parse().ok()?;
+        let end = if b.is_empty() {
+            len.checked_sub(1)?
+        } else {
+            b.parse::<u64>().ok()?.min(len.checked_sub(1)?)
+        };
+        (start, end)
+    };
+    (start <= end && start < len).then_some((start, end))
+}
+
+pub async fn get_original(
+    State(state): State<Arc<AdminState>>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let id = parse_id(&raw)?;
+    state
+        .gateway
+        .store
+        .get(id)
+        .ok_or_else(|| ApiError::not_found(id))?;
+    let path = state.gateway.store.upload_path(id);
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                Failure::new("ORIGINAL:MISSING", "nothing was uploaded yet"),
+            ))
+        }
+        Err(e) => return Err(ApiError::storage(e)),
+    };
+    let len = file.metadata().await.map_err(ApiError::storage)?.len();
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let (status, start, count, content_range) = match range {
+        None => (StatusCode::OK, 0, len, None),
+        Some(h) => match parse_range(h, len) {
+            Some((s, e)) => (
+                StatusCode::PARTIAL_CONTENT,
+                s,
+                e - s + 1,
+                Some(format!("bytes {s}-{e}/{len}")),
+            ),
+            None => {
+                let mut resp = ApiError::new(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    Failure::new(
+                        "RANGE:INVALID",
+                        format!("cannot serve range {h} of a {len}-byte file"),
+                    ),
+                )
+                .into_response();
+                if let Ok(v) = format!("bytes */{len}").parse() {
+                    resp.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+                return Ok(resp);
+            }
+        },
+    };
+    file.seek(SeekFrom::Start(start))
+        .await
+        .map_err(ApiError::storage)?;
+    let body = Body::from_stream(ReaderStream::with_capacity(file.take(count), 256 * 1024));
+    let mut resp = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, count)
+        .header(header::ACCEPT_RANGES, "bytes");
+    if let Some(cr) = content_range {
+        resp = resp.header(header::CONTENT_RANGE, cr);
+    }
+    resp.body(body).map_err(ApiError::storage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Some((0, 9)));
+        assert_eq!(parse_range("bytes=90-", 100), Some((90, 99)));
+        assert_eq!(parse_range("bytes=-10", 100), Some((90, 99)));
+        assert_eq!(parse_range("bytes=50-500", 100), Some((50, 99)));
+        assert_eq!(parse_range("bytes=100-", 100), None);
+        assert_eq!(parse_range("bytes=5-4", 100), None);
+        assert_eq!(parse_range("bytes=0-1,3-4", 100), None);
+        assert_eq!(parse_range("items=0-1", 100), None);
+        assert_eq!(parse_range("bytes=0-", 0), None);
+    }
+}

@@ -1,0 +1,107 @@
+//! The operator HTTP API (axum). Every route but `/healthz` takes
+//! `Authorization: Bearer <admin token>`; every body is the reference's failure envelope.
+
+mod error;
+mod files;
+mod requests;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde_json::json;
+
+pub use error::{ApiError, ApiResult, Failure};
+
+use crate::gateway::Gateway;
+use crate::store::constant_time_eq;
+
+/// JSON bodies larger than this are refused; dumps go through the streaming routes.
+const MAX_JSON_BODY: usize = 1024 * 1024;
+
+pub struct AdminState {
+    pub gateway: Arc<Gateway>,
+    pub token: String,
+    /// What responses tell SFTP clients to connect to.
+    pub public_host: String,
+    pub public_port: u16,
+}
+
+pub fn router(state: Arc<AdminState>) -> Router {
+    let api = Router::new()
+        .route("/v1/requests", get(requests::list))
+        .route(
+            "/v1/requests/{id}",
+            get(requests::show)
+                .put(requests::put)
+                .delete(requests::delete),
+        )
+        .route("/v1/requests/{id}/state", post(requests::set_state))
+        .route(
+            "/v1/requests/{id}/upgraded",
+            put(files::put_upgraded).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/v1/requests/{id}/original", get(files::get_original))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(api)
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                Failure::new("ROUTE:NOT_FOUND", "no such route"),
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                Failure::new("METHOD:NOT_ALLOWED", "method not allowed on this route"),
+            )
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY))
+        .with_state(state)
+}
+
+async fn healthz() -> Response {
+    Json(json!({"failures": [], "status": "ok"})).into_response()
+}
+
+async fn require_token(State(state): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            Failure::new(
+                "AUTH:MISSING",
+                "an Authorization: Bearer <admin token> header is required",
+            ),
+        )
+        .into_response(),
+        Some(t) if !constant_time_eq(t.trim().as_bytes(), state.token.as_bytes()) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            Failure::new("AUTH:INVALID", "the admin token is not valid"),
+        )
+        .into_response(),
+        Some(_) => next.run(req).await,
+    }
+}
+
+/// Parses a request id from the path: a positive decimal integer.
+pub(crate) fn parse_id(raw: &str) -> ApiResult<u64> {
+    match raw.parse::<u64>() {
+        Ok(id) if id > 0 && !raw.starts_with(['+', '0']) => Ok(id),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            Failure::new("REQUEST:INVALID_ID", "a request id is a positive integer")
+                .value(raw.chars().take(40).collect::<String>()),
+        )),
+    }
+}

@@ -1,0 +1,159 @@
+//! Gateway settings: embedded defaults, an optional TOML file, then command-line flags
+//! (flags win). Unknown keys in the file are rejected with the key named.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Every setting, each optional, as the TOML file and the `serve` flags both give them.
+#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Settings {
+    /// SSH listen address [default: 0.0.0.0:2200]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Operator HTTP API listen address [default: 127.0.0.1:2280]
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Where request records and files live [default: ./data]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Where the SSH host key lives [default: ./keys]
+    #[arg(long, value_name = "DIR")]
+    pub host_key_dir: Option<PathBuf>,
+    /// Host name that responses tell clients to connect to [default: this machine's name]
+    #[arg(long, value_name = "NAME")]
+    pub public_host: Option<String>,
+    /// Port that responses tell clients to connect to [default: the SSH listen port]
+    #[arg(long, value_name = "N")]
+    pub public_port: Option<u16>,
+    /// Operator token file [default: DATA_DIR/admin.token]
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Most concurrent SSH connections [default: 1024]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Seconds a connection may take to authenticate [default: 30]
+    #[arg(long, value_name = "SECONDS")]
+    pub login_grace_secs: Option<u64>,
+    /// Seconds without any traffic before a session is closed [default: 600]
+    #[arg(long, value_name = "SECONDS")]
+    pub idle_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+impl Settings {
+    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.message().to_string(),
+        })
+    }
+
+    /// `self` wins over `base` wherever it has a value.
+    pub fn over(self, base: Settings) -> Settings {
+        Settings {
+            listen: self.listen.or(base.listen),
+            admin_listen: self.admin_listen.or(base.admin_listen),
+            data_dir: self.data_dir.or(base.data_dir),
+            host_key_dir: self.host_key_dir.or(base.host_key_dir),
+            public_host: self.public_host.or(base.public_host),
+            public_port: self.public_port.or(base.public_port),
+            admin_token_file: self.admin_token_file.or(base.admin_token_file),
+            max_connections: self.max_connections.or(base.max_connections),
+            login_grace_secs: self.login_grace_secs.or(base.login_grace_secs),
+            idle_timeout_secs: self.idle_timeout_secs.or(base.idle_timeout_secs),
+        }
+    }
+
+    /// Fills in the embedded defaults.
+    pub fn resolve(self) -> Config {
+        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from("data"));
+        Config {
+            listen: self.listen.unwrap_or_else(|| ([0, 0, 0, 0], 2200).into()),
+            admin_listen: self
+                .admin_listen
+                .unwrap_or_else(|| ([127, 0, 0, 1], 2280).into()),
+            admin_token_file: self
+                .admin_token_file
+                .unwrap_or_else(|| data_dir.join("admin.token")),
+            data_dir,
+            host_key_dir: self.host_key_dir.unwrap_or_else(|| PathBuf::from("keys")),
+            public_host: self.public_host.unwrap_or_else(machine_hostname),
+            public_port: self.public_port,
+            max_connections: self.max_connections.unwrap_or(1024).max(1),
+            login_grace: Duration::from_secs(self.login_grace_secs.unwrap_or(30).max(1)),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs.unwrap_or(600).max(1)),
+        }
+    }
+}
+
+/// Settings with every default applied.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub host_key_dir: PathBuf,
+    pub public_host: String,
+    /// `None`: the port the SSH listener actually bound.
+    pub public_port: Option<u16>,
+    pub admin_token_file: PathBuf,
+    pub max_connections: usize,
+    pub login_grace: Duration,
+    pub idle_timeout: Duration,
+}
+
+fn machine_hostname() -> String {
+    let name = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    if name.is_empty() {
+        "localhost".into()
+    } else {
+        name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_over_defaults() {
+        let file: Settings =
+            toml::from_str("listen = \"127.0.0.1:1\"\npublic-host = \"f\"\n").unwrap();
+        let flags = Settings {
+            public_host: Some("flag".into()),
+            ..Settings::default()
+        };
+        let cfg = flags.over(file).resolve();
+        assert_eq!(cfg.listen, "127.0.0.1:1".parse().unwrap());
+        assert_eq!(cfg.public_host, "flag");
+        assert_eq!(cfg.admin_listen, "127.0.0.1:2280".parse().unwrap());
+        assert_eq!(cfg.admin_token_file, PathBuf::from("data/admin.token"));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = toml::from_str::<Settings>("lisen = \"x\"").unwrap_err();
+        assert!(err.message().contains("lisen"), "{}", err.message());
+    }
+}

@@ -1,0 +1,231 @@
+//! The gateway's shared state: the store, the parsed keys of each request, and the live
+//! SSH sessions. It turns a login attempt into a grant (which file, which mode) and closes
+//! sessions whose grant no longer holds.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::keys::ssh_key::PublicKey;
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::keys::{fingerprint, parse_authorized_keys, AuthorizedKey};
+use crate::sftp::{Activity, SharedFile};
+use crate::store::{Access, Record, Store};
+
+/// How often live sessions are checked against their request (expiry is noticed this fast).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// What a successful login may do.
+#[derive(Clone, Debug)]
+pub struct Grant {
+    pub request_id: u64,
+    pub access: Access,
+    pub key: PublicKey,
+}
+
+/// A live, authenticated SSH connection.
+struct Live {
+    request_id: u64,
+    access: Access,
+    /// The file name the session was given; a rename by the operator ends the session.
+    filename: String,
+    key: PublicKey,
+    peer: SocketAddr,
+    kick: CancellationToken,
+}
+
+pub struct Gateway {
+    pub store: Arc<dyn Store>,
+    /// Parsed keys per request, with the text they were parsed from.
+    keys: Mutex<HashMap<u64, (String, Arc<Vec<AuthorizedKey>>)>>,
+    live: Mutex<HashMap<u64, Live>>,
+    next_session: AtomicU64,
+    activity: Mutex<HashMap<u64, Arc<Activity>>>,
+    recheck: Notify,
+}
+
+/// Removes its session from the live set when dropped.
+pub struct LiveGuard {
+    gateway: Arc<Gateway>,
+    session: u64,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.gateway.lock_live().remove(&self.session);
+    }
+}
+
+impl Gateway {
+    pub fn new(store: Arc<dyn Store>) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            store,
+            keys: Mutex::default(),
+            live: Mutex::default(),
+            next_session: AtomicU64::new(1),
+            activity: Mutex::default(),
+            recheck: Notify::new(),
+        })
+    }
+
+    fn lock_live(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Live>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn keys_of(&self, record: &Record) -> Arc<Vec<AuthorizedKey>> {
+        let mut cache = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((text, keys)) = cache.get(&record.id) {
+            if *text == record.ssh_keys {
+                return keys.clone();
+            }
+        }
+        // Records hold only text that was validated when stored; anything unparsable
+        // authorizes nobody.
+        let keys = Arc::new(parse_authorized_keys(&record.ssh_keys).unwrap_or_default());
+        cache.insert(record.id, (record.ssh_keys.clone(), keys.clone()));
+        keys
+    }
+
+    /// The grant `key` gets as `user` from `ip` right now, or `None`. Unknown user, unknown
+    /// key, wrong state and expiry all look the same to the caller.
+    pub fn authorize(&self, user: &str, key: &PublicKey, ip: Option<IpAddr>) -> Option<Grant> {
+        let id = Record::parse_user(user)?;
+        let record = self.store.get(id)?;
+        let access = self.check(&record, key, ip, OffsetDateTime::now_utc())?;
+        Some(Grant {
+            request_id: id,
+            access,
+            key: key.clone(),
+        })
+    }
+
+    fn check(
+        &self,
+        record: &Record,
+        key: &PublicKey,
+        ip: Option<IpAddr>,
+        now: OffsetDateTime,
+    ) -> Option<Access> {
+        let access = record.access_at(now)?;
+        // Key data only: PublicKey's own equality also compares the comment.
+        self.keys_of(record)
+            .iter()
+            .any(|k| k.key.key_data() == key.key_data() && k.allows(ip, now))
+            .then_some(access)
+    }
+
+    /// The file a grant's SFTP session serves.
+    pub fn shared_file(&self, grant: &Grant) -> Option<SharedFile> {
+        let record = self.store.get(grant.request_id)?;
+        Some(match grant.access {
+            Access::Upload => SharedFile {
+                name: record.visible_name(Access::Upload),
+                path: self.store.upload_path(record.id),
+                writable: true,
+            },
+            Access::Download => SharedFile {
+                name: record.visible_name(Access::Download),
+                path: self.store.upgraded_path(record.id),
+                writable: false,
+            },
+        })
+    }
+
+    pub fn activity(&self, request_id: u64) -> Arc<Activity> {
+        let mut map = self.activity.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(request_id).or_default().clone()
+    }
+
+    /// Registers an authenticated connection; `kick` is cancelled when its grant ends.
+    pub fn register(
+        self: &Arc<Self>,
+        session: u64,
+        grant: &Grant,
+        peer: SocketAddr,
+        kick: CancellationToken,
+    ) -> LiveGuard {
+        let filename = self
+            .store
+            .get(grant.request_id)
+            .map(|r| r.filename)
+            .unwrap_or_default();
+        self.lock_live().insert(
+            session,
+            Live {
+                request_id: grant.request_id,
+                access: grant.access,
+                filename,
+                key: grant.key.clone(),
+                peer,
+                kick,
+            },
+        );
+        LiveGuard {
+            gateway: self.clone(),
+            session,
+        }
+    }
+
+    /// Client addresses of the live sessions of a request.
+    pub fn peers_of(&self, request_id: u64) -> Vec<SocketAddr> {
+        self.lock_live()
+            .values()
+            .filter(|l| l.request_id == request_id)
+            .map(|l| l.peer)
+            .collect()
+    }
+
+    /// Asks the sweeper to check live sessions now (after a record changed).
+    pub fn recheck_now(&self) {
+        self.recheck.notify_one();
+    }
+
+    /// Closes every live session whose grant no longer holds: request deleted, state
+    /// changed, access expired, or its key removed or no longer allowed.
+    pub fn sweep(&self) {
+        let now = OffsetDateTime::now_utc();
+        let live = self.lock_live();
+        for (session, l) in live.iter() {
+            let still = self
+                .store
+                .get(l.request_id)
+                .filter(|r| r.filename == l.filename)
+                .and_then(|r| self.check(&r, &l.key, Some(l.peer.ip()), now));
+            if still != Some(l.access) && !l.kick.is_cancelled() {
+                tracing::info!(
+                    target: "audit",
+                    event = "revoked",
+                    session,
+                    request = l.request_id,
+                    key = %fingerprint(&l.key),
+                    peer = %l.peer,
+                    "access ended; closing the session"
+                );
+                l.kick.cancel();
+            }
+        }
+    }
+
+    /// Runs the sweep every second, and at once when asked, until `shutdown`.
+    pub async fn run_sweeper(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.recheck.notified() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            self.sweep();
+        }
+    }
+}

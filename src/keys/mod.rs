@@ -1,0 +1,16 @@
+//! Keys: the gateway's host key and the customers' authorized_keys files.
+
+mod authorized;
+mod host;
+mod pattern;
+
+pub use authorized::{parse_authorized_keys, AuthorizedKey, KeyLineError, KeyOptions, KeysError};
+pub use host::{load_or_generate_host_key, HostKeyError};
+pub use pattern::{match_pattern_list, validate_pattern_list};
+
+use russh::keys::ssh_key::{HashAlg, PublicKey};
+
+/// `SHA256:...`, the form OpenSSH prints and logs.
+pub fn fingerprint(key: &PublicKey) -> String {
+    key.fingerprint(HashAlg::Sha256).to_string()
+}

@@ -1,0 +1,15 @@
+//! sftpgate: an embedded SSH/SFTP gateway that gives each upgrade request exactly one file.
+//!
+//! The crate is layered like SFTPGo: `sftp` is a one-file virtual filesystem that knows
+//! nothing of accounts; `store` holds request records; `keys` parses host and client keys;
+//! `ssh` and `admin` sit on top and are wired together by `server`.
+
+pub mod admin;
+pub mod config;
+pub mod gateway;
+pub mod keys;
+pub mod server;
+pub mod sftp;
+pub mod shutdown;
+pub mod ssh;
+pub mod store;

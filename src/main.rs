@@ -1,0 +1,72 @@
+//! The `sftpgate` command line: `serve` runs the gateway.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sftpgate::config::Settings;
+
+#[derive(Parser)]
+#[command(
+    name = "sftpgate",
+    version,
+    about = "An SSH/SFTP gateway that gives each upgrade request exactly one file"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the SSH server and the operator HTTP API.
+    Serve {
+        /// TOML file with the same settings as the flags (flags win).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        settings: Settings,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SFTPGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,russh=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Serve { config, settings } => {
+            let base = match &config {
+                Some(path) => Settings::from_file(path)?,
+                None => Settings::default(),
+            };
+            let cfg = settings.over(base).resolve();
+            let running = sftpgate::server::start(cfg).await?;
+            {
+                let mut out = std::io::stdout().lock();
+                writeln!(
+                    out,
+                    "{{\"ssh\":\"{}\",\"admin\":\"{}\"}}",
+                    running.ssh, running.admin
+                )?;
+                out.flush()?;
+            }
+            let sig = sftpgate::shutdown::signal_received()
+                .await
+                .context("cannot wait for signals")?;
+            tracing::info!(signal = sig, "shutting down");
+            running.stop().await;
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! `sftpgate serve`: opens the store, loads keys, binds both listeners and runs the SSH
+//! server, the operator API and the session sweeper until told to stop.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rand::RngCore;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::keys::{fingerprint, load_or_generate_host_key};
+use crate::ssh::{SshServer, SshSettings};
+use crate::store::FileStore;
+
+/// How long shutdown waits for sessions to flush and close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+/// A started gateway: its bound addresses and the means to stop it.
+pub struct Running {
+    pub ssh: SocketAddr,
+    pub admin: SocketAddr,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Running {
+    /// Stops accepting, closes sessions (their files synced) and waits for them.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some sessions did not close in time");
+        }
+    }
+}
+
+/// Reads the admin token: `SFTPGATE_ADMIN_TOKEN`, else the token file, else a new random
+/// token written to the file (0600). The token itself is never logged.
+fn admin_token(path: &Path) -> anyhow::Result<String> {
+    if let Ok(t) = std::env::var("SFTPGATE_ADMIN_TOKEN") {
+        anyhow::ensure!(!t.trim().is_empty(), "SFTPGATE_ADMIN_TOKEN is empty");
+        return Ok(t.trim().to_string());
+    }
+    match std::fs::read_to_string(path) {
+        Ok(t) => {
+            anyhow::ensure!(
+                !t.trim().is_empty(),
+                "admin token file {} is empty",
+                path.display()
+            );
+            return Ok(t.trim().to_string());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot read admin token file {}", path.display()))
+        }
+    }
+    let mut raw = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    let token = hex::encode(raw);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create admin token file {}", path.display()))?;
+    std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes())?;
+    f.sync_all()?;
+    tracing::info!(path = %path.display(), "generated a new admin token");
+    Ok(token)
+}
+
+/// Starts everything; returns once both listeners are bound.
+pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    let store = FileStore::open(&cfg.data_dir).context("cannot open the request store")?;
+    let (host_key, generated) = load_or_generate_host_key(&cfg.host_key_dir)?;
+    let fp = fingerprint(host_key.public_key());
+    if generated {
+        tracing::info!(fingerprint = %fp, dir = %cfg.host_key_dir.display(), "generated a new host key");
+    } else {
+        tracing::info!(fingerprint = %fp, "loaded the host key");
+    }
+    let token = admin_token(&cfg.admin_token_file)?;
+
+    let ssh_listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let admin_listener = TcpListener::bind(cfg.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.admin_listen))?;
+    let ssh_addr = ssh_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let gateway = Gateway::new(Arc::new(store));
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let settings = SshSettings {
+        host_key,
+        max_connections: cfg.max_connections,
+        login_grace: cfg.login_grace,
+        idle_timeout: cfg.idle_timeout,
+    };
+    let ssh = SshServer::new(gateway.clone(), &settings);
+    tracker.spawn(ssh.serve(ssh_listener, shutdown.clone(), tracker.clone()));
+    tracker.spawn(gateway.clone().run_sweeper(shutdown.clone()));
+
+    let state = Arc::new(AdminState {
+        gateway,
+        token,
+        public_host: cfg.public_host.clone(),
+        public_port: cfg.public_port.unwrap_or(ssh_addr.port()),
+    });
+    let app = admin::router(state);
+    let stop = shutdown.clone();
+    tracker.spawn(async move {
+        let server = axum::serve(admin_listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await });
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "admin API stopped");
+        }
+    });
+    tracing::info!(ssh = %ssh_addr, admin = %admin_addr, "listening");
+    Ok(Running {
+        ssh: ssh_addr,
+        admin: admin_addr,
+        shutdown,
+        tracker,
+    })
+}

@@ -1,0 +1,99 @@
+//! The SFTP side: a one-file virtual filesystem and the request loop that serves it.
+//!
+//! It knows nothing of SSH or of the request store: the SSH layer hands it an already
+//! authorized [`SharedFile`] and a byte transport ([`Inbound`]/[`Outbound`]).
+
+mod queue;
+mod session;
+pub mod vfs;
+pub mod wire;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+pub use session::{serve, SessionSummary, WriteClosed, WriteSummary};
+
+/// The largest READ or WRITE payload served, as OpenSSH's sftp-server: its client aborts on
+/// replies above 256 KiB, so longer reads are clamped.
+pub const MAX_IO_LEN: u32 = 261_120;
+/// The largest packet accepted from a client.
+pub const MAX_PACKET_LEN: u32 = 256 * 1024;
+/// Open handles per session.
+pub const MAX_HANDLES: usize = 64;
+
+/// The one file a session may see, already authorized by the caller.
+#[derive(Clone, Debug)]
+pub struct SharedFile {
+    /// The name the client sees, e.g. `openchs.70.cdump` or `upgraded_openchs.70.cdump`.
+    pub name: String,
+    /// Where its bytes live on disk.
+    pub path: PathBuf,
+    /// `true` in draft (upload), `false` in done (read-only download).
+    pub writable: bool,
+}
+
+/// Live counters of one request's transfers, shared with whoever reports on them.
+#[derive(Debug, Default)]
+pub struct Activity {
+    pub bytes_written: AtomicU64,
+    pub bytes_read: AtomicU64,
+    /// Write handles open right now.
+    pub writers: AtomicU32,
+    /// Unix time of the last write, 0 if none.
+    pub last_write: AtomicI64,
+}
+
+impl Activity {
+    fn wrote(&self, n: usize) {
+        self.bytes_written.fetch_add(n as u64, Ordering::Relaxed);
+        self.last_write.store(
+            time::OffsetDateTime::now_utc().unix_timestamp(),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// Where requests come from: chunks of the client's byte stream, `None` at its end.
+pub trait Inbound: Send + 'static {
+    fn recv(&mut self) -> impl Future<Output = Option<Bytes>> + Send;
+}
+
+/// Where replies go.
+pub trait Outbound: Send + 'static {
+    fn send(&mut self, data: Bytes) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Called once after the last reply: end the stream.
+    fn finish(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// Adapts any byte stream, e.g. one half of `tokio::io::duplex` in tests.
+pub struct IoInbound<R>(pub R);
+
+impl<R: AsyncRead + Unpin + Send + 'static> Inbound for IoInbound<R> {
+    async fn recv(&mut self) -> Option<Bytes> {
+        let mut buf = vec![0u8; 64 * 1024];
+        match self.0.read(&mut buf).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some(buf.into())
+            }
+        }
+    }
+}
+
+pub struct IoOutbound<W>(pub W);
+
+impl<W: AsyncWrite + Unpin + Send + 'static> Outbound for IoOutbound<W> {
+    async fn send(&mut self, data: Bytes) -> std::io::Result<()> {
+        self.0.write_all(&data).await?;
+        self.0.flush().await
+    }
+
+    async fn finish(&mut self) {
+        let _ = self.0.shutdown().await;
+    }
+}

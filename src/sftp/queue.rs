@@ -1,0 +1,166 @@
+//! The ordered queue of replies between the request loop and the reply writer.
+//!
+//! Replies are queued in request order. A READ is queued as a description and its data is
+//! read only when the writer is ready to send it, so a client that pipelines thousands of
+//! reads (paramiko prefetches a whole file) costs a few bytes per request, not the data.
+//! Small replies are appended to one buffer so that they leave in one channel message.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::BytesMut;
+use tokio::sync::Notify;
+
+use super::wire::{Encoder, StatusCode};
+
+/// Small replies are coalesced up to this size before a new buffer is started.
+const COALESCE: usize = 64 * 1024;
+
+pub(crate) enum Item {
+    Encoded(BytesMut),
+    Read {
+        id: u32,
+        file: Arc<File>,
+        offset: u64,
+        len: u32,
+    },
+}
+
+#[derive(Default)]
+struct Inner {
+    items: VecDeque<Item>,
+    /// How many of `items` are unread `Item::Read`s.
+    reads: usize,
+    closed: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct ReplyQueue {
+    inner: Mutex<Inner>,
+    ready: Notify,
+}
+
+impl ReplyQueue {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends an encoded reply.
+    pub fn push(&self, encode: impl FnOnce(&mut Encoder)) {
+        let mut inner = self.lock();
+        match inner.items.back_mut() {
+            Some(Item::Encoded(buf)) if buf.len() < COALESCE => encode(&mut Encoder(buf)),
+            _ => {
+                let mut buf = BytesMut::with_capacity(256);
+                encode(&mut Encoder(&mut buf));
+                inner.items.push_back(Item::Encoded(buf));
+            }
+        }
+        drop(inner);
+        self.ready.notify_one();
+    }
+
+    pub fn push_read(&self, id: u32, file: Arc<File>, offset: u64, len: u32) {
+        let mut inner = self.lock();
+        inner.items.push_back(Item::Read {
+            id,
+            file,
+            offset,
+            len,
+        });
+        inner.reads += 1;
+        drop(inner);
+        self.ready.notify_one();
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().items.len()
+    }
+
+    /// Performs every queued read now. Called before the file is modified, so a read
+    /// answers with the data as it was when the read was requested.
+    pub fn settle_reads(&self) {
+        let mut inner = self.lock();
+        if inner.reads == 0 {
+            return;
+        }
+        inner.reads = 0;
+        for item in inner.items.iter_mut() {
+            if let Item::Read {
+                id,
+                file,
+                offset,
+                len,
+            } = item
+            {
+                *item = Item::Encoded(encode_read(*id, file, *offset, *len));
+            }
+        }
+    }
+
+    /// No more replies will be pushed; the writer drains what is left and stops.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+
+    /// The next reply, or `None` once the queue is closed and empty.
+    pub async fn pop(&self) -> Option<Item> {
+        loop {
+            // Register interest before checking, so a push between the check and the wait
+            // is not missed.
+            let notified = self.ready.notified();
+            {
+                let mut inner = self.lock();
+                if let Some(item) = inner.items.pop_front() {
+                    if matches!(item, Item::Read { .. }) {
+                        inner.reads -= 1;
+                    }
+                    return Some(item);
+                }
+                if inner.closed {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Reads `len` bytes at `offset` into a DATA reply, or an EOF/failure STATUS.
+pub(crate) fn encode_read(id: u32, file: &File, offset: u64, len: u32) -> BytesMut {
+    let mut buf = BytesMut::with_capacity(len as usize + 13);
+    let mut enc = Encoder(&mut buf);
+    let mark = enc.data_begin(id, len as usize);
+    let mut filled = 0;
+    let result = loop {
+        let dst = &mut enc.0[mark.1 + filled..mark.1 + len as usize];
+        if dst.is_empty() {
+            break Ok(());
+        }
+        match file.read_at(dst, offset + filled as u64) {
+            Ok(0) => break Ok(()),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    match result {
+        Ok(()) if filled > 0 => {
+            enc.data_finish(mark, filled);
+            buf
+        }
+        Ok(()) => {
+            buf.clear();
+            Encoder(&mut buf).status(id, StatusCode::Eof, "End of file");
+            buf
+        }
+        Err(e) => {
+            buf.clear();
+            Encoder(&mut buf).status(id, StatusCode::Failure, &e.to_string());
+            buf
+        }
+    }
+}

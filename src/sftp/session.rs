@@ -1,0 +1,693 @@
+//! One SFTP session: the request loop and the reply writer.
+//!
+//! Requests are handled strictly in arrival order by one loop, so writes to a handle land
+//! in the order the client sent them and the file is always a contiguous prefix of what
+//! was sent. Replies go through [`ReplyQueue`] to a separate writer task: the loop never
+//! waits for the client to read a reply, which is what lets it keep draining the channel
+//! (russh stops reading the socket, window adjustments included, while a channel's queue
+//! is full, so a loop that waited on its own replies could deadlock against the client).
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Buf, Bytes, BytesMut};
+use time::OffsetDateTime;
+
+use super::queue::{encode_read, Item, ReplyQueue};
+use super::vfs::{self, Resolved};
+use super::wire::{
+    self, Attrs, DecodeError, Request, StatusCode, FXF_APPEND, FXF_CREAT, FXF_READ, FXF_TRUNC,
+    FXF_WRITE,
+};
+use super::{Activity, Inbound, Outbound, SharedFile, MAX_HANDLES, MAX_IO_LEN, MAX_PACKET_LEN};
+
+/// A client that stops reading replies while sending requests is cut off here.
+const MAX_QUEUED_REPLIES: usize = 1 << 20;
+/// How long pending replies may take to drain when the session ends.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reported when a handle that was opened for writing is closed.
+#[derive(Clone, Debug)]
+pub struct WriteSummary {
+    /// Bytes written through this handle.
+    pub bytes: u64,
+    /// Size of the file after the close.
+    pub size: u64,
+    pub duration: Duration,
+}
+
+/// What one session transferred.
+#[derive(Clone, Debug, Default)]
+pub struct SessionSummary {
+    pub bytes_written: u64,
+    pub requests: u64,
+}
+
+/// Called on every close of a write handle.
+pub type WriteClosed = Arc<dyn Fn(WriteSummary) + Send + Sync>;
+
+struct OpenFile {
+    file: Arc<File>,
+    read: bool,
+    write: bool,
+    append: bool,
+    written: u64,
+    opened: Instant,
+}
+
+enum Handle {
+    File(OpenFile),
+    Dir { listed: bool },
+}
+
+struct Session {
+    shared: SharedFile,
+    activity: Arc<Activity>,
+    on_write_closed: Option<WriteClosed>,
+    queue: Arc<ReplyQueue>,
+    handles: HashMap<u32, Handle>,
+    next_handle: u32,
+    /// Bytes received that do not yet form a whole packet.
+    pending: BytesMut,
+    /// Bytes still to discard of an oversized packet.
+    skip: usize,
+    summary: SessionSummary,
+}
+
+/// Serves SFTP on `input`/`output` until the client ends the stream or `shutdown` fires.
+/// Open write handles are fsynced before it returns.
+pub async fn serve<I: Inbound, O: Outbound>(
+    shared: SharedFile,
+    activity: Arc<Activity>,
+    on_write_closed: Option<WriteClosed>,
+    mut input: I,
+    output: O,
+    shutdown: impl Future<Output = ()> + Send,
+) -> SessionSummary {
+    let queue = Arc::new(ReplyQueue::default());
+    let mut writer = tokio::spawn(write_replies(queue.clone(), output, activity.clone()));
+    let mut session = Session {
+        shared,
+        activity,
+        on_write_closed,
+        queue: queue.clone(),
+        handles: HashMap::new(),
+        next_handle: 1,
+        pending: BytesMut::new(),
+        skip: 0,
+        summary: SessionSummary::default(),
+    };
+    tokio::pin!(shutdown);
+    loop {
+        let chunk = tokio::select! {
+            chunk = input.recv() => chunk,
+            _ = &mut shutdown => None,
+            _ = &mut writer => None,
+        };
+        let Some(chunk) = chunk else { break };
+        session.feed(chunk).await;
+        if queue.len() > MAX_QUEUED_REPLIES {
+            tracing::warn!("client does not read replies; closing the session");
+            break;
+        }
+    }
+    session.close_all().await;
+    queue.close();
+    if !writer.is_finished()
+        && tokio::time::timeout(DRAIN_TIMEOUT, &mut writer)
+            .await
+            .is_err()
+    {
+        writer.abort();
+    }
+    session.summary
+}
+
+async fn write_replies<O: Outbound>(queue: Arc<ReplyQueue>, mut out: O, activity: Arc<Activity>) {
+    while let Some(item) = queue.pop().await {
+        let buf = match item {
+            Item::Encoded(buf) => buf,
+            Item::Read {
+                id,
+                file,
+                offset,
+                len,
+            } => {
+                let buf = encode_read(id, &file, offset, len);
+                activity
+                    .bytes_read
+                    .fetch_add(buf.len().saturating_sub(13) as u64, Ordering::Relaxed);
+                buf
+            }
+        };
+        if out.send(buf.freeze()).await.is_err() {
+            return;
+        }
+    }
+    out.finish().await;
+}
+
+fn io_status(e: &std::io::Error) -> (StatusCode, String) {
+    let code = match e.kind() {
+        std::io::ErrorKind::NotFound => StatusCode::NoSuchFile,
+        std::io::ErrorKind::PermissionDenied => StatusCode::PermissionDenied,
+        _ => StatusCode::Failure,
+    };
+    (code, e.to_string())
+}
+
+impl Session {
+    /// Splits the byte stream into packets and handles each in order.
+    async fn feed(&mut self, mut chunk: Bytes) {
+        let skipped = self.skip.min(chunk.len());
+        chunk.advance(skipped);
+        self.skip -= skipped;
+        self.pending.extend_from_slice(&chunk);
+        while self.pending.len() >= 4 {
+            let len = u32::from_be_bytes([
+                self.pending[0],
+                self.pending[1],
+                self.pending[2],
+                self.pending[3],
+            ]);
+            if len > MAX_PACKET_LEN {
+                // Answer under the packet's own id, then discard its body as it arrives,
+                // so the stream stays in step.
+                if self.pending.len() < 9 {
+                    break;
+                }
+                let id = wire::peek_id(&self.pending[4..9]).unwrap_or(0);
+                self.status(
+                    id,
+                    StatusCode::BadMessage,
+                    &format!("packet of {len} bytes exceeds the limit of {MAX_PACKET_LEN}"),
+                );
+                let total = 4 + len as usize;
+                if self.pending.len() >= total {
+                    self.pending.advance(total);
+                } else {
+                    self.skip = total - self.pending.len();
+                    self.pending.clear();
+                }
+                continue;
+            }
+            if self.pending.len() < 4 + len as usize {
+                break;
+            }
+            self.pending.advance(4);
+            let packet = self.pending.split_to(len as usize).freeze();
+            self.summary.requests += 1;
+            match wire::decode(packet) {
+                Ok(req) => self.handle(req).await,
+                Err(DecodeError::Malformed { id }) => {
+                    self.status(id.unwrap_or(0), StatusCode::BadMessage, "malformed request")
+                }
+                Err(DecodeError::Unsupported { id, kind }) => self.status(
+                    id.unwrap_or(0),
+                    StatusCode::OpUnsupported,
+                    &format!("request type {kind} is not supported"),
+                ),
+            }
+        }
+    }
+
+    fn status(&self, id: u32, code: StatusCode, message: &str) {
+        self.queue.push(|e| e.status(id, code, message));
+    }
+
+    fn ok(&self, id: u32) {
+        self.status(id, StatusCode::Ok, "Success");
+    }
+
+    fn denied(&self, id: u32) {
+        self.status(id, StatusCode::PermissionDenied, "Permission denied");
+    }
+
+    fn no_such_file(&self, id: u32) {
+        self.status(id, StatusCode::NoSuchFile, "No such file");
+    }
+
+    fn fail_io(&self, id: u32, e: &std::io::Error) {
+        let (code, msg) = io_status(e);
+        self.status(id, code, &msg);
+    }
+
+    fn resolve(&self, path: &[u8]) -> Resolved {
+        vfs::resolve(path, &self.shared.name)
+    }
+
+    fn file_handle(&mut self, handle: &[u8]) -> Option<&mut OpenFile> {
+        match self.handles.get_mut(&parse_handle(handle)?) {
+            Some(Handle::File(f)) => Some(f),
+            _ => None,
+        }
+    }
+
+    async fn handle(&mut self, req: Request) {
+        match req {
+            Request::Init { .. } => self.queue.push(|e| {
+                e.version(&[
+                    ("limits@openssh.com", "1"),
+                    ("fsync@openssh.com", "1"),
+                    ("statvfs@openssh.com", "2"),
+                    ("fstatvfs@openssh.com", "2"),
+                    ("lsetstat@openssh.com", "1"),
+                ])
+            }),
+            Request::Open {
+                id, path, pflags, ..
+            } => match self.resolve(&path) {
+                Resolved::File => self.open(id, pflags),
+                Resolved::Root
+                    if pflags & (FXF_WRITE | FXF_APPEND | FXF_TRUNC | FXF_CREAT) != 0 =>
+                {
+                    self.denied(id)
+                }
+                Resolved::Root => self.status(id, StatusCode::Failure, "Is a directory"),
+                Resolved::Other if pflags & FXF_CREAT != 0 => self.denied(id),
+                Resolved::Other => self.no_such_file(id),
+            },
+            Request::Close { id, handle } => self.close(id, &handle).await,
+            Request::Read {
+                id,
+                handle,
+                offset,
+                len,
+            } => match self.file_handle(&handle) {
+                Some(f) if f.read => {
+                    let file = f.file.clone();
+                    self.queue.push_read(id, file, offset, len.min(MAX_IO_LEN));
+                }
+                Some(_) => self.status(
+                    id,
+                    StatusCode::PermissionDenied,
+                    "handle not open for reading",
+                ),
+                None => self.status(id, StatusCode::Failure, "invalid handle"),
+            },
+            Request::Write {
+                id,
+                handle,
+                offset,
+                data,
+            } => self.write(id, &handle, offset, &data),
+            Request::Lstat { id, path } | Request::Stat { id, path } => self.stat(id, &path),
+            Request::Fstat { id, handle } => self.fstat(id, &handle),
+            Request::SetStat { id, path, attrs } => match self.resolve(&path) {
+                Resolved::File => self.setstat(id, None, &attrs),
+                Resolved::Root => self.denied(id),
+                Resolved::Other => self.no_such_file(id),
+            },
+            Request::FSetStat { id, handle, attrs } => {
+                match parse_handle(&handle).and_then(|h| self.handles.get(&h)) {
+                    Some(Handle::File(f)) => {
+                        let file = f.file.clone();
+                        self.setstat(id, Some(&file), &attrs)
+                    }
+                    Some(Handle::Dir { .. }) => self.denied(id),
+                    None => self.status(id, StatusCode::Failure, "invalid handle"),
+                }
+            }
+            Request::OpenDir { id, path } => match self.resolve(&path) {
+                Resolved::Root => self.add_handle(id, Handle::Dir { listed: false }),
+                Resolved::File => self.status(id, StatusCode::Failure, "Not a directory"),
+                Resolved::Other => self.no_such_file(id),
+            },
+            Request::ReadDir { id, handle } => self.readdir(id, &handle),
+            Request::Remove { id, .. }
+            | Request::MkDir { id, .. }
+            | Request::RmDir { id, .. }
+            | Request::Rename { id }
+            | Request::ReadLink { id, .. }
+            | Request::Symlink { id } => self.denied(id),
+            Request::RealPath { id, path } => self.realpath(id, &path),
+            Request::Extended { id, name, data } => self.extended(id, &name, data).await,
+        }
+    }
+
+    fn add_handle(&mut self, id: u32, handle: Handle) {
+        if self.handles.len() >= MAX_HANDLES {
+            return self.status(id, StatusCode::Failure, "too many open handles");
+        }
+        let h = self.next_handle;
+        self.next_handle = self.next_handle.wrapping_add(1);
+        self.handles.insert(h, handle);
+        self.queue.push(|e| e.handle(id, &h.to_be_bytes()));
+    }
+
+    fn open(&mut self, id: u32, pflags: u32) {
+        let write = pflags & (FXF_WRITE | FXF_APPEND | FXF_TRUNC) != 0;
+        if write && !self.shared.writable {
+            return self.status(
+                id,
+                StatusCode::PermissionDenied,
+                &format!("{} is read-only", self.shared.name),
+            );
+        }
+        // A client that names neither READ nor WRITE gets read access, as sftp-server does.
+        let read = pflags & FXF_READ != 0 || !write;
+        let append = pflags & FXF_APPEND != 0;
+        let truncate = pflags & FXF_TRUNC != 0;
+        if write {
+            self.queue.settle_reads();
+        } else if self.shared.writable {
+            // In draft the file is listed before anything was uploaded: give it a body.
+            if let Err(e) = ensure_exists(&self.shared.path) {
+                return self.fail_io(id, &e);
+            }
+        }
+        let mut opts = OpenOptions::new();
+        opts.read(read);
+        if write {
+            opts.write(true)
+                .create(true)
+                .append(append)
+                .truncate(truncate && !append);
+        }
+        match opts.open(&self.shared.path) {
+            Ok(file) => {
+                if truncate && append {
+                    if let Err(e) = file.set_len(0) {
+                        return self.fail_io(id, &e);
+                    }
+                }
+                if write {
+                    self.activity.writers.fetch_add(1, Ordering::Relaxed);
+                }
+                let handle = OpenFile {
+                    file: Arc::new(file),
+                    read,
+                    write,
+                    append,
+                    written: 0,
+                    opened: Instant::now(),
+                };
+                self.add_handle(id, Handle::File(handle));
+                if write && self.handles.len() > MAX_HANDLES {
+                    self.activity.writers.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => self.fail_io(id, &e),
+        }
+    }
+
+    fn write(&mut self, id: u32, handle: &[u8], offset: u64, data: &[u8]) {
+        self.queue.settle_reads();
+        let Some(f) = self.file_handle(handle) else {
+            return self.status(id, StatusCode::Failure, "invalid handle");
+        };
+        if !f.write {
+            return self.status(
+                id,
+                StatusCode::PermissionDenied,
+                "handle not open for writing",
+            );
+        }
+        // With APPEND the file descriptor is O_APPEND: every write lands at the end.
+        let result = if f.append {
+            (&*f.file).write_all(data)
+        } else {
+            f.file.write_all_at(data, offset)
+        };
+        match result {
+            Ok(()) => {
+                f.written += data.len() as u64;
+                self.summary.bytes_written += data.len() as u64;
+                self.activity.wrote(data.len());
+                self.ok(id);
+            }
+            Err(e) => self.fail_io(id, &e),
+        }
+    }
+
+    async fn close(&mut self, id: u32, handle: &[u8]) {
+        let Some(h) = parse_handle(handle).and_then(|h| self.handles.remove(&h)) else {
+            return self.status(id, StatusCode::Failure, "invalid handle");
+        };
+        match h {
+            Handle::Dir { .. } => self.ok(id),
+            Handle::File(f) => match self.finish_file(f).await {
+                Ok(()) => self.ok(id),
+                Err(e) => self.fail_io(id, &e),
+            },
+        }
+    }
+
+    /// Makes a written file durable and reports the write.
+    async fn finish_file(&self, f: OpenFile) -> std::io::Result<()> {
+        if !f.write {
+            return Ok(());
+        }
+        self.activity.writers.fetch_sub(1, Ordering::Relaxed);
+        let file = f.file.clone();
+        let size = tokio::task::spawn_blocking(move || {
+            file.sync_data()?;
+            file.metadata().map(|m| m.len())
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        if let Some(cb) = &self.on_write_closed {
+            cb(WriteSummary {
+                bytes: f.written,
+                size,
+                duration: f.opened.elapsed(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn close_all(&mut self) {
+        for (_, h) in std::mem::take(&mut self.handles) {
+            if let Handle::File(f) = h {
+                if let Err(e) = self.finish_file(f).await {
+                    tracing::warn!(error = %e, "could not sync the file at session end");
+                }
+            }
+        }
+    }
+
+    fn file_attrs(&self, meta: Option<&std::fs::Metadata>) -> Attrs {
+        vfs::file_attrs(meta, self.shared.writable)
+    }
+
+    fn stat(&self, id: u32, path: &[u8]) {
+        let attrs = match self.resolve(path) {
+            Resolved::Root => vfs::root_attrs(),
+            Resolved::Other => return self.no_such_file(id),
+            Resolved::File => match std::fs::metadata(&self.shared.path) {
+                Ok(m) => self.file_attrs(Some(&m)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.shared.writable => {
+                    self.file_attrs(None)
+                }
+                Err(e) => return self.fail_io(id, &e),
+            },
+        };
+        self.queue.push(|e| e.attrs_reply(id, &attrs));
+    }
+
+    fn fstat(&self, id: u32, handle: &[u8]) {
+        let attrs = match parse_handle(handle).and_then(|h| self.handles.get(&h)) {
+            Some(Handle::File(f)) => match f.file.metadata() {
+                Ok(m) => self.file_attrs(Some(&m)),
+                Err(e) => return self.fail_io(id, &e),
+            },
+            Some(Handle::Dir { .. }) => vfs::root_attrs(),
+            None => return self.status(id, StatusCode::Failure, "invalid handle"),
+        };
+        self.queue.push(|e| e.attrs_reply(id, &attrs));
+    }
+
+    /// Size (draft only) and times are applied; owner and permissions are accepted and
+    /// ignored, so clients that set them after an upload do not fail. A read-only file is
+    /// never changed.
+    fn setstat(&self, id: u32, handle: Option<&Arc<File>>, attrs: &Attrs) {
+        if !self.shared.writable || (attrs.size.is_none() && attrs.times.is_none()) {
+            return self.ok(id);
+        }
+        self.queue.settle_reads();
+        let result = (|| {
+            let owned;
+            let file = match handle {
+                Some(f) => &**f,
+                None => {
+                    owned = OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .open(&self.shared.path)?;
+                    &owned
+                }
+            };
+            if let Some(size) = attrs.size {
+                file.set_len(size)?;
+            }
+            if let Some((atime, mtime)) = attrs.times {
+                let at = |s: u32| SystemTime::UNIX_EPOCH + Duration::from_secs(s.into());
+                file.set_times(
+                    std::fs::FileTimes::new()
+                        .set_accessed(at(atime))
+                        .set_modified(at(mtime)),
+                )?;
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => self.ok(id),
+            Err(e) => self.fail_io(id, &e),
+        }
+    }
+
+    fn readdir(&mut self, id: u32, handle: &[u8]) {
+        let listed = match parse_handle(handle).and_then(|h| self.handles.get_mut(&h)) {
+            Some(Handle::Dir { listed }) => std::mem::replace(listed, true),
+            Some(Handle::File(_)) => {
+                return self.status(id, StatusCode::Failure, "Not a directory")
+            }
+            None => return self.status(id, StatusCode::Failure, "invalid handle"),
+        };
+        if listed {
+            return self.status(id, StatusCode::Eof, "End of file");
+        }
+        let meta = std::fs::metadata(&self.shared.path).ok();
+        let attrs = self.file_attrs(meta.as_ref());
+        let long = vfs::longname(&self.shared.name, &attrs, OffsetDateTime::now_utc());
+        let name = self.shared.name.as_bytes();
+        self.queue.push(|e| e.name(id, &[(name, &long, &attrs)]));
+    }
+
+    fn realpath(&self, id: u32, path: &[u8]) {
+        match vfs::canonical(path) {
+            Some(p) => {
+                let long = String::from_utf8_lossy(&p).into_owned();
+                self.queue
+                    .push(|e| e.name(id, &[(&p, &long, &Attrs::default())]));
+            }
+            None => self.no_such_file(id),
+        }
+    }
+
+    async fn extended(&mut self, id: u32, name: &[u8], data: Bytes) {
+        let mut args = data;
+        let mut string = || -> Option<Bytes> {
+            if args.len() < 4 {
+                return None;
+            }
+            let len = args.get_u32() as usize;
+            (args.len() >= len).then(|| args.split_to(len))
+        };
+        match name {
+            b"limits@openssh.com" => self.queue.push(|e| {
+                e.extended_u64s(
+                    id,
+                    &[
+                        MAX_PACKET_LEN.into(),
+                        MAX_IO_LEN.into(),
+                        MAX_IO_LEN.into(),
+                        MAX_HANDLES as u64,
+                    ],
+                )
+            }),
+            b"statvfs@openssh.com" => match string().map(|p| self.resolve(&p)) {
+                Some(Resolved::Root | Resolved::File) => self.statvfs(id),
+                Some(Resolved::Other) => self.no_such_file(id),
+                None => self.status(id, StatusCode::BadMessage, "malformed request"),
+            },
+            b"fstatvfs@openssh.com" => match string()
+                .and_then(|h| parse_handle(&h))
+                .and_then(|h| self.handles.get(&h))
+            {
+                Some(_) => self.statvfs(id),
+                None => self.status(id, StatusCode::Failure, "invalid handle"),
+            },
+            b"fsync@openssh.com" => {
+                let file = string().and_then(|h| self.file_handle(&h).map(|f| f.file.clone()));
+                let Some(file) = file else {
+                    return self.status(id, StatusCode::Failure, "invalid handle");
+                };
+                match tokio::task::spawn_blocking(move || file.sync_all())
+                    .await
+                    .map_err(std::io::Error::other)
+                {
+                    Ok(Ok(())) => self.ok(id),
+                    Ok(Err(e)) | Err(e) => self.fail_io(id, &e),
+                }
+            }
+            b"lsetstat@openssh.com" => match string().map(|p| self.resolve(&p)) {
+                Some(Resolved::File) => {
+                    let mut r = wire_attrs(args);
+                    match r.take() {
+                        Some(attrs) => self.setstat(id, None, &attrs),
+                        None => self.status(id, StatusCode::BadMessage, "malformed request"),
+                    }
+                }
+                Some(Resolved::Root) => self.denied(id),
+                Some(Resolved::Other) => self.no_such_file(id),
+                None => self.status(id, StatusCode::BadMessage, "malformed request"),
+            },
+            b"posix-rename@openssh.com" | b"hardlink@openssh.com" | b"copy-data" => self.denied(id),
+            _ => self.status(id, StatusCode::OpUnsupported, "extension not supported"),
+        }
+    }
+
+    fn statvfs(&self, id: u32) {
+        let dir = self.shared.path.parent().unwrap_or(Path::new("/"));
+        match rustix::fs::statvfs(dir) {
+            Ok(s) => {
+                let mut flag = 0x2; // ST_NOSUID
+                if !self.shared.writable {
+                    flag |= 0x1; // ST_RDONLY
+                }
+                self.queue.push(|e| {
+                    e.extended_u64s(
+                        id,
+                        &[
+                            s.f_bsize,
+                            s.f_frsize,
+                            s.f_blocks,
+                            s.f_bfree,
+                            s.f_bavail,
+                            s.f_files,
+                            s.f_ffree,
+                            s.f_favail,
+                            s.f_fsid,
+                            flag,
+                            s.f_namemax,
+                        ],
+                    )
+                })
+            }
+            Err(e) => self.fail_io(id, &e.into()),
+        }
+    }
+}
+
+fn wire_attrs(data: Bytes) -> Option<Attrs> {
+    // lsetstat carries (path, attrs); reuse the SETSTAT decoder on a synthetic packet.
+    let mut p = BytesMut::with_capacity(data.len() + 13);
+    p.extend_from_slice(&[wire::SSH_FXP_SETSTAT, 0, 0, 0, 0, 0, 0, 0, 0]);
+    p.extend_from_slice(&data);
+    match wire::decode(p.freeze()) {
+        Ok(Request::SetStat { attrs, .. }) => Some(attrs),
+        _ => None,
+    }
+}
+
+fn parse_handle(h: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(h.try_into().ok()?))
+}
+
+fn ensure_exists(path: &Path) -> std::io::Result<()> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map(drop)
+}

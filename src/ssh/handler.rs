@@ -1,0 +1,400 @@
+//! The russh handler of one connection. Every callback decides explicitly: public-key
+//! logins of a request's listed keys are accepted, one session channel with the `sftp`
+//! subsystem is allowed, and everything else is refused with an answer (russh's defaults
+//! leave several requests unanswered, which hangs clients).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use russh::keys::ssh_key::Certificate;
+use russh::server::{
+    Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Response, Session, VerifiedPublicKey,
+};
+use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty};
+use tokio::sync::oneshot;
+
+use super::channel::{self, Start};
+use super::Conn;
+use crate::gateway::{Gateway, Grant, LiveGuard};
+use crate::keys::fingerprint;
+use crate::store::Record;
+
+pub struct SshHandler {
+    gateway: Arc<Gateway>,
+    conn: Arc<Conn>,
+    peer: SocketAddr,
+    session: u64,
+    grant: Option<Grant>,
+    _live: Option<LiveGuard>,
+    /// The one session channel, until its subsystem starts.
+    pending: Option<(ChannelId, oneshot::Sender<Start>)>,
+    channel_opened: bool,
+}
+
+fn reject() -> Auth {
+    let mut methods = MethodSet::empty();
+    methods.push(MethodKind::PublicKey);
+    Auth::Reject {
+        proceed_with_methods: Some(methods),
+        partial_success: false,
+    }
+}
+
+impl SshHandler {
+    pub(crate) fn new(
+        gateway: Arc<Gateway>,
+        conn: Arc<Conn>,
+        peer: SocketAddr,
+        session: u64,
+    ) -> SshHandler {
+        SshHandler {
+            gateway,
+            conn,
+            peer,
+            session,
+            grant: None,
+            _live: None,
+            pending: None,
+            channel_opened: false,
+        }
+    }
+
+    fn refuse_method(&self, user: &str, method: &str) -> Auth {
+        tracing::info!(target: "audit", event = "auth-refused", session = self.session, peer = %self.peer, user, method, "only public keys are accepted");
+        reject()
+    }
+
+    fn refuse_channel(&self, kind: &str) {
+        tracing::info!(target: "audit", event = "channel-refused", session = self.session, peer = %self.peer, kind, "refused");
+    }
+
+    fn refuse_request(
+        &self,
+        kind: &str,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
+        tracing::info!(target: "audit", event = "request-refused", session = self.session, peer = %self.peer, kind, "refused");
+        session.channel_failure(channel)
+    }
+}
+
+impl russh::server::Handler for SshHandler {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        tracing::debug!(user, "auth none");
+        Ok(reject())
+    }
+
+    async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
+        Ok(self.refuse_method(user, "password"))
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        _response: Option<Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self.refuse_method(user, "keyboard-interactive"))
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        _cert: &Certificate,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self.refuse_method(user, "certificate"))
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        if self
+            .gateway
+            .authorize(user, offer.public_key, Some(self.peer.ip()))
+            .is_some()
+        {
+            return Ok(Auth::Accept);
+        }
+        tracing::info!(
+            target: "audit",
+            event = "auth-refused",
+            session = self.session,
+            peer = %self.peer,
+            user,
+            key = %fingerprint(offer.public_key),
+            "key not accepted for this user"
+        );
+        Ok(reject())
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let Some(grant) = self
+            .gateway
+            .authorize(user, key.public_key, Some(self.peer.ip()))
+        else {
+            return Ok(reject());
+        };
+        tracing::info!(
+            target: "audit",
+            event = "login",
+            session = self.session,
+            peer = %self.peer,
+            user,
+            request = grant.request_id,
+            access = ?grant.access,
+            key = %fingerprint(key.public_key),
+            "accepted"
+        );
+        self._live =
+            Some(
+                self.gateway
+                    .register(self.session, &grant, self.peer, self.conn.kick.clone()),
+            );
+        self.grant = Some(grant);
+        self.conn.authenticated.store(true, Ordering::Release);
+        Ok(Auth::Accept)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // One session channel per connection: SFTP needs no more, and a cap keeps a client
+        // from multiplying per-channel buffers.
+        if self.grant.is_none() || self.channel_opened {
+            self.refuse_channel("second session");
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
+        self.channel_opened = true;
+        let (tx, rx) = oneshot::channel();
+        self.pending = Some((channel.id(), tx));
+        let task = tokio::spawn(channel::run(channel, rx, self.conn.clone()));
+        if let Ok(mut slot) = self.conn.sftp.lock() {
+            *slot = Some(task);
+        }
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let ours = matches!(&self.pending, Some((id, _)) if *id == channel);
+        if name != "sftp" || !ours {
+            return self.refuse_request(&format!("subsystem {name}"), channel, session);
+        }
+        let (Some(grant), Some((_, tx))) = (self.grant.as_ref(), self.pending.take()) else {
+            return session.channel_failure(channel);
+        };
+        let Some(file) = self.gateway.shared_file(grant) else {
+            return session.channel_failure(channel);
+        };
+        let activity = self.gateway.activity(grant.request_id);
+        let on_write_closed = upload_audit(grant, self.peer, Record::user_name(grant.request_id));
+        if tx
+            .send(Start {
+                file,
+                activity,
+                on_write_closed,
+            })
+            .is_err()
+        {
+            return session.channel_failure(channel);
+        }
+        session.channel_success(channel)
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_request("shell", channel, session)
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_request("exec", channel, session)
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_request("pty", channel, session)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_request("x11", channel, session)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        _name: &str,
+        _value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_request("env", channel, session)
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refuse_channel("agent forwarding");
+        Ok(false)
+    }
+
+    async fn channel_open_x11(
+        &mut self,
+        _channel: Channel<Msg>,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_channel("x11");
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        _host_to_connect: &str,
+        _port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_channel("direct-tcpip");
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn channel_open_forwarded_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        _host_to_connect: &str,
+        _port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_channel("forwarded-tcpip");
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        _socket_path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_channel("direct-streamlocal");
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        _address: &str,
+        _port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refuse_channel("tcpip-forward");
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        _socket_path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refuse_channel("streamlocal-forward");
+        Ok(false)
+    }
+}
+
+/// Logs one audit line each time a write handle on the shared file is closed.
+fn upload_audit(grant: &Grant, peer: SocketAddr, user: String) -> crate::sftp::WriteClosed {
+    let request = grant.request_id;
+    let key = fingerprint(&grant.key);
+    Arc::new(move |w| {
+        tracing::info!(
+            target: "audit",
+            event = "upload-closed",
+            request,
+            user = %user,
+            key = %key,
+            peer = %peer,
+            bytes = w.bytes,
+            size = w.size,
+            duration_ms = w.duration.as_millis() as u64,
+            "write handle closed"
+        );
+    })
+}

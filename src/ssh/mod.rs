@@ -1,0 +1,242 @@
+//! The SSH side: russh configuration, the accept loop (connection cap, login grace time,
+//! graceful shutdown) and the per-connection handler.
+
+mod channel;
+mod handler;
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::keys::ssh_key::{Algorithm, HashAlg, PrivateKey};
+use russh::server::run_stream;
+use russh::{cipher, kex, mac, Disconnect, MethodKind, MethodSet, Preferred, SshId};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::gateway::Gateway;
+use handler::SshHandler;
+
+/// How long a closing session may take to flush its files before it is cut.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct SshSettings {
+    pub host_key: PrivateKey,
+    pub max_connections: usize,
+    pub login_grace: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// russh settings: public keys only, modern algorithms only, no compression.
+pub fn russh_config(s: &SshSettings) -> russh::server::Config {
+    const KEX: &[kex::Name] = &[
+        kex::MLKEM768X25519_SHA256,
+        kex::CURVE25519,
+        kex::CURVE25519_PRE_RFC_8731,
+        kex::ECDH_SHA2_NISTP256,
+        kex::ECDH_SHA2_NISTP384,
+        kex::ECDH_SHA2_NISTP521,
+        kex::DH_G16_SHA512,
+        kex::DH_G18_SHA512,
+        kex::EXTENSION_SUPPORT_AS_SERVER,
+        kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
+    ];
+    const CIPHERS: &[cipher::Name] = &[
+        cipher::CHACHA20_POLY1305,
+        cipher::AES_256_GCM,
+        cipher::AES_128_GCM,
+        cipher::AES_256_CTR,
+        cipher::AES_192_CTR,
+        cipher::AES_128_CTR,
+    ];
+    const MACS: &[mac::Name] = &[
+        mac::HMAC_SHA512_ETM,
+        mac::HMAC_SHA256_ETM,
+        mac::HMAC_SHA512,
+        mac::HMAC_SHA256,
+    ];
+    const KEYS: &[Algorithm] = &[
+        Algorithm::Ed25519,
+        Algorithm::Ecdsa {
+            curve: russh::keys::EcdsaCurve::NistP256,
+        },
+        Algorithm::Ecdsa {
+            curve: russh::keys::EcdsaCurve::NistP384,
+        },
+        Algorithm::Ecdsa {
+            curve: russh::keys::EcdsaCurve::NistP521,
+        },
+        Algorithm::Rsa {
+            hash: Some(HashAlg::Sha512),
+        },
+        Algorithm::Rsa {
+            hash: Some(HashAlg::Sha256),
+        },
+    ];
+    let mut methods = MethodSet::empty();
+    methods.push(MethodKind::PublicKey);
+    russh::server::Config {
+        server_id: SshId::Standard(Cow::Borrowed(concat!(
+            "SSH-2.0-sftpgate_",
+            env!("CARGO_PKG_VERSION")
+        ))),
+        methods,
+        auth_rejection_time: Duration::from_millis(100),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![s.host_key.clone()],
+        preferred: Preferred {
+            kex: Cow::Borrowed(KEX),
+            key: Cow::Borrowed(KEYS),
+            cipher: Cow::Borrowed(CIPHERS),
+            mac: Cow::Borrowed(MACS),
+            compression: Cow::Borrowed(&[russh::compression::NONE]),
+            ..Preferred::DEFAULT
+        },
+        max_auth_attempts: 10,
+        inactivity_timeout: Some(s.idle_timeout),
+        nodelay: true,
+        ..Default::default()
+    }
+}
+
+/// What the accept loop and every connection share.
+pub struct SshServer {
+    pub gateway: Arc<Gateway>,
+    pub config: Arc<russh::server::Config>,
+    pub login_grace: Duration,
+    pub connections: Arc<Semaphore>,
+}
+
+/// Per-connection state shared between the accept loop's task and the russh handler.
+pub(crate) struct Conn {
+    /// Cancelled to end the connection (shutdown or revoked grant).
+    pub kick: CancellationToken,
+    pub authenticated: AtomicBool,
+    /// The SFTP task, awaited before disconnecting so that its files are synced.
+    pub sftp: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl SshServer {
+    pub fn new(gateway: Arc<Gateway>, settings: &SshSettings) -> Arc<SshServer> {
+        Arc::new(SshServer {
+            gateway,
+            config: Arc::new(russh_config(settings)),
+            login_grace: settings.login_grace,
+            connections: Arc::new(Semaphore::new(settings.max_connections)),
+        })
+    }
+
+    /// Accepts connections until `shutdown`; each runs on `tracker`.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        loop {
+            let (socket, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.cancelled() => return,
+            };
+            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                tracing::warn!(target: "audit", event = "refused", %peer, "connection limit reached");
+                drop(socket);
+                continue;
+            };
+            let session = self.gateway.next_session_id();
+            let span = tracing::info_span!("session", session, %peer);
+            let server = self.clone();
+            let kick = shutdown.child_token();
+            tracker.spawn(
+                async move {
+                    server.connection(socket, peer, session, kick).await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+    }
+
+    async fn connection(
+        &self,
+        socket: TcpStream,
+        peer: SocketAddr,
+        session: u64,
+        kick: CancellationToken,
+    ) {
+        let conn = Arc::new(Conn {
+            kick,
+            authenticated: AtomicBool::new(false),
+            sftp: Mutex::new(None),
+        });
+        let handler = SshHandler::new(self.gateway.clone(), conn.clone(), peer, session);
+        let deadline = tokio::time::Instant::now() + self.login_grace;
+        // run_stream waits for the client's identification line: bound that by the grace
+        // time too, or a silent client would hold a connection slot forever.
+        let started = tokio::select! {
+            r = tokio::time::timeout_at(deadline, run_stream(self.config.clone(), socket, handler)) => r,
+            _ = conn.kick.cancelled() => return,
+        };
+        let running = match started {
+            Ok(Ok(running)) => running,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(target: "audit", event = "login-timeout", "no identification within the login grace time");
+                return;
+            }
+        };
+        let handle = running.handle();
+        tokio::pin!(running);
+        let grace = tokio::time::sleep_until(deadline);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                r = &mut running => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    break;
+                }
+                _ = &mut grace, if !conn.authenticated.load(Ordering::Acquire) => {
+                    tracing::info!(target: "audit", event = "login-timeout", "not authenticated within the login grace time");
+                    let _ = handle.disconnect(Disconnect::ByApplication, "login grace time exceeded".into(), String::new()).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), &mut running).await;
+                    break;
+                }
+                _ = conn.kick.cancelled() => {
+                    let sftp = conn.sftp.lock().ok().and_then(|mut s| s.take());
+                    if let Some(task) = sftp {
+                        let _ = tokio::time::timeout(FLUSH_TIMEOUT, task).await;
+                    }
+                    let _ = handle.disconnect(Disconnect::ByApplication, "session closed by the server".into(), String::new()).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
+                    break;
+                }
+            }
+        }
+        // The connection is gone: stop its SFTP task if it still runs, after it syncs.
+        conn.kick.cancel();
+        let sftp = conn.sftp.lock().ok().and_then(|mut s| s.take());
+        if let Some(task) = sftp {
+            let _ = tokio::time::timeout(FLUSH_TIMEOUT, task).await;
+        }
+        tracing::debug!("connection closed");
+    }
+}

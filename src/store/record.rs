@@ -1,0 +1,271 @@
+//! A request record: what the operator provisioned, and the rules that derive from it
+//! (which file is visible, whether a login is allowed).
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+/// Where an upgrade request stands; only `draft` and `done` grant SFTP access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Draft,
+    Pending,
+    Progress,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl State {
+    pub const ALL: [State; 6] = [
+        State::Draft,
+        State::Pending,
+        State::Progress,
+        State::Done,
+        State::Failed,
+        State::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Draft => "draft",
+            State::Pending => "pending",
+            State::Progress => "progress",
+            State::Done => "done",
+            State::Failed => "failed",
+            State::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<State> {
+        State::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// The SFTP access this state grants, if any.
+    pub fn access(self) -> Option<Access> {
+        match self {
+            State::Draft => Some(Access::Upload),
+            State::Done => Some(Access::Download),
+            _ => None,
+        }
+    }
+}
+
+/// What an SFTP session of a request may do with its one file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// `draft`: read and write `<filename>`.
+    Upload,
+    /// `done`: read `upgraded_<filename>` only.
+    Download,
+}
+
+/// One upgrade request as persisted in `DATA_DIR/requests/<id>/request.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: u64,
+    pub filename: String,
+    pub state: State,
+    /// Hex SHA-256 of the request's secret key; the key itself is never stored.
+    pub key_sha256: String,
+    /// The authorized_keys text as the operator or customer supplied it.
+    #[serde(default)]
+    pub ssh_keys: String,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl Record {
+    /// The SFTP user name of request `id`.
+    pub fn user_name(id: u64) -> String {
+        format!("user_{id}")
+    }
+
+    /// Parses `user_<id>` back into the id; anything else is not a gateway user.
+    pub fn parse_user(user: &str) -> Option<u64> {
+        let digits = user.strip_prefix("user_")?;
+        if digits.is_empty()
+            || digits.starts_with('0')
+            || !digits.bytes().all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        digits.parse().ok().filter(|id| *id > 0)
+    }
+
+    /// The access a login would get right now, or `None` when logins are refused.
+    pub fn access_at(&self, now: OffsetDateTime) -> Option<Access> {
+        if self.expires_at.is_some_and(|t| now >= t) {
+            return None;
+        }
+        self.state.access()
+    }
+
+    /// The one file name an SFTP user sees in the given access mode.
+    pub fn visible_name(&self, access: Access) -> String {
+        match access {
+            Access::Upload => self.filename.clone(),
+            Access::Download => format!("upgraded_{}", self.filename),
+        }
+    }
+
+    pub fn key_matches(&self, key: &str) -> bool {
+        let given = hash_key(key);
+        constant_time_eq(given.as_bytes(), self.key_sha256.as_bytes())
+    }
+}
+
+/// Hex SHA-256 of a request key.
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// Compares without an early exit, so timing tells nothing about where inputs differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Why a file name cannot be a request's shared file.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FilenameError {
+    #[error("the file name is empty")]
+    Empty,
+    #[error("the file name is longer than 255 bytes")]
+    TooLong,
+    #[error("the file name must not be \".\" or \"..\"")]
+    Dots,
+    #[error("the file name must not contain '/'")]
+    Slash,
+    #[error("the file name must not contain NUL or control characters")]
+    Control,
+}
+
+/// A shared file name is one plain path component the client can type.
+pub fn validate_filename(name: &str) -> Result<(), FilenameError> {
+    if name.is_empty() {
+        return Err(FilenameError::Empty);
+    }
+    if name.len() > 255 {
+        return Err(FilenameError::TooLong);
+    }
+    if name == "." || name == ".." {
+        return Err(FilenameError::Dots);
+    }
+    if name.contains('/') {
+        return Err(FilenameError::Slash);
+    }
+    if name.chars().any(char::is_control) {
+        return Err(FilenameError::Control);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(state: State, expires_at: Option<OffsetDateTime>) -> Record {
+        let now = OffsetDateTime::now_utc();
+        Record {
+            id: 10534,
+            filename: "openchs.70.cdump".into(),
+            state,
+            key_sha256: hash_key("Aw7pItGVKFuZ_FOR3U8VFQ=="),
+            ssh_keys: String::new(),
+            expires_at,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    #[test]
+    fn only_draft_and_done_grant_access() {
+        let now = OffsetDateTime::now_utc();
+        for state in State::ALL {
+            let got = record(state, None).access_at(now);
+            let want = match state {
+                State::Draft => Some(Access::Upload),
+                State::Done => Some(Access::Download),
+                _ => None,
+            };
+            assert_eq!(got, want, "{state:?}");
+        }
+    }
+
+    #[test]
+    fn expiry_refuses_access() {
+        let now = OffsetDateTime::now_utc();
+        let past = now - time::Duration::seconds(1);
+        let future = now + time::Duration::hours(1);
+        assert_eq!(record(State::Draft, Some(past)).access_at(now), None);
+        assert_eq!(record(State::Draft, Some(now)).access_at(now), None);
+        assert_eq!(
+            record(State::Done, Some(future)).access_at(now),
+            Some(Access::Download)
+        );
+    }
+
+    #[test]
+    fn visible_name_follows_access() {
+        let r = record(State::Draft, None);
+        assert_eq!(r.visible_name(Access::Upload), "openchs.70.cdump");
+        assert_eq!(
+            r.visible_name(Access::Download),
+            "upgraded_openchs.70.cdump"
+        );
+    }
+
+    #[test]
+    fn user_names_round_trip() {
+        assert_eq!(Record::user_name(10534), "user_10534");
+        assert_eq!(Record::parse_user("user_10534"), Some(10534));
+        for bad in [
+            "user_",
+            "user_0",
+            "user_007",
+            "user_-1",
+            "user_1a",
+            "root",
+            "user_99999999999999999999999",
+            "USER_1",
+        ] {
+            assert_eq!(Record::parse_user(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn key_hash_comparison() {
+        let r = record(State::Draft, None);
+        assert!(r.key_matches("Aw7pItGVKFuZ_FOR3U8VFQ=="));
+        assert!(!r.key_matches("Aw7pItGVKFuZ_FOR3U8VFQ="));
+        assert!(!r.key_matches(""));
+    }
+
+    #[test]
+    fn filenames() {
+        assert_eq!(validate_filename("openchs.70.cdump"), Ok(()));
+        assert_eq!(validate_filename("dump with spaces.sql.gz"), Ok(()));
+        assert_eq!(validate_filename("données.dump"), Ok(()));
+        assert_eq!(validate_filename(""), Err(FilenameError::Empty));
+        assert_eq!(validate_filename("."), Err(FilenameError::Dots));
+        assert_eq!(validate_filename(".."), Err(FilenameError::Dots));
+        assert_eq!(validate_filename("a/b"), Err(FilenameError::Slash));
+        assert_eq!(validate_filename("/etc"), Err(FilenameError::Slash));
+        assert_eq!(validate_filename("a\0b"), Err(FilenameError::Control));
+        assert_eq!(validate_filename("a\nb"), Err(FilenameError::Control));
+        assert_eq!(validate_filename("a\u{7f}"), Err(FilenameError::Control));
+        assert_eq!(validate_filename(&"x".repeat(255)), Ok(()));
+        assert_eq!(
+            validate_filename(&"x".repeat(256)),
+            Err(FilenameError::TooLong)
+        );
+    }
+}
