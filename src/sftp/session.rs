@@ -259,6 +259,9 @@ impl Session {
                     ("statvfs@openssh.com", "2"),
                     ("fstatvfs@openssh.com", "2"),
                     ("lsetstat@openssh.com", "1"),
+                    // Advertised so that clients send them and get a clear refusal.
+                    ("posix-rename@openssh.com", "1"),
+                    ("hardlink@openssh.com", "1"),
                 ])
             }),
             Request::Open {

@@ -1,0 +1,356 @@
+//! Test harness: runs the real `sftpgate` binary on 127.0.0.1 with port 0, and drives it
+//! with the real OpenSSH client and curl.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+pub const TOKEN: &str = "test-admin-token-0123456789";
+
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub ssh_port: u16,
+    pub admin: String,
+    stderr: PathBuf,
+}
+
+impl Gateway {
+    pub fn start() -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let mut g = Gateway {
+            dir,
+            child: None,
+            ssh_port: 0,
+            admin: String::new(),
+            stderr: PathBuf::new(),
+        };
+        g.launch(&[]);
+        g
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Starts the binary on the test's directories and waits for its readiness line.
+    pub fn launch(&mut self, extra: &[&str]) {
+        self.stderr = self.dir.path().join(format!("stderr-{}.log", rand_u64()));
+        let err = std::fs::File::create(&self.stderr).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sftpgate"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--public-host",
+                "127.0.0.1",
+            ])
+            .arg("--data-dir")
+            .arg(self.data())
+            .arg("--host-key-dir")
+            .arg(self.dir.path().join("hostkeys"))
+            .args(extra)
+            .env("SFTPGATE_ADMIN_TOKEN", TOKEN)
+            .env("SFTPGATE_LOG", "info,russh=warn")
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .expect("start sftpgate");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ready: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("bad readiness line {line:?}: {e}; log: {}", self.log()));
+        self.ssh_port = ready["ssh"]
+            .as_str()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        self.admin = ready["admin"].as_str().unwrap().to_string();
+        self.child = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        let mut all = String::new();
+        for e in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            if e.file_name().to_string_lossy().starts_with("stderr-") {
+                all.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+        all
+    }
+
+    /// Sends a signal and waits for the process to exit; returns its exit status code.
+    pub fn stop(&mut self, signal: &str) -> Option<i32> {
+        let mut child = self.child.take()?;
+        Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        child.wait().unwrap().code()
+    }
+
+    /// Calls the operator API with curl; returns (HTTP status, parsed JSON body).
+    pub fn api(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        self.api_raw(
+            method,
+            path,
+            body.map(|b| b.to_string()).as_deref(),
+            Some(TOKEN),
+        )
+    }
+
+    pub fn api_raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-X", method, "-w", "\n%{http_code}"]);
+        if let Some(t) = token {
+            cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        if let Some(b) = body {
+            cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+        }
+        cmd.arg(format!("http://{}{}", self.admin, path));
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text
+            .rsplit_once('\n')
+            .unwrap_or_else(|| panic!("curl output {text:?}"));
+        let json =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("non-JSON body {body:?} ({e})"));
+        (code.trim().parse().unwrap(), json)
+    }
+
+    /// Uploads `file` as the upgraded dump of request `id`.
+    pub fn push_upgraded(&self, id: u64, file: &Path) -> u16 {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                "PUT",
+                "-H",
+                &format!("Authorization: Bearer {TOKEN}"),
+            ])
+            .arg("--data-binary")
+            .arg(format!("@{}", file.display()))
+            .arg(format!("http://{}/v1/requests/{id}/upgraded", self.admin))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+
+    /// Creates request `id` in draft with `key` as its only authorized key.
+    pub fn provision(&self, id: u64, filename: &str, key: &ClientKey) {
+        let body = serde_json::json!({"filename": filename, "key": format!("secret-{id}"), "ssh_keys": key.public()});
+        let (code, json) = self.api("PUT", &format!("/v1/requests/{id}"), Some(&body));
+        assert_eq!(code, 200, "{json}");
+    }
+
+    pub fn set_state(&self, id: u64, state: &str) -> (u16, Value) {
+        self.api(
+            "POST",
+            &format!("/v1/requests/{id}/state"),
+            Some(&serde_json::json!({"state": state})),
+        )
+    }
+
+    pub fn upload_path(&self, id: u64) -> PathBuf {
+        self.data().join(format!("requests/{id}/upload"))
+    }
+
+    fn ssh_opts(&self, key: &ClientKey) -> Vec<String> {
+        [
+            "-i",
+            key.path.to_str().unwrap(),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "LogLevel=ERROR",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// An `sftp -b -` command for `user`, ready to be given its batch on stdin.
+    pub fn sftp_cmd(&self, user: &str, key: &ClientKey, extra: &[&str]) -> Command {
+        let mut cmd = Command::new("sftp");
+        cmd.args(self.ssh_opts(key))
+            .args(extra)
+            .args(["-P", &self.ssh_port.to_string(), "-b", "-"])
+            .arg(format!("{user}@127.0.0.1"));
+        cmd
+    }
+
+    /// Runs one batch and returns its output.
+    pub fn sftp(&self, user: &str, key: &ClientKey, batch: &str, cwd: &Path) -> Output {
+        let mut child = self
+            .sftp_cmd(user, key, &[])
+            .current_dir(cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(batch.as_bytes())
+            .unwrap();
+        wait_output(child, Duration::from_secs(120))
+    }
+
+    /// An `ssh` command to the gateway with extra arguments.
+    pub fn ssh(&self, user: &str, key: &ClientKey, args: &[&str], command: &[&str]) -> Output {
+        let child = Command::new("ssh")
+            .args(self.ssh_opts(key))
+            .args(["-p", &self.ssh_port.to_string()])
+            .args(args)
+            .arg(format!("{user}@127.0.0.1"))
+            .args(command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_output(child, Duration::from_secs(20))
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Waits for a child with a deadline, so a hanging client fails the test instead of
+/// hanging it.
+pub fn wait_output(mut child: Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "client did not finish within {limit:?}: stdout {} stderr {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct ClientKey {
+    pub path: PathBuf,
+}
+
+impl ClientKey {
+    pub fn new(dir: &Path, name: &str) -> ClientKey {
+        let path = dir.join(name);
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        ClientKey { path }
+    }
+
+    pub fn public(&self) -> String {
+        std::fs::read_to_string(self.path.with_extension("pub")).unwrap()
+    }
+}
+
+pub fn rand_u64() -> u64 {
+    use rand::RngCore;
+    rand::rngs::OsRng.next_u64()
+}
+
+/// Writes `len` pseudo-random bytes to `path`.
+pub fn random_file(path: &Path, len: usize) {
+    use rand::{RngCore, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(rand_u64());
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len());
+        rng.fill_bytes(&mut buf[..n]);
+        std::io::Write::write_all(&mut f, &buf[..n]).unwrap();
+        left -= n;
+    }
+}
+
+pub fn sha256(path: &Path) -> String {
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// True if `prefix`'s bytes are exactly the start of `full`'s.
+pub fn is_prefix(prefix: &Path, full: &Path) -> bool {
+    let p = std::fs::read(prefix).unwrap();
+    let f = std::fs::read(full).unwrap();
+    p.len() <= f.len() && f[..p.len()] == p[..]
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Polls `cond` every 20 ms until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}

@@ -1,0 +1,283 @@
+//! What a user may not do: every refused SFTP operation, other users' keys, other auth
+//! methods, shells and forwarding. Each refusal is answered, and nothing changes.
+
+mod common;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+fn setup() -> (Gateway, ClientKey) {
+    let g = Gateway::start();
+    let key = ClientKey::new(g.dir.path(), "carol");
+    g.provision(42, "db.dump", &key);
+    (g, key)
+}
+
+#[test]
+fn refused_sftp_operations_change_nothing() {
+    let (g, key) = setup();
+    let work = g.dir.path();
+    let src = work.join("db.dump");
+    random_file(&src, 100_000);
+    let out = g.sftp("user_42", &key, "put db.dump\n", work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let before = sha256(&g.upload_path(42));
+
+    let cases: &[(&str, &str)] = &[
+        ("put db.dump other.dump", "Permission denied"),
+        ("put db.dump /tmp/x", "Permission denied"),
+        ("put db.dump ../../escape", "Permission denied"),
+        ("put db.dump upgraded_db.dump", "Permission denied"),
+        ("mkdir newdir", "Permission denied"),
+        ("rmdir /", "Permission denied"),
+        ("rm db.dump", "Permission denied"),
+        ("rename db.dump other", "Permission denied"),
+        ("ln -s db.dump link", "Permission denied"),
+        ("ln db.dump hard", "Permission denied"),
+        ("get /etc/passwd", "not found"),
+        ("get ../../../../etc/passwd", "not found"),
+        ("get upgraded_db.dump", "not found"),
+        ("ls /etc", "not found"),
+        ("cd /etc", "No such file"),
+    ];
+    for (cmd, want) in cases {
+        let out = g.sftp("user_42", &key, &format!("{cmd}\n"), work);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{cmd} succeeded");
+        assert!(err.contains(want), "{cmd}: expected {want:?} in {err:?}");
+    }
+    // Only the one file exists, unchanged.
+    let names: Vec<_> = std::fs::read_dir(g.data().join("requests/42"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}"); // request.json and upload
+    assert_eq!(sha256(&g.upload_path(42)), before);
+
+    // Attribute changes a client sends after an upload are accepted.
+    let out = g.sftp(
+        "user_42",
+        &key,
+        "chmod 600 db.dump\nchgrp 0 db.dump\n",
+        work,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&g.upload_path(42)), before);
+}
+
+#[test]
+fn other_keys_users_and_methods_are_refused_alike() {
+    let (g, key) = setup();
+    let stranger = ClientKey::new(g.dir.path(), "mallory");
+    let other = ClientKey::new(g.dir.path(), "dave");
+    g.provision(43, "other.dump", &other);
+    for (user, k) in [
+        ("user_42", &stranger),
+        ("user_43", &key),
+        ("user_999", &key),
+        ("root", &key),
+        ("user_042", &key),
+    ] {
+        let out = g.sftp(user, k, "ls\n", g.dir.path());
+        assert!(!out.status.success(), "{user} logged in");
+        assert!(
+            text(&out.stderr).contains("Permission denied (publickey)"),
+            "{user}: {}",
+            text(&out.stderr)
+        );
+    }
+    // Password and keyboard-interactive are never offered nor accepted.
+    let out = g.ssh(
+        "user_42",
+        &key,
+        &[
+            "-o",
+            "PreferredAuthentications=password,keyboard-interactive",
+            "-o",
+            "BatchMode=no",
+            "-o",
+            "NumberOfPasswordPrompts=0",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("Permission denied (publickey)"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Not in draft or done: nobody logs in.
+    g.set_state(42, "pending");
+    let out = g.sftp("user_42", &key, "ls\n", g.dir.path());
+    assert!(
+        text(&out.stderr).contains("Permission denied (publickey)"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Expired: nobody logs in.
+    g.set_state(42, "draft");
+    let (code, _) = g.api(
+        "PUT",
+        "/v1/requests/42",
+        Some(&serde_json::json!({"expires_at": "2020-01-01T00:00:00Z"})),
+    );
+    assert_eq!(code, 200);
+    let out = g.sftp("user_42", &key, "ls\n", g.dir.path());
+    assert!(
+        text(&out.stderr).contains("Permission denied (publickey)"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn shells_commands_and_forwarding_are_refused_without_hanging() {
+    let (g, key) = setup();
+    let out = g.ssh("user_42", &key, &["-T"], &["echo", "hi"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("exec request failed"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!text(&out.stdout).contains("hi"));
+
+    let out = g.ssh("user_42", &key, &["-T"], &[]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("shell request failed"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = g.ssh("user_42", &key, &["-tt", "-o", "RequestTTY=force"], &[]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("PTY allocation request failed"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = g.ssh("user_42", &key, &["-s", "-T"], &["shell"]);
+    assert!(!out.status.success(), "{}", text(&out.stderr));
+
+    // Stdio forwarding opens a direct-tcpip channel at once.
+    let out = g.ssh("user_42", &key, &["-W", "127.0.0.1:9"], &[]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("stdio forwarding failed"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = g.ssh(
+        "user_42",
+        &key,
+        &[
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            "127.0.0.1:0:127.0.0.1:9",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("forwarding failed"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // -L: the client listens locally and asks for a channel per connection.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut fwd = std::process::Command::new("ssh")
+        .args([
+            "-i",
+            key.path.to_str().unwrap(),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-N",
+        ])
+        .args([
+            "-L",
+            &format!("127.0.0.1:{port}:127.0.0.1:9"),
+            "-p",
+            &g.ssh_port.to_string(),
+            "user_42@127.0.0.1",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut conn = None;
+    assert!(wait_until(Duration::from_secs(10), || {
+        conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok();
+        conn.is_some()
+    }));
+    let mut conn = conn.unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = conn.write_all(b"x");
+    let mut buf = [0u8; 16];
+    // The forwarded connection is closed: no data ever comes back.
+    let n = std::io::Read::read(&mut conn, &mut buf).unwrap_or(0);
+    assert_eq!(n, 0);
+    fwd.kill().unwrap();
+    let out = fwd.wait_with_output().unwrap();
+    assert!(
+        text(&out.stderr).contains("administratively prohibited"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn revoking_a_request_closes_its_live_session() {
+    let (g, key) = setup();
+    for (action, revoke) in [("state", 0), ("delete", 1)] {
+        let mut child = g
+            .sftp_cmd("user_42", &key, &[])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"ls\n").unwrap();
+        assert!(
+            wait_until(Duration::from_secs(10), || g
+                .api("GET", "/v1/requests/42", None)
+                .1["request"]["sessions"]
+                == 1),
+            "{action}: session did not start"
+        );
+        if revoke == 0 {
+            g.set_state(42, "progress");
+        } else {
+            g.api("DELETE", "/v1/requests/42", None);
+        }
+        // The client is disconnected while its stdin is still open.
+        assert!(
+            wait_until(Duration::from_secs(5), || child
+                .try_wait()
+                .unwrap()
+                .is_some()),
+            "{action}: session not closed"
+        );
+        drop(stdin);
+        if revoke == 0 {
+            g.set_state(42, "draft");
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! Uploads, resumes and downloads with the real OpenSSH `sftp` client.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn upload_list_resume_then_download_when_done() {
+    let g = Gateway::start();
+    let work = g.dir.path();
+    let key = ClientKey::new(work, "alice");
+    g.provision(10534, "openchs.70.cdump", &key);
+    let src = work.join("openchs.70.cdump");
+    random_file(&src, 5 * 1024 * 1024 + 123);
+
+    // Before any upload the file is listed, empty, so `put -a` can start from nothing.
+    let out = g.sftp("user_10534", &key, "ls -l\n", work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listing = text(&out.stdout);
+    assert!(
+        listing.contains("-rw-rw-rw-    1 0        0               0 "),
+        "{listing}"
+    );
+    assert!(listing.contains(" openchs.70.cdump"), "{listing}");
+
+    let out = g.sftp(
+        "user_10534",
+        &key,
+        "put -a openchs.70.cdump openchs.70.cdump\nls -l openchs.70.cdump\n",
+        work,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("5243003"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(sha256(&g.upload_path(10534)), sha256(&src));
+
+    // Truncate the upload to a prefix, as an interrupted transfer leaves it, and resume.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(g.upload_path(10534))
+        .unwrap();
+    f.set_len(1_000_001).unwrap();
+    let out = g.sftp("user_10534", &key, "put -a openchs.70.cdump\n", work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&g.upload_path(10534)), sha256(&src));
+
+    // A plain put replaces the file.
+    let other = work.join("other.bin");
+    random_file(&other, 300_000);
+    let out = g.sftp(
+        "user_10534",
+        &key,
+        "put other.bin /openchs.70.cdump\n",
+        work,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&g.upload_path(10534)), sha256(&other));
+
+    // Done: only the upgraded file is visible, read-only.
+    let upgraded = work.join("upgraded.src");
+    random_file(&upgraded, 3 * 1024 * 1024 + 7);
+    let (code, json) = g.set_state(10534, "done");
+    assert_eq!(
+        (code, json["failures"][0]["reason"].as_str()),
+        (409, Some("UPGRADED:MISSING"))
+    );
+    assert_eq!(g.push_upgraded(10534, &upgraded), 200);
+    let (code, json) = g.set_state(10534, "done");
+    assert_eq!(code, 200, "{json}");
+    assert_eq!(json["request"]["shared_file"], "upgraded_openchs.70.cdump");
+
+    let dl = work.join("dl");
+    std::fs::create_dir(&dl).unwrap();
+    let out = g.sftp(
+        "user_10534",
+        &key,
+        "ls -l\nget upgraded_openchs.70.cdump\n",
+        &dl,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("-r--r--r--"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        !text(&out.stdout).contains(" openchs.70.cdump"),
+        "{}",
+        text(&out.stdout)
+    );
+    let got = dl.join("upgraded_openchs.70.cdump");
+    assert_eq!(sha256(&got), sha256(&upgraded));
+
+    // reget: a partial local copy is completed.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&got)
+        .unwrap()
+        .set_len(12345)
+        .unwrap();
+    let out = g.sftp(
+        "user_10534",
+        &key,
+        "get -a upgraded_openchs.70.cdump\n",
+        &dl,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&got), sha256(&upgraded));
+
+    // Writing is refused in done, and nothing changes.
+    let out = g.sftp(
+        "user_10534",
+        &key,
+        "put other.bin upgraded_openchs.70.cdump\n",
+        work,
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("Permission denied"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        sha256(&g.data().join("requests/10534/upgraded")),
+        sha256(&upgraded)
+    );
+}
+
+#[test]
+fn killed_client_leaves_a_prefix_that_put_a_completes() {
+    let g = Gateway::start();
+    let work = g.dir.path();
+    let key = ClientKey::new(work, "bob");
+    g.provision(7, "big.dump", &key);
+    let src = work.join("big.dump");
+    random_file(&src, 48 * 1024 * 1024);
+
+    for round in 0..3 {
+        // Throttled (-l, Kbit/s) so the kill lands mid-transfer.
+        let mut child = g
+            .sftp_cmd("user_7", &key, &["-l", "80000"])
+            .current_dir(work)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        let cmd = if round == 0 {
+            "put big.dump\n"
+        } else {
+            "put -a big.dump\n"
+        };
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(cmd.as_bytes())
+            .unwrap();
+        let before = std::fs::metadata(g.upload_path(7))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let grew = wait_until(Duration::from_secs(30), || {
+            std::fs::metadata(g.upload_path(7))
+                .map(|m| m.len())
+                .unwrap_or(0)
+                > before + 4 * 1024 * 1024
+        });
+        assert!(
+            grew,
+            "round {round}: upload did not progress from {before}; log: {}",
+            g.log()
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // The server notices the dead connection; whatever it acknowledged is a prefix.
+        assert!(wait_until(Duration::from_secs(10), || g
+            .api("GET", "/v1/requests/7", None)
+            .1["request"]["sessions"]
+            == 0));
+        assert!(
+            is_prefix(&g.upload_path(7), &src),
+            "round {round}: not a prefix"
+        );
+    }
+    let out = g.sftp("user_7", &key, "put -a big.dump\n", work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&g.upload_path(7)), sha256(&src));
+}
