@@ -40,6 +40,10 @@ impl Gateway {
 
     /// Starts the binary on the test's directories and waits for its readiness line.
     pub fn launch(&mut self, extra: &[&str]) {
+        self.launch_env(extra, &[]);
+    }
+
+    pub fn launch_env(&mut self, extra: &[&str], env: &[(&str, &str)]) {
         self.stderr = self.dir.path().join(format!("stderr-{}.log", rand_u64()));
         let err = std::fs::File::create(&self.stderr).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_sftpgate"))
@@ -59,6 +63,7 @@ impl Gateway {
             .args(extra)
             .env("SFTPGATE_ADMIN_TOKEN", TOKEN)
             .env("SFTPGATE_LOG", "info,russh=warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(err)
             .spawn()
