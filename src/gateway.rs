@@ -20,6 +20,9 @@ use crate::store::{Access, Record, Store};
 /// How often live sessions are checked against their request (expiry is noticed this fast).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
+/// A request's authorized_keys text and what it parsed to.
+type ParsedKeys = (String, Arc<Vec<AuthorizedKey>>);
+
 /// What a successful login may do.
 #[derive(Clone, Debug)]
 pub struct Grant {
@@ -42,7 +45,7 @@ struct Live {
 pub struct Gateway {
     pub store: Arc<dyn Store>,
     /// Parsed keys per request, with the text they were parsed from.
-    keys: Mutex<HashMap<u64, (String, Arc<Vec<AuthorizedKey>>)>>,
+    keys: Mutex<HashMap<u64, ParsedKeys>>,
     live: Mutex<HashMap<u64, Live>>,
     next_session: AtomicU64,
     activity: Mutex<HashMap<u64, Arc<Activity>>>,

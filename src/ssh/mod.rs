@@ -206,19 +206,22 @@ impl SshServer {
         tokio::pin!(running);
         let grace = tokio::time::sleep_until(deadline);
         tokio::pin!(grace);
+        let mut grace_armed = true;
         loop {
             tokio::select! {
                 r = &mut running => {
                     if let Err(e) = r {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
-                    break;
                 }
-                _ = &mut grace, if !conn.authenticated.load(Ordering::Acquire) => {
+                _ = &mut grace, if grace_armed => {
+                    if conn.authenticated.load(Ordering::Acquire) {
+                        grace_armed = false;
+                        continue;
+                    }
                     tracing::info!(target: "audit", event = "login-timeout", "not authenticated within the login grace time");
                     let _ = handle.disconnect(Disconnect::ByApplication, "login grace time exceeded".into(), String::new()).await;
                     let _ = tokio::time::timeout(Duration::from_secs(1), &mut running).await;
-                    break;
                 }
                 _ = conn.kick.cancelled() => {
                     let sftp = conn.sftp.lock().ok().and_then(|mut s| s.take());
@@ -227,9 +230,9 @@ impl SshServer {
                     }
                     let _ = handle.disconnect(Disconnect::ByApplication, "session closed by the server".into(), String::new()).await;
                     let _ = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
-                    break;
                 }
             }
+            break;
         }
         // The connection is gone: stop its SFTP task if it still runs, after it syncs.
         conn.kick.cancel();
