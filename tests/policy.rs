@@ -292,13 +292,22 @@ fn login_grace_drops_silent_connections_but_not_sessions() {
 
     let started = std::time::Instant::now();
     let mut silent = std::net::TcpStream::connect(("127.0.0.1", g.ssh_port)).unwrap();
-    silent.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut seen = Vec::new();
     // The server sends its banner, then closes the connection once the grace time is over.
     let _ = std::io::Read::read_to_end(&mut silent, &mut seen);
-    assert!(text(&seen).starts_with("SSH-2.0-sftpgate"), "{}", text(&seen));
+    assert!(
+        text(&seen).starts_with("SSH-2.0-sftpgate"),
+        "{}",
+        text(&seen)
+    );
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
 
     // An authenticated session lives on past the grace time.
     let mut child = g
@@ -309,11 +318,18 @@ fn login_grace_drops_silent_connections_but_not_sessions() {
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    assert!(wait_until(Duration::from_secs(10), || g.api("GET", "/v1/requests/50", None).1["request"]["sessions"] == 1));
+    assert!(wait_until(Duration::from_secs(10), || g
+        .api("GET", "/v1/requests/50", None)
+        .1["request"]["sessions"]
+        == 1));
     std::thread::sleep(Duration::from_millis(1500));
     stdin.write_all(b"ls\n").unwrap();
     drop(stdin);
     let out = wait_output(child, Duration::from_secs(10));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("db.dump"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("db.dump"),
+        "{}",
+        text(&out.stdout)
+    );
 }
