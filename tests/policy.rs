@@ -333,3 +333,30 @@ fn login_grace_drops_silent_connections_but_not_sessions() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn connections_over_the_cap_are_closed_at_once() {
+    let mut g = Gateway::start();
+    g.stop("TERM");
+    g.launch(&["--max-connections", "1"]);
+    let mut first = std::net::TcpStream::connect(("127.0.0.1", g.ssh_port)).unwrap();
+    let mut banner = [0u8; 8];
+    std::io::Read::read_exact(&mut first, &mut banner).unwrap();
+    assert_eq!(&banner, b"SSH-2.0-");
+    // The slot is taken: the next connection is closed without a banner.
+    let mut second = std::net::TcpStream::connect(("127.0.0.1", g.ssh_port)).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut seen = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut second, &mut seen);
+    assert!(seen.is_empty(), "{}", text(&seen));
+    // Once the first goes away, the slot is free again.
+    drop(first);
+    assert!(wait_until(Duration::from_secs(5), || {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", g.ssh_port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut b = [0u8; 8];
+        std::io::Read::read_exact(&mut c, &mut b).is_ok()
+    }));
+}

@@ -193,3 +193,46 @@ fn killed_client_leaves_a_prefix_that_put_a_completes() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(sha256(&g.upload_path(7)), sha256(&src));
 }
+
+#[test]
+fn sigterm_mid_upload_syncs_and_put_a_completes_after_restart() {
+    let mut g = Gateway::start();
+    let work = g.dir.path().to_path_buf();
+    let key = ClientKey::new(&work, "frank");
+    g.provision(8, "db.dump", &key);
+    let src = work.join("db.dump");
+    random_file(&src, 32 * 1024 * 1024);
+    let mut child = g
+        .sftp_cmd("user_8", &key, &["-l", "80000"])
+        .current_dir(&work)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"put db.dump\n")
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(30), || {
+        std::fs::metadata(g.upload_path(8))
+            .map(|m| m.len())
+            .unwrap_or(0)
+            > 2 * 1024 * 1024
+    }));
+    assert_eq!(g.stop("TERM"), Some(0), "{}", g.log());
+    let client = wait_output(child, Duration::from_secs(20));
+    assert!(
+        !client.status.success(),
+        "the client should see its session end"
+    );
+    assert!(is_prefix(&g.upload_path(8), &src));
+
+    g.launch(&[]);
+    let out = g.sftp("user_8", &key, "put -a db.dump\n", &work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&g.upload_path(8)), sha256(&src));
+}

@@ -1,0 +1,208 @@
+//! The SFTP request loop over an in-memory stream (no SSH, no network): every request is
+//! answered under its own id, even when it cannot be decoded, and the stream stays in step.
+
+use std::sync::Arc;
+
+use sftpgate::sftp::{serve, Activity, IoInbound, IoOutbound, SharedFile};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+struct Client {
+    io: DuplexStream,
+}
+
+impl Client {
+    async fn send(&mut self, body: &[u8]) {
+        let mut p = (body.len() as u32).to_be_bytes().to_vec();
+        p.extend_from_slice(body);
+        self.io.write_all(&p).await.unwrap();
+    }
+
+    async fn recv(&mut self) -> Vec<u8> {
+        let len = self.io.read_u32().await.unwrap();
+        let mut body = vec![0; len as usize];
+        self.io.read_exact(&mut body).await.unwrap();
+        body
+    }
+}
+
+fn s(x: &[u8]) -> Vec<u8> {
+    [&(x.len() as u32).to_be_bytes()[..], x].concat()
+}
+
+fn req(kind: u8, id: u32, rest: &[&[u8]]) -> Vec<u8> {
+    let mut v = vec![kind];
+    v.extend_from_slice(&id.to_be_bytes());
+    for r in rest {
+        v.extend_from_slice(r);
+    }
+    v
+}
+
+fn id_of(reply: &[u8]) -> u32 {
+    u32::from_be_bytes(reply[1..5].try_into().unwrap())
+}
+
+fn status_of(reply: &[u8]) -> u32 {
+    assert_eq!(reply[0], 101, "not a STATUS: {reply:?}");
+    u32::from_be_bytes(reply[5..9].try_into().unwrap())
+}
+
+async fn start(writable: bool) -> (Client, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = SharedFile {
+        name: "db.dump".into(),
+        path: dir.path().join("upload"),
+        writable,
+    };
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let (r, w) = tokio::io::split(server);
+    tokio::spawn(serve(
+        file,
+        Arc::new(Activity::default()),
+        None,
+        IoInbound(r),
+        IoOutbound(w),
+        std::future::pending(),
+    ));
+    let mut c = Client { io: client };
+    c.send(&[1, 0, 0, 0, 3]).await;
+    let v = c.recv().await;
+    assert_eq!(v[0], 2);
+    assert_eq!(u32::from_be_bytes(v[1..5].try_into().unwrap()), 3);
+    let text = String::from_utf8_lossy(&v);
+    for ext in [
+        "limits@openssh.com",
+        "fsync@openssh.com",
+        "statvfs@openssh.com",
+    ] {
+        assert!(text.contains(ext), "{ext} not advertised");
+    }
+    (c, dir)
+}
+
+#[tokio::test]
+async fn undecodable_requests_keep_their_id() {
+    let (mut c, _dir) = start(true).await;
+    // OPEN cut short.
+    c.send(&req(3, 77, &[&[0, 0, 0, 9, b'x']])).await;
+    let r = c.recv().await;
+    assert_eq!((id_of(&r), status_of(&r)), (77, 5));
+    // Unknown type.
+    c.send(&req(99, 78, &[])).await;
+    let r = c.recv().await;
+    assert_eq!((id_of(&r), status_of(&r)), (78, 8));
+    // A path that is not UTF-8 is just a name that does not exist.
+    c.send(&req(17, 79, &[&s(b"\xff\xfe/x")])).await;
+    let r = c.recv().await;
+    assert_eq!((id_of(&r), status_of(&r)), (79, 2));
+}
+
+#[tokio::test]
+async fn oversized_packet_is_answered_and_skipped() {
+    let (mut c, _dir) = start(true).await;
+    let big = 300_000usize;
+    let mut body = req(6, 90, &[&s(b"\0\0\0\x01"), &0u64.to_be_bytes()]);
+    body.resize(big, 0xAB);
+    c.send(&body).await;
+    c.send(&req(17, 91, &[&s(b"/db.dump")])).await;
+    let r = c.recv().await;
+    assert_eq!((id_of(&r), status_of(&r)), (90, 5));
+    let r = c.recv().await;
+    assert_eq!((r[0], id_of(&r)), (105, 91), "the stream lost its step");
+}
+
+#[tokio::test]
+async fn limits_and_clamped_reads() {
+    let (mut c, dir) = start(true).await;
+    c.send(&req(200, 1, &[&s(b"limits@openssh.com")])).await;
+    let r = c.recv().await;
+    assert_eq!((r[0], id_of(&r), r.len()), (201, 1, 5 + 32));
+    let vals: Vec<u64> = r[5..]
+        .chunks(8)
+        .map(|b| u64::from_be_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(vals, [262144, 261120, 261120, 64]);
+
+    // Open for write+read, write 600 000 bytes in pipelined chunks, read 1 MiB back.
+    c.send(&req(
+        3,
+        2,
+        &[&s(b"db.dump"), &0x1Bu32.to_be_bytes(), &0u32.to_be_bytes()],
+    ))
+    .await;
+    let r = c.recv().await;
+    assert_eq!(r[0], 102);
+    let handle = r[9..].to_vec();
+    let data: Vec<u8> = (0..600_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    for (n, chunk) in data.chunks(200_000).enumerate() {
+        let off = (n * 200_000) as u64;
+        c.send(&req(
+            6,
+            10 + n as u32,
+            &[&s(&handle), &off.to_be_bytes(), &s(chunk)],
+        ))
+        .await;
+    }
+    for n in 0..3 {
+        let r = c.recv().await;
+        assert_eq!((id_of(&r), status_of(&r)), (10 + n, 0));
+    }
+    c.send(&req(
+        5,
+        20,
+        &[
+            &s(&handle),
+            &0u64.to_be_bytes(),
+            &(1u32 << 20).to_be_bytes(),
+        ],
+    ))
+    .await;
+    let r = c.recv().await;
+    assert_eq!((r[0], id_of(&r)), (103, 20));
+    let n = u32::from_be_bytes(r[5..9].try_into().unwrap());
+    assert_eq!(n, 261_120);
+    assert_eq!(&r[9..], &data[..261_120]);
+    // Reading past the end is EOF.
+    c.send(&req(
+        5,
+        21,
+        &[&s(&handle), &600_000u64.to_be_bytes(), &10u32.to_be_bytes()],
+    ))
+    .await;
+    let r = c.recv().await;
+    assert_eq!((id_of(&r), status_of(&r)), (21, 1));
+    assert_eq!(std::fs::read(dir.path().join("upload")).unwrap(), data);
+}
+
+#[tokio::test]
+async fn read_only_file_refuses_every_write() {
+    let (mut c, dir) = start(false).await;
+    std::fs::write(dir.path().join("upload"), b"upgraded").unwrap();
+    for (n, flags) in [0x02u32, 0x0A, 0x1A, 0x04, 0x10].into_iter().enumerate() {
+        c.send(&req(
+            3,
+            n as u32,
+            &[&s(b"db.dump"), &flags.to_be_bytes(), &0u32.to_be_bytes()],
+        ))
+        .await;
+        let r = c.recv().await;
+        assert_eq!(
+            (id_of(&r), status_of(&r)),
+            (n as u32, 3),
+            "flags {flags:#x}"
+        );
+    }
+    // SETSTAT of size is accepted and ignored: nothing changes.
+    c.send(&req(
+        9,
+        9,
+        &[&s(b"db.dump"), &1u32.to_be_bytes(), &0u64.to_be_bytes()],
+    ))
+    .await;
+    let r = c.recv().await;
+    assert_eq!((id_of(&r), status_of(&r)), (9, 0));
+    assert_eq!(
+        std::fs::read(dir.path().join("upload")).unwrap(),
+        b"upgraded"
+    );
+}
