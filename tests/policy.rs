@@ -103,20 +103,11 @@ fn other_keys_users_and_methods_are_refused_alike() {
         ],
         &[],
     );
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("Permission denied (publickey)"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_failed_with(&out, "Permission denied (publickey)");
     // Not in draft or done: nobody logs in.
     g.set_state(42, "pending");
     let out = g.sftp("user_42", &key, "ls\n", g.dir.path());
-    assert!(
-        text(&out.stderr).contains("Permission denied (publickey)"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_failed_with(&out, "Permission denied (publickey)");
     // Expired: nobody logs in.
     g.set_state(42, "draft");
     let (code, _) = g.api(
@@ -126,52 +117,28 @@ fn other_keys_users_and_methods_are_refused_alike() {
     );
     assert_eq!(code, 200);
     let out = g.sftp("user_42", &key, "ls\n", g.dir.path());
-    assert!(
-        text(&out.stderr).contains("Permission denied (publickey)"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_failed_with(&out, "Permission denied (publickey)");
 }
 
 #[test]
 fn shells_commands_and_forwarding_are_refused_without_hanging() {
     let (g, key) = setup();
     let out = g.ssh("user_42", &key, &["-T"], &["echo", "hi"]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("exec request failed"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_failed_with(&out, "exec request failed");
     assert!(!text(&out.stdout).contains("hi"));
 
     let out = g.ssh("user_42", &key, &["-T"], &[]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("shell request failed"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_failed_with(&out, "shell request failed");
 
     let out = g.ssh("user_42", &key, &["-tt", "-o", "RequestTTY=force"], &[]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("PTY allocation request failed"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_failed_with(&out, "PTY allocation request failed");
 
     let out = g.ssh("user_42", &key, &["-s", "-T"], &["shell"]);
     assert!(!out.status.success(), "{}", text(&out.stderr));
 
     // Stdio forwarding opens a direct-tcpip channel at once.
     let out = g.ssh("user_42", &key, &["-W", "127.0.0.1:9"], &[]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("stdio forwarding failed"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_failed_with(&out, "stdio forwarding failed");
 
     let out = g.ssh(
         "user_42",
@@ -185,12 +152,7 @@ fn shells_commands_and_forwarding_are_refused_without_hanging() {
         ],
         &[],
     );
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("forwarding failed"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_failed_with(&out, "forwarding failed");
 
     // -L: the client listens locally and asks for a channel per connection.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -246,20 +208,9 @@ fn shells_commands_and_forwarding_are_refused_without_hanging() {
 fn revoking_a_request_closes_its_live_session() {
     let (g, key) = setup();
     for (action, revoke) in [("state", 0), ("delete", 1)] {
-        let mut child = g
-            .sftp_cmd("user_42", &key, &[])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"ls\n").unwrap();
+        let (mut child, stdin) = g.spawn_sftp("user_42", &key, &[], g.dir.path(), "ls\n");
         assert!(
-            wait_until(Duration::from_secs(10), || g
-                .api("GET", "/v1/requests/42", None)
-                .1["request"]["sessions"]
-                == 1),
+            wait_until(Duration::from_secs(10), || g.sessions(42) == 1),
             "{action}: session did not start"
         );
         if revoke == 0 {
@@ -310,18 +261,8 @@ fn login_grace_drops_silent_connections_but_not_sessions() {
     );
 
     // An authenticated session lives on past the grace time.
-    let mut child = g
-        .sftp_cmd("user_50", &key, &[])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    assert!(wait_until(Duration::from_secs(10), || g
-        .api("GET", "/v1/requests/50", None)
-        .1["request"]["sessions"]
-        == 1));
+    let (child, mut stdin) = g.spawn_sftp("user_50", &key, &[], g.dir.path(), "");
+    assert!(wait_until(Duration::from_secs(10), || g.sessions(50) == 1));
     std::thread::sleep(Duration::from_millis(1500));
     stdin.write_all(b"ls\n").unwrap();
     drop(stdin);

@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -143,26 +142,14 @@ fn killed_client_leaves_a_prefix_that_put_a_completes() {
 
     for round in 0..3 {
         // Throttled (-l, Kbit/s) so the kill lands mid-transfer.
-        let mut child = g
-            .sftp_cmd("user_7", &key, &["-l", "80000"])
-            .current_dir(work)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
         let cmd = if round == 0 {
-            "put big.dump\n"
+            "put big.dump
+"
         } else {
-            "put -a big.dump\n"
+            "put -a big.dump
+"
         };
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(cmd.as_bytes())
-            .unwrap();
+        let (mut child, _stdin) = g.spawn_sftp("user_7", &key, &["-l", "80000"], work, cmd);
         let before = std::fs::metadata(g.upload_path(7))
             .map(|m| m.len())
             .unwrap_or(0);
@@ -202,21 +189,14 @@ fn sigterm_mid_upload_syncs_and_put_a_completes_after_restart() {
     g.provision(8, "db.dump", &key);
     let src = work.join("db.dump");
     random_file(&src, 32 * 1024 * 1024);
-    let mut child = g
-        .sftp_cmd("user_8", &key, &["-l", "80000"])
-        .current_dir(&work)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"put db.dump\n")
-        .unwrap();
+    let (child, _stdin) = g.spawn_sftp(
+        "user_8",
+        &key,
+        &["-l", "80000"],
+        &work,
+        "put db.dump
+",
+    );
     assert!(wait_until(Duration::from_secs(30), || {
         std::fs::metadata(g.upload_path(8))
             .map(|m| m.len())

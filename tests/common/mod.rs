@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -179,6 +179,13 @@ impl Gateway {
         )
     }
 
+    /// Live SSH sessions of request `id`, as the operator API reports them.
+    pub fn sessions(&self, id: u64) -> u64 {
+        self.api("GET", &format!("/v1/requests/{id}"), None).1["request"]["sessions"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
     pub fn upload_path(&self, id: u64) -> PathBuf {
         self.data().join(format!("requests/{id}/upload"))
     }
@@ -215,23 +222,33 @@ impl Gateway {
         cmd
     }
 
-    /// Runs one batch and returns its output.
-    pub fn sftp(&self, user: &str, key: &ClientKey, batch: &str, cwd: &Path) -> Output {
+    /// Starts `sftp -b -` with `batch` written to its stdin; the returned stdin keeps the
+    /// session open until dropped.
+    pub fn spawn_sftp(
+        &self,
+        user: &str,
+        key: &ClientKey,
+        extra: &[&str],
+        cwd: &Path,
+        batch: &str,
+    ) -> (Child, ChildStdin) {
         let mut child = self
-            .sftp_cmd(user, key, &[])
+            .sftp_cmd(user, key, extra)
             .current_dir(cwd)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(batch.as_bytes())
-            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        std::io::Write::write_all(&mut stdin, batch.as_bytes()).unwrap();
+        (child, stdin)
+    }
+
+    /// Runs one batch and returns its output.
+    pub fn sftp(&self, user: &str, key: &ClientKey, batch: &str, cwd: &Path) -> Output {
+        let (child, stdin) = self.spawn_sftp(user, key, &[], cwd, batch);
+        drop(stdin);
         wait_output(child, Duration::from_secs(120))
     }
 
@@ -358,4 +375,11 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     cond()
+}
+
+/// Asserts a client failed and said `needle` on stderr.
+pub fn assert_failed_with(out: &Output, needle: &str) {
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "expected a failure; stderr: {err}");
+    assert!(err.contains(needle), "expected {needle:?} in {err:?}");
 }
