@@ -41,6 +41,40 @@ pub struct Settings {
     /// Seconds without any traffic before a session is closed [default: 600]
     #[arg(long, value_name = "SECONDS")]
     pub idle_timeout_secs: Option<u64>,
+    /// How long request_sftp_access opens access for, e.g. 24h, 90m, 30s [default: 24h]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration_opt")]
+    pub access_ttl: Option<Duration>,
+    /// URL that receives a JSON POST each time an upload's write handle is closed
+    #[arg(long, value_name = "URL")]
+    pub on_upload_closed: Option<String>,
+}
+
+/// `90`, `90s`, `15m`, `24h` or `2d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("\"{s}\" is not a duration like 90s, 15m, 24h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("\"{s}\" has an unknown unit (use s, m, h or d)")),
+    };
+    if secs == 0 {
+        return Err("a duration must be positive".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+fn duration_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +113,8 @@ impl Settings {
             max_connections: self.max_connections.or(base.max_connections),
             login_grace_secs: self.login_grace_secs.or(base.login_grace_secs),
             idle_timeout_secs: self.idle_timeout_secs.or(base.idle_timeout_secs),
+            access_ttl: self.access_ttl.or(base.access_ttl),
+            on_upload_closed: self.on_upload_closed.or(base.on_upload_closed),
         }
     }
 
@@ -100,6 +136,8 @@ impl Settings {
             max_connections: self.max_connections.unwrap_or(1024).max(1),
             login_grace: Duration::from_secs(self.login_grace_secs.unwrap_or(30).max(1)),
             idle_timeout: Duration::from_secs(self.idle_timeout_secs.unwrap_or(600).max(1)),
+            access_ttl: self.access_ttl.unwrap_or(Duration::from_secs(24 * 3600)),
+            on_upload_closed: self.on_upload_closed,
         }
     }
 }
@@ -118,6 +156,8 @@ pub struct Config {
     pub max_connections: usize,
     pub login_grace: Duration,
     pub idle_timeout: Duration,
+    pub access_ttl: Duration,
+    pub on_upload_closed: Option<String>,
 }
 
 fn machine_hostname() -> String {
@@ -149,6 +189,18 @@ mod tests {
         assert_eq!(cfg.public_host, "flag");
         assert_eq!(cfg.admin_listen, "127.0.0.1:2280".parse().unwrap());
         assert_eq!(cfg.admin_token_file, PathBuf::from("data/admin.token"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("h").is_err());
+        let s: Settings = toml::from_str("access-ttl = \"2h\"").unwrap();
+        assert_eq!(s.access_ttl, Some(Duration::from_secs(7200)));
     }
 
     #[test]

@@ -13,8 +13,9 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::hook::Hook;
 use crate::keys::{fingerprint, parse_authorized_keys, AuthorizedKey};
-use crate::sftp::{Activity, SharedFile};
+use crate::sftp::{Activity, SharedFile, WriteClosed};
 use crate::store::{Access, Record, Store};
 
 /// How often live sessions are checked against their request (expiry is noticed this fast).
@@ -44,6 +45,7 @@ struct Live {
 
 pub struct Gateway {
     pub store: Arc<dyn Store>,
+    hook: Option<Hook>,
     /// Parsed keys per request, with the text they were parsed from.
     keys: Mutex<HashMap<u64, ParsedKeys>>,
     live: Mutex<HashMap<u64, Live>>,
@@ -65,9 +67,10 @@ impl Drop for LiveGuard {
 }
 
 impl Gateway {
-    pub fn new(store: Arc<dyn Store>) -> Arc<Gateway> {
+    pub fn new(store: Arc<dyn Store>, hook: Option<Hook>) -> Arc<Gateway> {
         Arc::new(Gateway {
             store,
+            hook,
             keys: Mutex::default(),
             live: Mutex::default(),
             next_session: AtomicU64::new(1),
@@ -140,6 +143,32 @@ impl Gateway {
                 path: self.store.upgraded_path(record.id),
                 writable: false,
             },
+        })
+    }
+
+    /// What to do each time a write handle of this grant's session is closed: one audit
+    /// line, and the same event to the upload hook if one is configured.
+    pub fn on_write_closed(&self, grant: &Grant, peer: SocketAddr) -> WriteClosed {
+        let request = grant.request_id;
+        let key = fingerprint(&grant.key);
+        let hook = self.hook.clone();
+        Arc::new(move |w| {
+            let event = serde_json::json!({
+                "event": "upload-closed",
+                "request_id": request,
+                "user": Record::user_name(request),
+                "key_fingerprint": key,
+                "client": peer.to_string(),
+                "bytes_written": w.bytes,
+                "final_size": w.size,
+                "duration_ms": w.duration.as_millis() as u64,
+                "at": OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).ok(),
+            });
+            tracing::info!(target: "audit", event = "upload-closed", request, key = %key, peer = %peer,
+                bytes = w.bytes, size = w.size, duration_ms = w.duration.as_millis() as u64, "write handle closed");
+            if let Some(hook) = &hook {
+                hook.post(event);
+            }
         })
     }
 

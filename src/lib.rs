@@ -5,8 +5,11 @@
 //! `ssh` and `admin` sit on top and are wired together by `server`.
 
 pub mod admin;
+pub mod cli;
 pub mod config;
 pub mod gateway;
+pub mod hook;
+pub mod http;
 pub mod keys;
 pub mod server;
 pub mod sftp;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use sftpgate::cli::{Client, ClientArgs, OriginalCmd, RequestCmd, UpgradedCmd};
 use sftpgate::config::Settings;
 
 #[derive(Parser)]
@@ -28,6 +29,27 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Manage requests through the operator API.
+    Request {
+        #[command(subcommand)]
+        cmd: RequestCmd,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Upload an upgraded dump through the operator API.
+    Upgraded {
+        #[command(subcommand)]
+        cmd: UpgradedCmd,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Download a customer's upload through the operator API.
+    Original {
+        #[command(subcommand)]
+        cmd: OriginalCmd,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 fn init_logging() {
@@ -40,33 +62,55 @@ fn init_logging() {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging();
-    match cli.command {
+    let result = match cli.command {
         Command::Serve { config, settings } => {
-            let base = match &config {
-                Some(path) => Settings::from_file(path)?,
-                None => Settings::default(),
-            };
-            let cfg = settings.over(base).resolve();
-            let running = sftpgate::server::start(cfg).await?;
-            {
-                let mut out = std::io::stdout().lock();
-                writeln!(
-                    out,
-                    "{{\"ssh\":\"{}\",\"admin\":\"{}\"}}",
-                    running.ssh, running.admin
-                )?;
-                out.flush()?;
-            }
-            let sig = sftpgate::shutdown::signal_received()
-                .await
-                .context("cannot wait for signals")?;
-            tracing::info!(signal = sig, "shutting down");
-            running.stop().await;
-            tracing::info!("stopped");
-            Ok(())
+            init_logging();
+            serve(config, settings).await
+        }
+        Command::Request { cmd, client } => {
+            async { Client::new(&client)?.request(cmd).await }.await
+        }
+        Command::Upgraded {
+            cmd: UpgradedCmd::Put { id, file },
+            client,
+        } => async { Client::new(&client)?.upgraded_put(id, &file).await }.await,
+        Command::Original {
+            cmd: OriginalCmd::Get { id, file },
+            client,
+        } => async { Client::new(&client)?.original_get(id, &file).await }.await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
         }
     }
+}
+
+async fn serve(config: Option<PathBuf>, settings: Settings) -> anyhow::Result<()> {
+    let base = match &config {
+        Some(path) => Settings::from_file(path)?,
+        None => Settings::default(),
+    };
+    let cfg = settings.over(base).resolve();
+    let running = sftpgate::server::start(cfg).await?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "{{\"ssh\":\"{}\",\"admin\":\"{}\"}}",
+            running.ssh, running.admin
+        )?;
+        out.flush()?;
+    }
+    let sig = sftpgate::shutdown::signal_received()
+        .await
+        .context("cannot wait for signals")?;
+    tracing::info!(signal = sig, "shutting down");
+    running.stop().await;
+    tracing::info!("stopped");
+    Ok(())
 }

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::hook::Hook;
 use crate::keys::{fingerprint, load_or_generate_host_key};
 use crate::ssh::{SshServer, SshSettings};
 use crate::store::FileStore;
@@ -108,7 +109,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let ssh_addr = ssh_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 
-    let gateway = Gateway::new(Arc::new(store));
+    if let Some(url) = &cfg.on_upload_closed {
+        anyhow::ensure!(
+            url.starts_with("http://"),
+            "--on-upload-closed {url}: only http:// URLs are supported"
+        );
+    }
+    let hook = cfg.on_upload_closed.clone().map(Hook::start);
+    let gateway = Gateway::new(Arc::new(store), hook);
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let settings = SshSettings {
@@ -126,6 +134,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         token,
         public_host: cfg.public_host.clone(),
         public_port: cfg.public_port.unwrap_or(ssh_addr.port()),
+        access_ttl: time::Duration::try_from(cfg.access_ttl).unwrap_or(time::Duration::DAY),
+        throttle: Default::default(),
     });
     let app = admin::router(state);
     let stop = shutdown.clone();

@@ -207,8 +207,8 @@ fn shells_commands_and_forwarding_are_refused_without_hanging() {
 #[test]
 fn revoking_a_request_closes_its_live_session() {
     let (g, key) = setup();
-    for (action, revoke) in [("state", 0), ("delete", 1)] {
-        let (mut child, stdin) = g.spawn_sftp("user_42", &key, &[], g.dir.path(), "ls\n");
+    for (n, (action, revoke)) in [("state", 0), ("delete", 1)].into_iter().enumerate() {
+        let (child, stdin) = g.spawn_sftp("user_42", &key, &[], g.dir.path(), "ls\n");
         assert!(
             wait_until(Duration::from_secs(10), || g.sessions(42) == 1),
             "{action}: session did not start"
@@ -219,14 +219,7 @@ fn revoking_a_request_closes_its_live_session() {
             g.api("DELETE", "/v1/requests/42", None);
         }
         // The client is disconnected while its stdin is still open.
-        assert!(
-            wait_until(Duration::from_secs(5), || child
-                .try_wait()
-                .unwrap()
-                .is_some()),
-            "{action}: session not closed"
-        );
-        drop(stdin);
+        g.assert_closed_by_server(child, stdin, n + 1);
         if revoke == 0 {
             g.set_state(42, "draft");
         }

@@ -1,6 +1,7 @@
 //! The operator HTTP API (axum). Every route but `/healthz` takes
 //! `Authorization: Bearer <admin token>`; every body is the reference's failure envelope.
 
+mod access;
 mod error;
 mod files;
 mod requests;
@@ -29,6 +30,9 @@ pub struct AdminState {
     /// What responses tell SFTP clients to connect to.
     pub public_host: String,
     pub public_port: u16,
+    /// How long `request_sftp_access` opens access for.
+    pub access_ttl: time::Duration,
+    pub throttle: access::Throttle,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -49,6 +53,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
+        .route(
+            "/database/v1/request_sftp_access",
+            post(access::request_sftp_access),
+        )
         .merge(api)
         .fallback(|| async {
             ApiError::new(

@@ -150,7 +150,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
 }
 
 /// Writes a record on a blocking thread (it fsyncs) and asks the sweeper to recheck.
-async fn save(state: &AdminState, record: Record) -> ApiResult<()> {
+pub(crate) async fn save(state: &AdminState, record: Record) -> ApiResult<()> {
     let store = state.gateway.store.clone();
     tokio::task::spawn_blocking(move || store.put(record))
         .await

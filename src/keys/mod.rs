@@ -4,7 +4,9 @@ mod authorized;
 mod host;
 mod pattern;
 
-pub use authorized::{parse_authorized_keys, AuthorizedKey, KeyLineError, KeyOptions, KeysError};
+pub use authorized::{
+    parse_authorized_keys, AuthorizedKey, KeyLineError, KeyOptions, KeysError, MAX_BYTES, MAX_KEYS,
+};
 pub use host::{load_or_generate_host_key, HostKeyError};
 pub use pattern::{match_pattern_list, validate_pattern_list};
 

@@ -18,7 +18,6 @@ use super::channel::{self, Start};
 use super::Conn;
 use crate::gateway::{Gateway, Grant, LiveGuard};
 use crate::keys::fingerprint;
-use crate::store::Record;
 
 pub struct SshHandler {
     gateway: Arc<Gateway>,
@@ -208,7 +207,7 @@ impl russh::server::Handler for SshHandler {
             return session.channel_failure(channel);
         };
         let activity = self.gateway.activity(grant.request_id);
-        let on_write_closed = upload_audit(grant, self.peer, Record::user_name(grant.request_id));
+        let on_write_closed = self.gateway.on_write_closed(grant, self.peer);
         if tx
             .send(Start {
                 file,
@@ -377,24 +376,4 @@ impl russh::server::Handler for SshHandler {
         self.refuse_channel("streamlocal-forward");
         Ok(false)
     }
-}
-
-/// Logs one audit line each time a write handle on the shared file is closed.
-fn upload_audit(grant: &Grant, peer: SocketAddr, user: String) -> crate::sftp::WriteClosed {
-    let request = grant.request_id;
-    let key = fingerprint(&grant.key);
-    Arc::new(move |w| {
-        tracing::info!(
-            target: "audit",
-            event = "upload-closed",
-            request,
-            user = %user,
-            key = %key,
-            peer = %peer,
-            bytes = w.bytes,
-            size = w.size,
-            duration_ms = w.duration.as_millis() as u64,
-            "write handle closed"
-        );
-    })
 }

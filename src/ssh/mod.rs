@@ -224,6 +224,7 @@ impl SshServer {
                     let _ = tokio::time::timeout(Duration::from_secs(1), &mut running).await;
                 }
                 _ = conn.kick.cancelled() => {
+                    tracing::info!(target: "audit", event = "disconnected", "closed by the server");
                     let sftp = conn.sftp.lock().ok().and_then(|mut s| s.take());
                     if let Some(task) = sftp {
                         let _ = tokio::time::timeout(FLUSH_TIMEOUT, task).await;

@@ -179,6 +179,29 @@ impl Gateway {
         )
     }
 
+    /// Waits until the log holds `count` lines containing `needle`.
+    pub fn wait_log(&self, needle: &str, count: usize) -> bool {
+        wait_until(Duration::from_secs(10), || {
+            self.log().matches(needle).count() >= count
+        })
+    }
+
+    /// Asserts the server closed this client's session: once the server logged the
+    /// disconnect, the client (whose stdin was still open) reports it.
+    pub fn assert_closed_by_server(&self, child: Child, stdin: ChildStdin, nth: usize) {
+        assert!(
+            self.wait_log("closed by the server", nth),
+            "no disconnect logged"
+        );
+        drop(stdin);
+        let out = wait_output(child, Duration::from_secs(10));
+        assert!(
+            text(&out.stderr).contains("session closed by the server"),
+            "client did not see the disconnect: {}",
+            text(&out.stderr)
+        );
+    }
+
     /// Live SSH sessions of request `id`, as the operator API reports them.
     pub fn sessions(&self, id: u64) -> u64 {
         self.api("GET", &format!("/v1/requests/{id}"), None).1["request"]["sessions"]

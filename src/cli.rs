@@ -1,0 +1,373 @@
+//! The operator CLI: a thin client of the operator HTTP API, with the same defaults as
+//! `serve` (admin address and token file). Human-readable output, or `--json`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures::TryStreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper::Method;
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+use tokio_util::io::ReaderStream;
+
+use crate::http;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(clap::Args)]
+pub struct ClientArgs {
+    /// Operator API base URL
+    #[arg(
+        long,
+        global = true,
+        default_value = "http://127.0.0.1:2280",
+        value_name = "URL"
+    )]
+    admin: String,
+    /// Admin token file (SFTPGATE_ADMIN_TOKEN wins)
+    #[arg(
+        long,
+        global = true,
+        default_value = "data/admin.token",
+        value_name = "FILE"
+    )]
+    token_file: PathBuf,
+    /// Print the API's JSON instead of text
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(clap::Subcommand)]
+pub enum RequestCmd {
+    /// Create or update a request
+    Put {
+        id: u64,
+        #[arg(long)]
+        filename: Option<String>,
+        #[arg(long)]
+        key: Option<String>,
+        /// authorized_keys file of the customer's public keys
+        #[arg(long, value_name = "FILE")]
+        ssh_keys: Option<PathBuf>,
+        #[arg(long)]
+        state: Option<String>,
+        /// RFC 3339 time, or "none" to clear
+        #[arg(long, value_name = "TIME")]
+        expires_at: Option<String>,
+    },
+    /// Show one request
+    Show { id: u64 },
+    /// List all requests
+    List,
+    /// Change a request's state
+    State { id: u64, state: String },
+    /// Revoke a request (its sessions are closed)
+    Delete {
+        id: u64,
+        /// Also delete its files
+        #[arg(long)]
+        purge: bool,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum UpgradedCmd {
+    /// Upload the upgraded dump of a request
+    Put { id: u64, file: PathBuf },
+}
+
+#[derive(clap::Subcommand)]
+pub enum OriginalCmd {
+    /// Download the customer's upload of a request
+    Get { id: u64, file: PathBuf },
+}
+
+pub struct Client {
+    base: String,
+    token: String,
+    json: bool,
+}
+
+impl Client {
+    pub fn new(args: &ClientArgs) -> anyhow::Result<Client> {
+        let token = match std::env::var("SFTPGATE_ADMIN_TOKEN") {
+            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+            _ => std::fs::read_to_string(&args.token_file)
+                .with_context(|| {
+                    format!(
+                        "cannot read the admin token from {}",
+                        args.token_file.display()
+                    )
+                })?
+                .trim()
+                .to_string(),
+        };
+        Ok(Client {
+            base: args.admin.trim_end_matches('/').to_string(),
+            token,
+            json: args.json,
+        })
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: http::Body,
+        ctype: &str,
+    ) -> anyhow::Result<Value> {
+        let auth = format!("Bearer {}", self.token);
+        let url = format!("{}{path}", self.base);
+        let resp = http::send(
+            method,
+            &url,
+            &[("authorization", &auth), ("content-type", ctype)],
+            body,
+            TIMEOUT,
+        )
+        .await?;
+        let status = resp.status();
+        let bytes = http::body_bytes(resp).await?;
+        let v: Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{url} answered {status} without JSON"))?;
+        check(&v)?;
+        Ok(v)
+    }
+
+    async fn call_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let body = body.map_or_else(http::empty, |b| http::full(b.to_string()));
+        self.call(method, path, body, "application/json").await
+    }
+
+    fn print(&self, v: &Value, human: impl FnOnce(&Value) -> String) {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        } else {
+            println!("{}", human(v));
+        }
+    }
+
+    pub async fn request(&self, cmd: RequestCmd) -> anyhow::Result<()> {
+        match cmd {
+            RequestCmd::Put {
+                id,
+                filename,
+                key,
+                ssh_keys,
+                state,
+                expires_at,
+            } => {
+                let mut body = serde_json::Map::new();
+                if let Some(f) = filename {
+                    body.insert("filename".into(), f.into());
+                }
+                if let Some(k) = key {
+                    body.insert("key".into(), k.into());
+                }
+                if let Some(p) = ssh_keys {
+                    let text = std::fs::read_to_string(&p)
+                        .with_context(|| format!("cannot read {}", p.display()))?;
+                    body.insert("ssh_keys".into(), text.into());
+                }
+                if let Some(s) = state {
+                    body.insert("state".into(), s.into());
+                }
+                if let Some(t) = expires_at {
+                    body.insert(
+                        "expires_at".into(),
+                        if t == "none" { Value::Null } else { t.into() },
+                    );
+                }
+                let v = self
+                    .call_json(
+                        Method::PUT,
+                        &format!("/v1/requests/{id}"),
+                        Some(Value::Object(body)),
+                    )
+                    .await?;
+                self.print(&v, |v| describe(&v["request"]));
+            }
+            RequestCmd::Show { id } => {
+                let v = self
+                    .call_json(Method::GET, &format!("/v1/requests/{id}"), None)
+                    .await?;
+                self.print(&v, |v| describe(&v["request"]));
+            }
+            RequestCmd::List => {
+                let v = self.call_json(Method::GET, "/v1/requests", None).await?;
+                self.print(&v, |v| {
+                    let rows: Vec<String> = v["requests"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(row)
+                        .collect();
+                    if rows.is_empty() {
+                        "no requests".into()
+                    } else {
+                        rows.join("\n")
+                    }
+                });
+            }
+            RequestCmd::State { id, state } => {
+                let v = self
+                    .call_json(
+                        Method::POST,
+                        &format!("/v1/requests/{id}/state"),
+                        Some(json!({"state": state})),
+                    )
+                    .await?;
+                self.print(&v, |v| describe(&v["request"]));
+            }
+            RequestCmd::Delete { id, purge } => {
+                let v = self
+                    .call_json(
+                        Method::DELETE,
+                        &format!("/v1/requests/{id}?purge={purge}"),
+                        None,
+                    )
+                    .await?;
+                self.print(&v, |_| {
+                    format!(
+                        "request {id} deleted{}",
+                        if purge { " with its files" } else { "" }
+                    )
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn upgraded_put(&self, id: u64, file: &Path) -> anyhow::Result<()> {
+        let f = tokio::fs::File::open(file)
+            .await
+            .with_context(|| format!("cannot open {}", file.display()))?;
+        let stream = ReaderStream::with_capacity(f, 256 * 1024).map_ok(Frame::data);
+        let body = BodyExt::boxed(StreamBody::new(stream));
+        let v = self
+            .call(
+                Method::PUT,
+                &format!("/v1/requests/{id}/upgraded"),
+                body,
+                "application/octet-stream",
+            )
+            .await?;
+        self.print(&v, |v| {
+            format!(
+                "stored {} bytes as the upgraded dump of request {id}",
+                v["request"]["upgraded_filesize"]
+            )
+        });
+        Ok(())
+    }
+
+    pub async fn original_get(&self, id: u64, file: &Path) -> anyhow::Result<()> {
+        let auth = format!("Bearer {}", self.token);
+        let url = format!("{}/v1/requests/{id}/original", self.base);
+        let resp = http::send(
+            Method::GET,
+            &url,
+            &[("authorization", &auth)],
+            http::empty(),
+            TIMEOUT,
+        )
+        .await?;
+        if !resp.status().is_success() {
+            let bytes = http::body_bytes(resp).await?;
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            check(&v)?;
+            bail!("{url}: unexpected answer");
+        }
+        let mut out = tokio::fs::File::create(file)
+            .await
+            .with_context(|| format!("cannot create {}", file.display()))?;
+        let mut body = resp.into_body();
+        let mut total = 0u64;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                total += data.len() as u64;
+                out.write_all(&data).await?;
+            }
+        }
+        out.sync_all().await?;
+        if self.json {
+            println!("{}", json!({"failures": [], "bytes": total}));
+        } else {
+            println!("saved {total} bytes to {}", file.display());
+        }
+        Ok(())
+    }
+}
+
+/// Fails with the API's failure messages, if any.
+fn check(v: &Value) -> anyhow::Result<()> {
+    let failures = v["failures"].as_array().cloned().unwrap_or_default();
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = failures
+        .iter()
+        .map(|f| {
+            format!(
+                "{}: {}",
+                f["reason"].as_str().unwrap_or("?"),
+                f["message"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    bail!("{}", lines.join("\n"))
+}
+
+fn describe(r: &Value) -> String {
+    let s = |k: &str| match &r[k] {
+        Value::String(x) => x.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let keys: Vec<String> = r["ssh_keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|k| {
+            format!(
+                "{} {} ({})",
+                k["fingerprint"].as_str().unwrap_or(""),
+                k["comment"].as_str().unwrap_or(""),
+                k["algorithm"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    format!(
+        "request {} ({})\n  file:         {} ({} bytes uploaded, upgraded: {})\n  shared file:  {}\n  connect:      {}\n  expires:      {}\n  keys:         {}\n  sessions:     {} {}",
+        s("id"),
+        s("state"),
+        s("filename"),
+        s("filesize"),
+        s("upgraded_filesize"),
+        s("shared_file"),
+        s("sample_command"),
+        s("expires_at"),
+        if keys.is_empty() { "-".into() } else { keys.join("\n                ") },
+        s("sessions"),
+        r["peers"].as_array().map(|p| p.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
+    )
+}
+
+fn row(r: &Value) -> String {
+    format!(
+        "{:>8}  {:<9}  {:<32}  {:>12} bytes  {} sessions",
+        r["id"],
+        r["state"].as_str().unwrap_or(""),
+        r["filename"].as_str().unwrap_or(""),
+        r["filesize"],
+        r["sessions"]
+    )
+}

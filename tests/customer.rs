@@ -1,0 +1,579 @@
+//! The customer's side of the reference API: `request_sftp_access` called by the
+//! reference's own curl + jq script, key-file checks, expiry, and the upload hook. The
+//! operator's side goes through the `sftpgate` CLI.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const KEY: &str = "Aw7pItGVKFuZ_FOR3U8VFQ==";
+
+/// The reference's bash sample, unchanged but for its URL and the keys file path.
+const REFERENCE_SCRIPT: &str = r#"REQUEST_SFTP_ACCESS_URL="@URL@"
+SSH_KEYS=@KEYS@
+KEY="Aw7pItGVKFuZ_FOR3U8VFQ=="
+REQUEST_ID="10534"
+URL_PARAMS="key=${KEY}&request=${REQUEST_ID}"
+curl -sS "${REQUEST_SFTP_ACCESS_URL}?${URL_PARAMS}" -F ssh_keys=@${SSH_KEYS} > request_sftp_result.json
+# check for failures
+failures=$(cat request_sftp_result.json | jq -r '.failures[]')
+if [ "$failures" != "" ]; then
+echo $failures | jq -r '.'
+exit 1
+fi
+"#;
+
+fn cli(g: &Gateway, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sftpgate"))
+        .args(args)
+        .args(["--admin", &format!("http://{}", g.admin)])
+        .env("SFTPGATE_ADMIN_TOKEN", TOKEN)
+        .current_dir(g.dir.path())
+        .output()
+        .unwrap()
+}
+
+fn run_reference_script(g: &Gateway, keys: &Path) -> (bool, Value) {
+    let script = REFERENCE_SCRIPT
+        .replace(
+            "@URL@",
+            &format!("http://{}/database/v1/request_sftp_access", g.admin),
+        )
+        .replace("@KEYS@", keys.to_str().unwrap());
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .current_dir(g.dir.path())
+        .output()
+        .unwrap();
+    let result = std::fs::read(g.dir.path().join("request_sftp_result.json")).unwrap();
+    (
+        out.status.success(),
+        serde_json::from_slice(&result).unwrap(),
+    )
+}
+
+/// Runs the response's sample command, adding only the test's key and host-key options.
+fn run_sample(g: &Gateway, sample: &str, key: &ClientKey, batch: &str, cwd: &Path) -> Output {
+    let args: Vec<&str> = sample.split_whitespace().collect();
+    assert_eq!(args[0], "sftp", "{sample}");
+    let mut child = Command::new("sftp")
+        .args([
+            "-i",
+            key.path.to_str().unwrap(),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-b",
+            "-",
+        ])
+        .args(&args[1..])
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(batch.as_bytes())
+        .unwrap();
+    let _ = g;
+    wait_output(child, Duration::from_secs(60))
+}
+
+fn provision_reference(g: &Gateway) {
+    let out = cli(
+        g,
+        &[
+            "request",
+            "put",
+            "10534",
+            "--filename",
+            "openchs.70.cdump",
+            "--key",
+            KEY,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn reference_script_upload_then_download() {
+    let g = Gateway::start();
+    let work = g.dir.path();
+    provision_reference(&g);
+    let key = ClientKey::new(work, "customer");
+    let keys_file = work.join("authorized_keys");
+    std::fs::write(&keys_file, format!("# my keys\n\n{}", key.public())).unwrap();
+
+    let (ok, res) = run_reference_script(&g, &keys_file);
+    assert!(ok, "{res}");
+    let r = &res["request"];
+    assert_eq!(r["sftp_user"], "user_10534");
+    assert_eq!(r["shared_file"], "openchs.70.cdump");
+    assert_eq!(r["request_id"], 10534);
+    assert_eq!(r["sftp_port"], g.ssh_port);
+    assert_eq!(
+        r["sample_command"],
+        format!("sftp -P {} user_10534@127.0.0.1", g.ssh_port)
+    );
+    assert!(r["expires_at"].is_string());
+
+    let src = work.join("openchs.70.cdump");
+    random_file(&src, 3_000_000);
+    let sample = r["sample_command"].as_str().unwrap();
+    let out = run_sample(
+        &g,
+        sample,
+        &key,
+        "put openchs.70.cdump openchs.70.cdump\n",
+        work,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&g.upload_path(10534)), sha256(&src));
+
+    // The operator fetches the upload, pushes the upgraded dump and marks it done.
+    let fetched = work.join("fetched");
+    let out = cli(&g, &["original", "get", "10534", fetched.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&fetched), sha256(&src));
+    let upgraded = work.join("upgraded.dump");
+    random_file(&upgraded, 2_000_000);
+    let out = cli(
+        &g,
+        &["upgraded", "put", "10534", upgraded.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = cli(&g, &["request", "state", "10534", "done"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("request 10534 (done)"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let (ok, res) = run_reference_script(&g, &keys_file);
+    assert!(ok, "{res}");
+    assert_eq!(res["request"]["shared_file"], "upgraded_openchs.70.cdump");
+    let dl = work.join("dl");
+    std::fs::create_dir(&dl).unwrap();
+    let out = run_sample(&g, sample, &key, "get upgraded_openchs.70.cdump\n", &dl);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        sha256(&dl.join("upgraded_openchs.70.cdump")),
+        sha256(&upgraded)
+    );
+}
+
+fn access(g: &Gateway, form: &[(&str, &str)], query: &str) -> Value {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-X", "POST"]);
+    for (k, v) in form {
+        cmd.args(["-F", &format!("{k}={v}")]);
+    }
+    cmd.arg(format!(
+        "http://{}/database/v1/request_sftp_access{query}",
+        g.admin
+    ));
+    let out = cmd.output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
+}
+
+fn reasons(v: &Value) -> Vec<String> {
+    v["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["reason"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn every_failure_changes_nothing() {
+    let g = Gateway::start();
+    provision_reference(&g);
+    let work = g.dir.path();
+    let key = ClientKey::new(work, "c");
+    let good = work.join("good");
+    std::fs::write(&good, key.public()).unwrap();
+    let record = || std::fs::read(g.data().join("requests/10534/request.json")).unwrap();
+    let before = record();
+    let q = format!("?request=10534&key={KEY}");
+    let file = |name: &str, content: &str| {
+        let p = work.join(name);
+        std::fs::write(&p, content).unwrap();
+        format!("@{}", p.display())
+    };
+    let ed = key.public();
+    let many = ed.repeat(101);
+    let huge = format!("{ed}#{}\n", "x".repeat(70_000));
+    let cases: Vec<(Value, Vec<&str>)> = vec![
+        (
+            access(
+                &g,
+                &[("ssh_keys", &format!("@{}", good.display()))],
+                "?request=10534&key=wrong",
+            ),
+            vec!["KEY:INVALID"],
+        ),
+        (
+            access(
+                &g,
+                &[("ssh_keys", &format!("@{}", good.display()))],
+                &format!("?request=999&key={KEY}"),
+            ),
+            vec!["KEY:INVALID"],
+        ),
+        (
+            access(
+                &g,
+                &[("ssh_keys", &format!("@{}", good.display()))],
+                "?request=abc&key=x",
+            ),
+            vec!["REQUEST:INVALID"],
+        ),
+        (access(&g, &[], &q), vec!["SSH_KEYS:MISSING"]),
+        (
+            access(&g, &[("ssh_keys", &format!("@{}", good.display()))], ""),
+            vec!["REQUEST:MISSING", "KEY:MISSING"],
+        ),
+        (
+            access(
+                &g,
+                &[(
+                    "ssh_keys",
+                    &file(
+                        "bad",
+                        &format!("{ed}garbage line\nssh-dss AAAAB3NzaC1kc3M\n"),
+                    ),
+                )],
+                &q,
+            ),
+            vec!["SSH_KEYS:INVALID", "SSH_KEYS:INVALID"],
+        ),
+        (
+            access(&g, &[("ssh_keys", &file("empty", "# nothing\n\n"))], &q),
+            vec!["SSH_KEYS:EMPTY"],
+        ),
+        (
+            access(&g, &[("ssh_keys", &file("many", &many))], &q),
+            vec!["SSH_KEYS:TOO_LARGE"],
+        ),
+        (
+            access(&g, &[("ssh_keys", &file("huge", &huge))], &q),
+            vec!["SSH_KEYS:TOO_LARGE"],
+        ),
+        (
+            access(
+                &g,
+                &[("ssh_keys", &file("opt", &format!("bogus-option {ed}")))],
+                &q,
+            ),
+            vec!["SSH_KEYS:INVALID"],
+        ),
+    ];
+    for (res, want) in &cases {
+        assert_eq!(reasons(res), *want, "{res}");
+        assert_eq!(record(), before, "a failure changed the record: {res}");
+    }
+    let bad = &cases[5].0["failures"];
+    assert_eq!(
+        (bad[0]["line"].as_u64(), bad[1]["line"].as_u64()),
+        (Some(2), Some(3))
+    );
+    assert_eq!(bad[0]["value"], "garbage line");
+    assert!(bad[1]["message"].as_str().unwrap().contains("DSA"));
+
+    // Not draft nor done.
+    assert!(cli(&g, &["request", "state", "10534", "pending"])
+        .status
+        .success());
+    let before = record();
+    let res = access(&g, &[("ssh_keys", &format!("@{}", good.display()))], &q);
+    assert_eq!(reasons(&res), ["STATE:INVALID"]);
+    assert_eq!(res["failures"][0]["value"], "pending");
+    assert_eq!(res["failures"][0]["expected"], json!(["draft", "done"]));
+    assert_eq!(record(), before);
+
+    // Repeated wrong keys are throttled, even for the right key afterwards.
+    assert!(cli(&g, &["request", "state", "10534", "draft"])
+        .status
+        .success());
+    for _ in 0..5 {
+        access(
+            &g,
+            &[("ssh_keys", &format!("@{}", good.display()))],
+            "?request=10534&key=wrong",
+        );
+    }
+    let res = access(&g, &[("ssh_keys", &format!("@{}", good.display()))], &q);
+    assert_eq!(reasons(&res), ["KEY:THROTTLED"]);
+    // Other requests are not affected.
+    assert!(cli(
+        &g,
+        &["request", "put", "2", "--filename", "f", "--key", "k2"]
+    )
+    .status
+    .success());
+    let res = access(
+        &g,
+        &[("ssh_keys", &format!("@{}", good.display()))],
+        "?request=2&key=k2",
+    );
+    assert_eq!(reasons(&res), Vec::<String>::new(), "{res}");
+    // Form fields work as well as the query string, and unhonoured options are reported.
+    let res = access(
+        &g,
+        &[
+            ("request", "2"),
+            ("key", "k2"),
+            ("ssh_keys", &format!("command=\"ls\" {}", ed.trim())),
+        ],
+        "",
+    );
+    assert_eq!(reasons(&res), Vec::<String>::new(), "{res}");
+    assert_eq!(res["warnings"][0]["option"], "command=\"ls\"");
+    // No body at all still answers JSON.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-X",
+            "POST",
+            &format!("http://{}/database/v1/request_sftp_access", g.admin),
+        ])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        reasons(&v),
+        ["REQUEST:MISSING", "KEY:MISSING", "SSH_KEYS:MISSING"]
+    );
+}
+
+#[test]
+fn expiry_and_key_replacement_close_live_sessions() {
+    let mut g = Gateway::start();
+    g.stop("TERM");
+    g.launch(&["--access-ttl", "3s"]);
+    provision_reference(&g);
+    let work = g.dir.path();
+    let key = ClientKey::new(work, "k1");
+    let other = ClientKey::new(work, "k2");
+    let k1 = work.join("k1.keys");
+    std::fs::write(&k1, key.public()).unwrap();
+    let q = format!("?request=10534&key={KEY}");
+    assert_eq!(
+        reasons(&access(
+            &g,
+            &[("ssh_keys", &format!("@{}", k1.display()))],
+            &q
+        )),
+        Vec::<String>::new()
+    );
+
+    // Expiry: the session ends once the access time is over, and new logins are refused.
+    let (child, stdin) = g.spawn_sftp("user_10534", &key, &[], work, "ls\n");
+    assert!(wait_until(Duration::from_secs(5), || g.sessions(10534) == 1));
+    g.assert_closed_by_server(child, stdin, 1);
+    assert_failed_with(
+        &g.sftp("user_10534", &key, "ls\n", work),
+        "Permission denied (publickey)",
+    );
+
+    // Replacing the keys ends sessions of keys no longer listed.
+    assert!(
+        cli(&g, &["request", "put", "10534", "--expires-at", "none"])
+            .status
+            .success()
+    );
+    let both = work.join("both.keys");
+    std::fs::write(&both, format!("{}{}", key.public(), other.public())).unwrap();
+    assert!(cli(
+        &g,
+        &[
+            "request",
+            "put",
+            "10534",
+            "--ssh-keys",
+            both.to_str().unwrap(),
+            "--expires-at",
+            "none"
+        ]
+    )
+    .status
+    .success());
+    let (first, first_in) = g.spawn_sftp("user_10534", &key, &[], work, "ls\n");
+    let (mut second, _b) = g.spawn_sftp("user_10534", &other, &[], work, "ls\n");
+    assert!(wait_until(Duration::from_secs(5), || g.sessions(10534) == 2));
+    let only_other = work.join("other.keys");
+    std::fs::write(&only_other, other.public()).unwrap();
+    assert!(cli(
+        &g,
+        &[
+            "request",
+            "put",
+            "10534",
+            "--ssh-keys",
+            only_other.to_str().unwrap()
+        ]
+    )
+    .status
+    .success());
+    g.assert_closed_by_server(first, first_in, 2);
+    assert!(
+        second.try_wait().unwrap().is_none(),
+        "the listed key lost its session"
+    );
+    let _ = second.kill();
+}
+
+#[test]
+fn from_option_is_enforced() {
+    let g = Gateway::start();
+    provision_reference(&g);
+    let work = g.dir.path();
+    let key = ClientKey::new(work, "k");
+    let q = format!("?request=10534&key={KEY}");
+    let set = |opt: &str| {
+        let p = work.join("keys");
+        std::fs::write(&p, format!("{opt} {}", key.public())).unwrap();
+        assert_eq!(
+            reasons(&access(
+                &g,
+                &[("ssh_keys", &format!("@{}", p.display()))],
+                &q
+            )),
+            Vec::<String>::new()
+        );
+    };
+    set("from=\"10.0.0.0/8\"");
+    assert_failed_with(
+        &g.sftp("user_10534", &key, "ls\n", work),
+        "Permission denied (publickey)",
+    );
+    set("from=\"127.0.0.0/8,!10.*\"");
+    let out = g.sftp("user_10534", &key, "ls\n", work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// A one-connection-at-a-time HTTP server that records request bodies.
+fn hook_server() -> (String, std::sync::mpsc::Receiver<Value>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).unwrap();
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = tx.send(serde_json::from_slice(&body).unwrap_or(Value::Null));
+        }
+    });
+    (url, rx)
+}
+
+#[test]
+fn upload_hook_is_posted_and_a_dead_hook_harms_nothing() {
+    let (url, events) = hook_server();
+    let mut g = Gateway::start();
+    g.stop("TERM");
+    g.launch(&["--on-upload-closed", &url]);
+    let work = g.dir.path().to_path_buf();
+    let key = ClientKey::new(&work, "k");
+    g.provision(9, "db.dump", &key);
+    let src = work.join("db.dump");
+    random_file(&src, 1_234_567);
+    let out = g.sftp("user_9", &key, "put db.dump\n", &work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let event = events
+        .recv_timeout(Duration::from_secs(10))
+        .expect("no hook call");
+    assert_eq!(event["event"], "upload-closed");
+    assert_eq!(event["request_id"], 9);
+    assert_eq!(event["user"], "user_9");
+    assert_eq!(event["bytes_written"], 1_234_567);
+    assert_eq!(event["final_size"], 1_234_567);
+    assert!(event["key_fingerprint"]
+        .as_str()
+        .unwrap()
+        .starts_with("SHA256:"));
+    assert!(event["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+
+    // A hook nobody listens on: uploads work as before.
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    g.stop("TERM");
+    g.launch(&["--on-upload-closed", &format!("http://{dead}/hook")]);
+    let out = g.sftp("user_9", &key, "put db.dump\nput db.dump\n", &work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&g.upload_path(9)), sha256(&src));
+}
+
+#[test]
+fn cli_reports_failures_with_a_nonzero_exit() {
+    let g = Gateway::start();
+    let out = cli(&g, &["request", "show", "5"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("REQUEST:NOT_FOUND"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = cli(
+        &g,
+        &["request", "put", "5", "--filename", "../x", "--key", "k"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("FILENAME:INVALID"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(cli(
+        &g,
+        &["request", "put", "5", "--filename", "x.dump", "--key", "k"]
+    )
+    .status
+    .success());
+    let out = cli(&g, &["request", "list", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["requests"][0]["id"], 5);
+    let out = cli(&g, &["request", "list"]);
+    assert!(
+        text(&out.stdout).contains("x.dump"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(cli(&g, &["request", "delete", "5", "--purge"])
+        .status
+        .success());
+    assert!(!cli(&g, &["request", "show", "5"]).status.success());
+}
