@@ -40,6 +40,53 @@ fn cli(g: &Gateway, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// The reference's pycurl sample, unchanged but for its URL and keys file path. It is
+/// Python 2 (`from urllib import urlencode`); a `sitecustomize` provides that name on Python 3.
+const REFERENCE_PYCURL: &str = r#"import os
+import pycurl
+from urllib import urlencode
+UPLOAD_URL = "@URL@"
+SSH_KEYS="@KEYS@"
+fields = dict([
+('request', '10534'),
+('key', 'Aw7pItGVKFuZ_FOR3U8VFQ=='),
+])
+postfields = urlencode(fields)
+c = pycurl.Curl()
+c.setopt(pycurl.URL, UPLOAD_URL+"?"+postfields)
+c.setopt(pycurl.POST, 1)
+c.setopt(c.HTTPPOST,[("ssh_keys",
+(c.FORM_FILE, SSH_KEYS,
+c.FORM_CONTENTTYPE, "text/plain"))
+])
+c.perform()
+c.close()
+"#;
+
+fn run_reference_pycurl(g: &Gateway, keys: &Path) -> Value {
+    let shim = g.dir.path().join("py2shim");
+    std::fs::create_dir_all(&shim).unwrap();
+    std::fs::write(
+        shim.join("sitecustomize.py"),
+        "import urllib, urllib.parse\nurllib.urlencode = urllib.parse.urlencode\n",
+    )
+    .unwrap();
+    let script = REFERENCE_PYCURL
+        .replace(
+            "@URL@",
+            &format!("http://{}/database/v1/request_sftp_access", g.admin),
+        )
+        .replace("@KEYS@", keys.to_str().unwrap());
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .env("PYTHONPATH", &shim)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
+}
+
 fn run_reference_script(g: &Gateway, keys: &Path) -> (bool, Value) {
     let script = REFERENCE_SCRIPT
         .replace(
@@ -168,6 +215,10 @@ fn reference_script_upload_then_download() {
     let (ok, res) = run_reference_script(&g, &keys_file);
     assert!(ok, "{res}");
     assert_eq!(res["request"]["shared_file"], "upgraded_openchs.70.cdump");
+    let res = run_reference_pycurl(&g, &keys_file);
+    assert_eq!(res["failures"], json!([]), "{res}");
+    assert_eq!(res["request"]["shared_file"], "upgraded_openchs.70.cdump");
+    assert_eq!(res["request"]["sftp_user"], "user_10534");
     let dl = work.join("dl");
     std::fs::create_dir(&dl).unwrap();
     let out = run_sample(&g, sample, &key, "get upgraded_openchs.70.cdump\n", &dl);

@@ -406,3 +406,41 @@ pub fn assert_failed_with(out: &Output, needle: &str) {
     assert!(!out.status.success(), "expected a failure; stderr: {err}");
     assert!(err.contains(needle), "expected {needle:?} in {err:?}");
 }
+
+/// A Python with the test's client libraries (pycurl, paramiko), in a venv under
+/// `target/` created on first use. Test binaries run one after another, so a `Once` per
+/// binary plus a marker file is enough to build it once.
+pub fn python() -> PathBuf {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv");
+    let py = venv.join("bin/python");
+    let marker = venv.join(".ready-1");
+    ONCE.call_once(|| {
+        if marker.exists() {
+            return;
+        }
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .is_ok_and(|s| s.success())
+            && Command::new(&py)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "--disable-pip-version-check",
+                    "pycurl==7.49.0",
+                    "paramiko==5.1.0",
+                ])
+                .status()
+                .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "cannot set up the Python test venv (python3 -m venv, pip install pycurl paramiko)"
+        );
+        std::fs::write(&marker, b"").unwrap();
+    });
+    py
+}
