@@ -99,10 +99,17 @@ pub fn russh_config(s: &SshSettings) -> russh::server::Config {
             ..Preferred::DEFAULT
         },
         max_auth_attempts: 10,
+        window_size: env_u32("SFTPGATE_WINDOW", 2097152),
+        maximum_packet_size: env_u32("SFTPGATE_MAXPKT", 32768),
+        channel_buffer_size: env_u32("SFTPGATE_CHANBUF", 100) as usize,
         inactivity_timeout: Some(s.idle_timeout),
         nodelay: true,
         ..Default::default()
     }
+}
+
+fn env_u32(name: &str, default: u32) -> u32 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// What the accept loop and every connection share.

@@ -1,0 +1,247 @@
+#!/usr/bin/env bash
+# compare-openssh.sh: sftpgate against OpenSSH sshd (internal-sftp, chroot, one writable file),
+# side by side on this machine, driven by the same OpenSSH `sftp -b` client with the same key,
+# cipher and key exchange, alternating A B A B. Every transferred file is checked by sha256: a
+# wrong byte fails the run. Prints a table and writes it to bench/RESULTS.md.
+#
+# usage (as root; needs openssh-server, openssh-client, jq, python3):
+#   bench/compare-openssh.sh
+# Env: SIZE_MB (1024)  RUNS (3)  CONC (100)  CONC_MB (16)  LOGINS (50)
+#      CIPHERS ("chacha20-poly1305@openssh.com aes256-gcm@openssh.com")
+#      RESULTS (bench/RESULTS.md; "-" prints only)  BASELINE (../shared/bench/openssh-baseline.sh)
+#      OPS ("up down resume")
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+SIZE_MB=${SIZE_MB:-1024}
+RUNS=${RUNS:-3}
+CONC=${CONC:-100}
+CONC_MB=${CONC_MB:-16}
+LOGINS=${LOGINS:-50}
+CIPHERS=${CIPHERS:-"chacha20-poly1305@openssh.com aes256-gcm@openssh.com"}
+RESULTS=${RESULTS:-$repo/bench/RESULTS.md}
+BASELINE=${BASELINE:-$repo/../shared/bench/openssh-baseline.sh}
+USER_ID=50001
+U=user_$USER_ID
+TICK=$(getconf CLK_TCK)
+
+die() { echo "compare-openssh: $*" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || die "run as root (the OpenSSH side needs a system user and a chroot)"
+[ -f "$BASELINE" ] || die "OpenSSH baseline script not found at $BASELINE (set BASELINE)"
+for c in sftp sshd jq python3; do command -v $c >/dev/null || [ -x /usr/sbin/$c ] || die "missing $c"; done
+
+B=$(mktemp -d /tmp/sftpgate-bench.XXXXXX)
+chmod 755 "$B" # the OpenSSH side walks this path as its user
+OWORK=$B/openssh
+GATE_PID=
+cleanup() {
+  [ -n "$GATE_PID" ] && kill "$GATE_PID" 2>/dev/null || true
+  WORK=$OWORK bash "$BASELINE" stop >/dev/null 2>&1 || true
+  rm -rf "$B"
+  if [ -n "$CG" ]; then rmdir "$CG/gate" "$CG/openssh" "$CG" 2>/dev/null || true; fi
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+now() { date +%s.%N; }
+# Server CPU is read from a cpuacct cgroup per side, which keeps counting the CPU of sshd's
+# per-connection processes after they exit (sshd does not always reap them promptly, so
+# its cutime is not a reliable total). Without cgroups: utime+stime+cutime+cstime.
+CG=/sys/fs/cgroup/cpuacct/sftpgate-bench.$$
+if ! mkdir -p "$CG/gate" "$CG/openssh" 2>/dev/null; then CG=; fi
+cpu_of() { awk -v t="$TICK" '{print ($14+$15+$16+$17)/t}' "/proc/$1/stat"; }
+median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+
+echo "building sftpgate (release)..." >&2
+(cd "$repo" && cargo build --release --quiet)
+GATE=$repo/target/release/sftpgate
+
+# --- OpenSSH side, set up as the baseline script does it ---
+OPORT=$(free_port)
+WORK=$OWORK PORT=$OPORT SFTP_USER=$U bash "$BASELINE" start >/dev/null
+OPID=$(cat "$OWORK/sshd/sshd.pid")
+# Let many clients authenticate at once, as an operator expecting 100 sessions would.
+sed -i '/^Match User/i MaxStartups 400:30:800' "$OWORK/sshd/sshd_config"
+kill -HUP "$OPID"
+for _ in $(seq 100); do
+  [ -s "$OWORK/sshd/sshd.pid" ] && kill -0 "$(cat "$OWORK/sshd/sshd.pid")" 2>/dev/null && break
+  sleep 0.05
+done
+OPID=$(cat "$OWORK/sshd/sshd.pid")
+KEY=$OWORK/keys/id_ed25519
+OFILE=$OWORK/chroot/shared.dump
+
+# --- sftpgate side ---
+mkdir -p "$B/gate"
+SFTPGATE_ADMIN_TOKEN=bench "$GATE" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+  --data-dir "$B/gate/data" --host-key-dir "$B/gate/keys" >"$B/gate/ready" 2>"$B/gate/log" &
+GATE_PID=$!
+for _ in $(seq 100); do [ -s "$B/gate/ready" ] && break; sleep 0.05; done
+GPORT=$(jq -r .ssh "$B/gate/ready" | sed 's/.*://')
+ADMIN=http://$(jq -r .admin "$B/gate/ready")
+provision() { # id filename
+  jq -n --arg k "$(cat "$KEY.pub")" --arg f "$2" '{filename: $f, key: "bench", ssh_keys: $k}' |
+    curl -sfS -X PUT -H "Authorization: Bearer bench" --data-binary @- "$ADMIN/v1/requests/$1" >/dev/null
+}
+provision $USER_ID shared.dump
+GFILE=$B/gate/data/requests/$USER_ID/upload
+if [ -n "$CG" ]; then
+  echo "$OPID" >"$CG/openssh/cgroup.procs"
+  echo "$GATE_PID" >"$CG/gate/cgroup.procs"
+fi
+
+SRC=$B/src.bin
+echo "making a ${SIZE_MB} MiB test file..." >&2
+head -c $((SIZE_MB * 1024 * 1024)) /dev/urandom >"$SRC"
+SRC_SHA=$(sha256sum "$SRC" | cut -d' ' -f1)
+
+sftp_to() { # side cipher user batch
+  local port=$OPORT; [ "$1" = gate ] && port=$GPORT
+  sftp -q -i "$KEY" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+    -o LogLevel=ERROR -o BatchMode=yes -o KexAlgorithms=curve25519-sha256 -o Ciphers="$2" \
+    -P "$port" -b - "$3@127.0.0.1" <<<"$4" >/dev/null
+}
+server_cpu() {
+  if [ -n "$CG" ]; then awk '{print $1 / 1e9}' "$CG/$1/cpuacct.usage"
+  elif [ "$1" = gate ]; then cpu_of "$GATE_PID"
+  else cpu_of "$OPID"; fi
+}
+remote_file() { if [ "$1" = gate ]; then echo "$GFILE"; else echo "$OFILE"; fi; }
+settle() { # wait for sshd's session processes (zombies aside) to finish, so their CPU is counted
+  [ "$1" = gate ] && return 0
+  for _ in $(seq 200); do
+    ps --ppid "$OPID" -o stat= | grep -qv '^Z' || return 0
+    sleep 0.02
+  done
+}
+check() { # file
+  local got; got=$(sha256sum "$1" | cut -d' ' -f1)
+  [ "$got" = "$SRC_SHA" ] || die "sha256 mismatch on $1: a wrong byte fails the run"
+}
+
+declare -A TIME CPU
+transfer() { # side cipher op
+  local side=$1 cipher=$2 op=$3 file; file=$(remote_file "$side")
+  case $op in
+    up) : >"$file" ;;
+    down) rm -f "$B/dl.bin" ;;
+    resume) truncate -s $((SIZE_MB * 1024 * 1024 / 2)) "$file" ;;
+  esac
+  sync
+  local c0 t0 t1 c1
+  c0=$(server_cpu "$side"); t0=$(now)
+  case $op in
+    up) sftp_to "$side" "$cipher" $U "put $SRC shared.dump" ;;
+    down) sftp_to "$side" "$cipher" $U "get shared.dump $B/dl.bin" ;;
+    resume) sftp_to "$side" "$cipher" $U "put -a $SRC shared.dump" ;;
+  esac
+  t1=$(now); settle "$side"; c1=$(server_cpu "$side")
+  if [ "$op" = down ]; then check "$B/dl.bin"; else check "$file"; fi
+  local key="$side|$cipher|$op"
+  TIME[$key]+="$(echo "$t1 - $t0" | bc) "
+  CPU[$key]+="$(echo "$c1 - $c0" | bc) "
+}
+
+reset_peak() { echo 5 >"/proc/$GATE_PID/clear_refs"; }
+peak_kib() { awk '/VmHWM/ {print $2}' "/proc/$GATE_PID/status"; }
+
+reset_peak
+for cipher in $CIPHERS; do
+  for op in up down resume; do
+    for run in $(seq "$RUNS"); do
+      echo "  $cipher $op run $run" >&2
+      transfer gate "$cipher" $op
+      transfer openssh "$cipher" $op
+    done
+  done
+done
+PEAK_XFER=$(peak_kib)
+
+# --- 50 sequential logins doing ls ---
+declare -A LOGIN
+for run in $(seq "$RUNS"); do
+  for side in gate openssh; do
+    t0=$(now)
+    for _ in $(seq "$LOGINS"); do sftp_to $side chacha20-poly1305@openssh.com $U "ls"; done
+    t1=$(now)
+    LOGIN[$side]+="$(echo "$t1 - $t0" | bc) "
+  done
+done
+
+# --- concurrent sessions, each uploading CONC_MB ---
+CSRC=$B/conc.bin
+head -c $((CONC_MB * 1024 * 1024)) /dev/urandom >"$CSRC"
+CSHA=$(sha256sum "$CSRC" | cut -d' ' -f1)
+for i in $(seq "$CONC"); do
+  provision $((60000 + i)) "c$i.dump"
+  : >"$OWORK/chroot/c$i.dump"; chown "$U:" "$OWORK/chroot/c$i.dump"
+done
+concurrent() { # side -> seconds; fails unless every upload is complete and right
+  local side=$1 pids=() t0 t1 fails=0
+  t0=$(now)
+  for i in $(seq "$CONC"); do
+    local user=$U; [ "$side" = gate ] && user=user_$((60000 + i))
+    local name="c$i.dump"
+    sftp_to "$side" chacha20-poly1305@openssh.com "$user" "put $CSRC $name" &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p" || fails=$((fails + 1)); done
+  t1=$(now)
+  [ "$fails" = 0 ] || die "$side: $fails of $CONC concurrent uploads failed"
+  for i in $(seq "$CONC"); do
+    local f="$OWORK/chroot/c$i.dump"; [ "$side" = gate ] && f=$B/gate/data/requests/$((60000 + i))/upload
+    [ "$(sha256sum "$f" | cut -d' ' -f1)" = "$CSHA" ] || die "$side: concurrent upload $i is wrong"
+  done
+  echo "$t1 - $t0" | bc
+}
+reset_peak
+declare -A CONCT
+for run in $(seq "$RUNS"); do
+  CONCT[gate]+="$(concurrent gate) "
+  CONCT[openssh]+="$(concurrent openssh) "
+done
+PEAK_CONC=$(peak_kib)
+
+# --- report ---
+MB=$SIZE_MB
+mbps() { awk -v mb="$1" -v s="$2" 'BEGIN {printf "%.0f", mb * 1.048576 / s}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+table=$(mktemp)
+{
+  echo "| test | cipher | sftpgate | OpenSSH | ratio (sftpgate/OpenSSH) | server CPU s/GiB sftpgate | server CPU s/GiB OpenSSH |"
+  echo "|---|---|---|---|---|---|---|"
+  for cipher in $CIPHERS; do
+    for op in ${OPS:-up down resume}; do
+      moved=$MB; [ $op = resume ] && moved=$((MB / 2))
+      tg=$(echo ${TIME["gate|$cipher|$op"]} | tr ' ' '\n' | median)
+      to=$(echo ${TIME["openssh|$cipher|$op"]} | tr ' ' '\n' | median)
+      cg=$(echo ${CPU["gate|$cipher|$op"]} | tr ' ' '\n' | median)
+      co=$(echo ${CPU["openssh|$cipher|$op"]} | tr ' ' '\n' | median)
+      gib=$(awk -v m="$moved" 'BEGIN {print m / 1024}')
+      printf "| %s %s MiB | %s | %s MB/s | %s MB/s | %s | %.2f | %.2f |\n" "$op" "$moved" "${cipher%%@*}" \
+        "$(mbps "$moved" "$tg")" "$(mbps "$moved" "$to")" "$(ratio "$to" "$tg")" \
+        "$(awk -v c="$cg" -v g="$gib" 'BEGIN {print c / g}')" "$(awk -v c="$co" -v g="$gib" 'BEGIN {print c / g}')"
+    done
+  done
+  lg=$(echo ${LOGIN[gate]} | tr ' ' '\n' | median); lo=$(echo ${LOGIN[openssh]} | tr ' ' '\n' | median)
+  printf "| %s sequential logins + ls | chacha20-poly1305 | %.2f s | %.2f s | %s (time, lower is better) | | |\n" "$LOGINS" "$lg" "$lo" "$(ratio "$lg" "$lo")"
+  cg=$(echo ${CONCT[gate]} | tr ' ' '\n' | median); co=$(echo ${CONCT[openssh]} | tr ' ' '\n' | median)
+  total=$((CONC * CONC_MB))
+  printf "| %s concurrent uploads x %s MiB | chacha20-poly1305 | %s MB/s | %s MB/s | %s | | |\n" "$CONC" "$CONC_MB" \
+    "$(mbps "$total" "$cg")" "$(mbps "$total" "$co")" "$(ratio "$co" "$cg")"
+  echo
+  echo "sftpgate peak RSS: $((PEAK_XFER / 1024)) MiB during the ${SIZE_MB} MiB transfers, $((PEAK_CONC / 1024)) MiB during the $CONC concurrent uploads."
+  echo "Medians of $RUNS runs each, A B A B; every file verified by sha256."
+} >"$table"
+cat "$table"
+if [ "$RESULTS" != "-" ]; then
+  {
+    echo "# sftpgate vs OpenSSH sshd"
+    echo
+    echo "Run $(date -u +%Y-%m-%dT%H:%MZ) by bench/compare-openssh.sh on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))."
+    echo "Versions: $("$GATE" --version), $(ssh -V 2>&1) client, openssh-server $(dpkg-query -W -f='${Version}' openssh-server 2>/dev/null || echo '?'), $(rustc --version)."
+    echo "Throughput is MB/s (10^6 bytes); ratio > 1 means sftpgate is faster (for logins, < 1 means faster)."
+    echo
+    cat "$table"
+  } >"$RESULTS"
+  echo "written to $RESULTS" >&2
+fi
