@@ -48,6 +48,19 @@ pub struct Settings {
     /// URL that receives a JSON POST each time an upload's write handle is closed
     #[arg(long, value_name = "URL")]
     pub on_upload_closed: Option<String>,
+    /// Largest upload accepted per request, in bytes [default: no limit]
+    #[arg(long, value_name = "BYTES")]
+    pub max_upload_size: Option<u64>,
+    /// Failed connections from one address within a minute before it is refused; 0 disables [default: 100]
+    #[arg(long, value_name = "N")]
+    pub penalty_failures: Option<u32>,
+    /// How long a penalized address is refused, in seconds [default: 60]
+    #[arg(long, value_name = "SECONDS")]
+    pub penalty_secs: Option<u64>,
+    /// Allow the operator API to listen on a non-loopback address
+    #[arg(long)]
+    #[serde(default)]
+    pub admin_allow_remote: bool,
 }
 
 /// `90`, `90s`, `15m`, `24h` or `2d`.
@@ -115,6 +128,10 @@ impl Settings {
             idle_timeout_secs: self.idle_timeout_secs.or(base.idle_timeout_secs),
             access_ttl: self.access_ttl.or(base.access_ttl),
             on_upload_closed: self.on_upload_closed.or(base.on_upload_closed),
+            max_upload_size: self.max_upload_size.or(base.max_upload_size),
+            penalty_failures: self.penalty_failures.or(base.penalty_failures),
+            penalty_secs: self.penalty_secs.or(base.penalty_secs),
+            admin_allow_remote: self.admin_allow_remote || base.admin_allow_remote,
         }
     }
 
@@ -138,6 +155,10 @@ impl Settings {
             idle_timeout: Duration::from_secs(self.idle_timeout_secs.unwrap_or(600).max(1)),
             access_ttl: self.access_ttl.unwrap_or(Duration::from_secs(24 * 3600)),
             on_upload_closed: self.on_upload_closed,
+            max_upload_size: self.max_upload_size,
+            penalty_failures: self.penalty_failures.unwrap_or(100),
+            penalty: Duration::from_secs(self.penalty_secs.unwrap_or(60)),
+            admin_allow_remote: self.admin_allow_remote,
         }
     }
 }
@@ -158,6 +179,10 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub access_ttl: Duration,
     pub on_upload_closed: Option<String>,
+    pub max_upload_size: Option<u64>,
+    pub penalty_failures: u32,
+    pub penalty: Duration,
+    pub admin_allow_remote: bool,
 }
 
 fn machine_hostname() -> String {

@@ -46,6 +46,7 @@ struct Live {
 pub struct Gateway {
     pub store: Arc<dyn Store>,
     hook: Option<Hook>,
+    max_upload_size: Option<u64>,
     /// Parsed keys per request, with the text they were parsed from.
     keys: Mutex<HashMap<u64, ParsedKeys>>,
     live: Mutex<HashMap<u64, Live>>,
@@ -67,10 +68,15 @@ impl Drop for LiveGuard {
 }
 
 impl Gateway {
-    pub fn new(store: Arc<dyn Store>, hook: Option<Hook>) -> Arc<Gateway> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        hook: Option<Hook>,
+        max_upload_size: Option<u64>,
+    ) -> Arc<Gateway> {
         Arc::new(Gateway {
             store,
             hook,
+            max_upload_size,
             keys: Mutex::default(),
             live: Mutex::default(),
             next_session: AtomicU64::new(1),
@@ -137,11 +143,15 @@ impl Gateway {
                 name: record.visible_name(Access::Upload),
                 path: self.store.upload_path(record.id),
                 writable: true,
+                max_size: self.max_upload_size,
+                partial_path: Some(self.store.upload_path(record.id).with_extension("filepart")),
             },
             Access::Download => SharedFile {
                 name: record.visible_name(Access::Download),
                 path: self.store.upgraded_path(record.id),
                 writable: false,
+                max_size: None,
+                partial_path: None,
             },
         })
     }

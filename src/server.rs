@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::hook::Hook;
 use crate::keys::{fingerprint, load_or_generate_host_key};
-use crate::ssh::{SshServer, SshSettings};
+use crate::ssh::{PenaltyPolicy, SshServer, SshSettings};
 use crate::store::FileStore;
 
 /// How long shutdown waits for sessions to flush and close.
@@ -100,6 +100,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     }
     let token = admin_token(&cfg.admin_token_file)?;
 
+    anyhow::ensure!(
+        cfg.admin_listen.ip().is_loopback() || cfg.admin_allow_remote,
+        "the operator API would listen on {}, which is not a loopback address: pass --admin-allow-remote if that is intended",
+        cfg.admin_listen
+    );
     let ssh_listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -116,7 +121,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         );
     }
     let hook = cfg.on_upload_closed.clone().map(Hook::start);
-    let gateway = Gateway::new(Arc::new(store), hook);
+    let gateway = Gateway::new(Arc::new(store), hook, cfg.max_upload_size);
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let settings = SshSettings {
@@ -124,6 +129,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         max_connections: cfg.max_connections,
         login_grace: cfg.login_grace,
         idle_timeout: cfg.idle_timeout,
+        penalties: PenaltyPolicy {
+            max_failures: cfg.penalty_failures,
+            window: Duration::from_secs(60),
+            penalty: cfg.penalty,
+        },
     };
     let ssh = SshServer::new(gateway.clone(), &settings);
     tracker.spawn(ssh.serve(ssh_listener, shutdown.clone(), tracker.clone()));

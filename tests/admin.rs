@@ -276,3 +276,77 @@ fn restart_keeps_records_data_and_host_key() {
         "{body}"
     );
 }
+
+#[test]
+fn huge_bodies_remote_binds_and_secrets() {
+    let g = Gateway::start();
+    let key = ClientKey::new(g.dir.path(), "k");
+    g.provision(6, "db.dump", &key);
+    let big = format!("{{\"filename\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    let body_file = g.dir.path().join("big.json");
+    std::fs::write(&body_file, &big).unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-X",
+            "PUT",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            &format!("Authorization: Bearer {TOKEN}"),
+        ])
+        .arg("--data-binary")
+        .arg(format!("@{}", body_file.display()))
+        .arg(format!("http://{}/v1/requests/6", g.admin))
+        .output()
+        .unwrap();
+    let t = text(&out.stdout);
+    let (body, code) = t.rsplit_once('\n').unwrap();
+    assert_eq!(code, "413");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(reason(&v), "BODY:TOO_LARGE");
+
+    // The operator API refuses to listen beyond loopback unless told to.
+    let out = Command::new(env!("CARGO_BIN_EXE_sftpgate"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "0.0.0.0:0",
+        ])
+        .arg("--data-dir")
+        .arg(g.dir.path().join("other-data"))
+        .arg("--host-key-dir")
+        .arg(g.dir.path().join("other-keys"))
+        .env("SFTPGATE_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--admin-allow-remote"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Neither the admin token nor a request key shows up in any log line or response.
+    let q = "?request=6&key=secret-6";
+    let out = Command::new("curl")
+        .args(["-sS", "-F", &format!("ssh_keys={}", key.public().trim())])
+        .arg(format!(
+            "http://{}/database/v1/request_sftp_access{q}",
+            g.admin
+        ))
+        .output()
+        .unwrap();
+    let access = text(&out.stdout);
+    assert!(access.contains("\"failures\":[]"), "{access}");
+    let listing = g.api("GET", "/v1/requests", None).1.to_string();
+    for secret in [TOKEN, "secret-6"] {
+        assert!(!g.log().contains(secret), "{secret} reached the log");
+        assert!(
+            !access.contains(secret) && !listing.contains(secret),
+            "{secret} in a response"
+        );
+    }
+}

@@ -294,3 +294,103 @@ fn connections_over_the_cap_are_closed_at_once() {
         std::io::Read::read_exact(&mut c, &mut b).is_ok()
     }));
 }
+
+/// Reads the server's KEXINIT (sent in the clear) and returns its ten name-lists.
+fn server_kexinit(port: u16) -> Vec<Vec<String>> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"SSH-2.0-probe\r\n").unwrap();
+    // The identification line, then one binary packet.
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        s.read_exact(&mut b).unwrap();
+        line.push(b[0]);
+    }
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut packet = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut packet).unwrap();
+    let payload = &packet[1..];
+    assert_eq!(payload[0], 20, "not a KEXINIT");
+    let mut at = 17;
+    (0..10)
+        .map(|_| {
+            let n = u32::from_be_bytes(payload[at..at + 4].try_into().unwrap()) as usize;
+            let list = String::from_utf8_lossy(&payload[at + 4..at + 4 + n]).into_owned();
+            at += 4 + n;
+            list.split(',')
+                .filter(|x| !x.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn only_strong_algorithms_are_offered() {
+    let g = Gateway::start();
+    let lists = server_kexinit(g.ssh_port);
+    let all: Vec<&String> = lists.iter().flatten().collect();
+    for name in &all {
+        let weak = name.contains("sha1")
+            || name.contains("cbc")
+            || name.contains("dss")
+            || name.contains("md5")
+            || name.as_str() == "ssh-rsa"
+            || name.contains("arcfour")
+            || name.contains("3des")
+            || name.contains("group1-");
+        assert!(!weak, "weak algorithm offered: {name}");
+    }
+    assert_eq!(lists[1], ["ssh-ed25519"], "host key algorithms");
+    assert!(lists[2].contains(&"chacha20-poly1305@openssh.com".to_string()));
+    assert!(lists[2].contains(&"aes256-gcm@openssh.com".to_string()));
+    assert_eq!(lists[6], ["none"], "compression client to server");
+    assert_eq!(lists[7], ["none"], "compression server to client");
+}
+
+#[test]
+fn a_second_session_channel_and_other_subsystems_are_refused() {
+    let g = Gateway::start();
+    let key = ClientKey::new(g.dir.path(), "p");
+    g.provision(60, "db.dump", &key);
+    let script = r#"
+import sys, time, paramiko
+t = paramiko.Transport(("127.0.0.1", int(sys.argv[1])))
+t.connect(username="user_60", pkey=paramiko.Ed25519Key.from_private_key_file(sys.argv[2]))
+first = t.open_session()
+first.invoke_subsystem("sftp")
+started = time.time()
+try:
+    t.open_session(timeout=2)
+    print("second channel opened")
+except Exception:
+    print("second channel refused")
+assert time.time() - started < 2.5
+t.close()
+t = paramiko.Transport(("127.0.0.1", int(sys.argv[1])))
+t.connect(username="user_60", pkey=paramiko.Ed25519Key.from_private_key_file(sys.argv[2]))
+c = t.open_session()
+try:
+    c.invoke_subsystem("shell")
+    print("subsystem accepted")
+except Exception:
+    print("subsystem refused")
+"#;
+    let out = std::process::Command::new(python())
+        .args([
+            "-c",
+            script,
+            &g.ssh_port.to_string(),
+            key.path.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "second channel refused\nsubsystem refused\n"
+    );
+}

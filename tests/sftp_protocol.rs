@@ -1,72 +1,13 @@
 //! The SFTP request loop over an in-memory stream (no SSH, no network): every request is
 //! answered under its own id, even when it cannot be decoded, and the stream stays in step.
 
-use std::sync::Arc;
+mod common;
 
-use sftpgate::sftp::{serve, Activity, IoInbound, IoOutbound, SharedFile};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-
-struct Client {
-    io: DuplexStream,
-}
-
-impl Client {
-    async fn send(&mut self, body: &[u8]) {
-        let mut p = (body.len() as u32).to_be_bytes().to_vec();
-        p.extend_from_slice(body);
-        self.io.write_all(&p).await.unwrap();
-    }
-
-    async fn recv(&mut self) -> Vec<u8> {
-        let len = self.io.read_u32().await.unwrap();
-        let mut body = vec![0; len as usize];
-        self.io.read_exact(&mut body).await.unwrap();
-        body
-    }
-}
-
-fn s(x: &[u8]) -> Vec<u8> {
-    [&(x.len() as u32).to_be_bytes()[..], x].concat()
-}
-
-fn req(kind: u8, id: u32, rest: &[&[u8]]) -> Vec<u8> {
-    let mut v = vec![kind];
-    v.extend_from_slice(&id.to_be_bytes());
-    for r in rest {
-        v.extend_from_slice(r);
-    }
-    v
-}
-
-fn id_of(reply: &[u8]) -> u32 {
-    u32::from_be_bytes(reply[1..5].try_into().unwrap())
-}
-
-fn status_of(reply: &[u8]) -> u32 {
-    assert_eq!(reply[0], 101, "not a STATUS: {reply:?}");
-    u32::from_be_bytes(reply[5..9].try_into().unwrap())
-}
+use common::wire::{id_of, req, s, status_of, Client};
 
 async fn start(writable: bool) -> (Client, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let file = SharedFile {
-        name: "db.dump".into(),
-        path: dir.path().join("upload"),
-        writable,
-    };
-    let (client, server) = tokio::io::duplex(1 << 20);
-    let (r, w) = tokio::io::split(server);
-    tokio::spawn(serve(
-        file,
-        Arc::new(Activity::default()),
-        None,
-        IoInbound(r),
-        IoOutbound(w),
-        std::future::pending(),
-    ));
-    let mut c = Client { io: client };
-    c.send(&[1, 0, 0, 0, 3]).await;
-    let v = c.recv().await;
+    let (c, v) = Client::start("db.dump", &dir.path().join("upload"), writable).await;
     assert_eq!(v[0], 2);
     assert_eq!(u32::from_be_bytes(v[1..5].try_into().unwrap()), 3);
     let text = String::from_utf8_lossy(&v);

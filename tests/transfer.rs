@@ -141,7 +141,7 @@ fn killed_client_leaves_a_prefix_that_put_a_completes() {
     random_file(&src, 48 * 1024 * 1024);
 
     for round in 0..3 {
-        // Throttled (-l, Kbit/s) so the kill lands mid-transfer.
+        // Throttled (-l, Kbit/s) so the kill lands mid-transfer; 256 writes in flight.
         let cmd = if round == 0 {
             "put big.dump
 "
@@ -149,7 +149,8 @@ fn killed_client_leaves_a_prefix_that_put_a_completes() {
             "put -a big.dump
 "
         };
-        let (mut child, _stdin) = g.spawn_sftp("user_7", &key, &["-l", "80000"], work, cmd);
+        let (mut child, _stdin) =
+            g.spawn_sftp("user_7", &key, &["-l", "80000", "-R", "256"], work, cmd);
         let before = std::fs::metadata(g.upload_path(7))
             .map(|m| m.len())
             .unwrap_or(0);

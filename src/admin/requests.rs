@@ -140,8 +140,21 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Strin
     Option::<String>::deserialize(d).map(Some)
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
-    serde_json::from_slice(body).map_err(|e| {
+/// The body of a JSON route: a size or transport problem is a failure like any other.
+pub(crate) type JsonBody = Result<Bytes, axum::extract::rejection::BytesRejection>;
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: JsonBody) -> ApiResult<T> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Failure::new("BODY:TOO_LARGE", "the body is larger than 1 MiB"),
+            )
+        } else {
+            ApiError::bad("BODY:INVALID", e.body_text())
+        }
+    })?;
+    serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad(
             "BODY:INVALID_JSON",
             format!("the body is not valid JSON for this route: {e}"),
@@ -173,10 +186,10 @@ fn check_transition(state: &AdminState, id: u64, to: ReqState) -> Result<(), Fai
 pub async fn put(
     State(state): State<Arc<AdminState>>,
     Path(raw): Path<String>,
-    body: Bytes,
+    body: JsonBody,
 ) -> ApiResult<Json<Value>> {
     let id = parse_id(&raw)?;
-    let body: PutBody = parse_json(&body)?;
+    let body: PutBody = parse_json(body)?;
     let existing = state.gateway.store.get(id);
     let mut failures = Vec::new();
 
@@ -307,10 +320,10 @@ pub struct StateBody {
 pub async fn set_state(
     State(state): State<Arc<AdminState>>,
     Path(raw): Path<String>,
-    body: Bytes,
+    body: JsonBody,
 ) -> ApiResult<Json<Value>> {
     let id = parse_id(&raw)?;
-    let body: StateBody = parse_json(&body)?;
+    let body: StateBody = parse_json(body)?;
     let existing = state
         .gateway
         .store

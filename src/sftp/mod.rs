@@ -34,6 +34,11 @@ pub struct SharedFile {
     pub path: PathBuf,
     /// `true` in draft (upload), `false` in done (read-only download).
     pub writable: bool,
+    /// Writes that would make the file larger than this are refused.
+    pub max_size: Option<u64>,
+    /// Where `<name>.filepart` lives, if the client may upload to that temporary name and
+    /// rename it onto the file (WinSCP does); `None` refuses the name like any other.
+    pub partial_path: Option<PathBuf>,
 }
 
 /// Live counters of one request's transfers, shared with whoever reports on them.

@@ -95,7 +95,9 @@ impl ReplyQueue {
                 len,
             } = item
             {
-                *item = Item::Encoded(encode_read(*id, file, *offset, *len));
+                let mut buf = BytesMut::new();
+                encode_read(&mut buf, *id, file, *offset, *len);
+                *item = Item::Encoded(buf);
             }
         }
     }
@@ -106,33 +108,44 @@ impl ReplyQueue {
         self.ready.notify_one();
     }
 
+    /// The next reply if one is queued now.
+    pub fn try_pop(&self) -> Option<Item> {
+        let mut inner = self.lock();
+        let item = inner.items.pop_front()?;
+        if matches!(item, Item::Read { .. }) {
+            inner.reads -= 1;
+        }
+        Some(item)
+    }
+
     /// The next reply, or `None` once the queue is closed and empty.
     pub async fn pop(&self) -> Option<Item> {
         loop {
             // Register interest before checking, so a push between the check and the wait
             // is not missed.
             let notified = self.ready.notified();
-            {
-                let mut inner = self.lock();
-                if let Some(item) = inner.items.pop_front() {
-                    if matches!(item, Item::Read { .. }) {
-                        inner.reads -= 1;
-                    }
-                    return Some(item);
-                }
-                if inner.closed {
-                    return None;
-                }
+            if let Some(item) = self.try_pop() {
+                return Some(item);
+            }
+            if self.lock().closed {
+                return None;
             }
             notified.await;
         }
     }
 }
 
-/// Reads `len` bytes at `offset` into a DATA reply, or an EOF/failure STATUS.
-pub(crate) fn encode_read(id: u32, file: &File, offset: u64, len: u32) -> BytesMut {
-    let mut buf = BytesMut::with_capacity(len as usize + 13);
-    let mut enc = Encoder(&mut buf);
+/// Appends a DATA reply of up to `len` bytes read at `offset`, or an EOF/failure STATUS;
+/// returns how many data bytes it carries.
+pub(crate) fn encode_read(
+    buf: &mut BytesMut,
+    id: u32,
+    file: &File,
+    offset: u64,
+    len: u32,
+) -> usize {
+    let base = buf.len();
+    let mut enc = Encoder(buf);
     let mark = enc.data_begin(id, len as usize);
     let mut filled = 0;
     let result = loop {
@@ -150,17 +163,17 @@ pub(crate) fn encode_read(id: u32, file: &File, offset: u64, len: u32) -> BytesM
     match result {
         Ok(()) if filled > 0 => {
             enc.data_finish(mark, filled);
-            buf
+            filled
         }
         Ok(()) => {
-            buf.clear();
-            Encoder(&mut buf).status(id, StatusCode::Eof, "End of file");
-            buf
+            buf.truncate(base);
+            Encoder(buf).status(id, StatusCode::Eof, "End of file");
+            0
         }
         Err(e) => {
-            buf.clear();
-            Encoder(&mut buf).status(id, StatusCode::Failure, &e.to_string());
-            buf
+            buf.truncate(base);
+            Encoder(buf).status(id, StatusCode::Failure, &e.to_string());
+            0
         }
     }
 }

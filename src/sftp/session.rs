@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use time::OffsetDateTime;
+use tokio::sync::mpsc;
 
 use super::queue::{encode_read, Item, ReplyQueue};
 use super::vfs::{self, Resolved};
@@ -30,6 +31,8 @@ use super::{Activity, Inbound, Outbound, SharedFile, MAX_HANDLES, MAX_IO_LEN, MA
 
 /// A client that stops reading replies while sending requests is cut off here.
 const MAX_QUEUED_REPLIES: usize = 1 << 20;
+/// Received chunks waiting for the request thread.
+const PUMP_QUEUE: usize = 16;
 /// How long pending replies may take to drain when the session ends.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -93,7 +96,7 @@ pub async fn serve<I: Inbound, O: Outbound>(
 ) -> SessionSummary {
     let queue = Arc::new(ReplyQueue::default());
     let mut writer = tokio::spawn(write_replies(queue.clone(), output, activity.clone()));
-    let mut session = Session {
+    let session = Session {
         shared,
         activity,
         on_write_closed,
@@ -104,6 +107,12 @@ pub async fn serve<I: Inbound, O: Outbound>(
         skip: 0,
         summary: SessionSummary::default(),
     };
+    // Requests are handled on a blocking thread: file I/O can stall for a long time (dirty
+    // page throttling, a slow disk, fsync) and must not stall the runtime's workers, which
+    // run every other connection's crypto. This task only pumps bytes to it.
+    let (tx, rx) = mpsc::channel::<Bytes>(PUMP_QUEUE);
+    let span = tracing::Span::current();
+    let worker = tokio::task::spawn_blocking(move || span.in_scope(|| session.run(rx)));
     tokio::pin!(shutdown);
     loop {
         let chunk = tokio::select! {
@@ -112,13 +121,16 @@ pub async fn serve<I: Inbound, O: Outbound>(
             _ = &mut writer => None,
         };
         let Some(chunk) = chunk else { break };
-        session.feed(chunk).await;
+        if tx.send(chunk).await.is_err() {
+            break;
+        }
         if queue.len() > MAX_QUEUED_REPLIES {
             tracing::warn!("client does not read replies; closing the session");
             break;
         }
     }
-    session.close_all().await;
+    drop(tx);
+    let summary = worker.await.unwrap_or_default();
     queue.close();
     if !writer.is_finished()
         && tokio::time::timeout(DRAIN_TIMEOUT, &mut writer)
@@ -127,26 +139,36 @@ pub async fn serve<I: Inbound, O: Outbound>(
     {
         writer.abort();
     }
-    session.summary
+    summary
 }
 
+/// Replies are gathered up to this many bytes before they are handed to the transport, so
+/// that many small replies, or a read's data and the next read's header, share messages.
+const WRITE_BATCH: usize = 256 * 1024;
+
 async fn write_replies<O: Outbound>(queue: Arc<ReplyQueue>, mut out: O, activity: Arc<Activity>) {
-    while let Some(item) = queue.pop().await {
-        let buf = match item {
-            Item::Encoded(buf) => buf,
-            Item::Read {
-                id,
-                file,
-                offset,
-                len,
-            } => {
-                let buf = encode_read(id, &file, offset, len);
-                activity
-                    .bytes_read
-                    .fetch_add(buf.len().saturating_sub(13) as u64, Ordering::Relaxed);
-                buf
+    while let Some(first) = queue.pop().await {
+        let mut buf = BytesMut::with_capacity(WRITE_BATCH + MAX_IO_LEN as usize + 64);
+        let mut item = Some(first);
+        while let Some(it) = item {
+            match it {
+                Item::Encoded(b) => buf.extend_from_slice(&b),
+                Item::Read {
+                    id,
+                    file,
+                    offset,
+                    len,
+                } => {
+                    let n = encode_read(&mut buf, id, &file, offset, len);
+                    activity.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+                }
             }
-        };
+            item = if buf.len() < WRITE_BATCH {
+                queue.try_pop()
+            } else {
+                None
+            };
+        }
         if out.send(buf.freeze()).await.is_err() {
             return;
         }
@@ -164,8 +186,18 @@ fn io_status(e: &std::io::Error) -> (StatusCode, String) {
 }
 
 impl Session {
+    /// The request loop: runs on a blocking thread until the pump closes the channel, then
+    /// syncs and closes whatever the client left open.
+    fn run(mut self, mut rx: mpsc::Receiver<Bytes>) -> SessionSummary {
+        while let Some(chunk) = rx.blocking_recv() {
+            self.feed(chunk);
+        }
+        self.close_all();
+        self.summary
+    }
+
     /// Splits the byte stream into packets and handles each in order.
-    async fn feed(&mut self, mut chunk: Bytes) {
+    fn feed(&mut self, mut chunk: Bytes) {
         let skipped = self.skip.min(chunk.len());
         chunk.advance(skipped);
         self.skip -= skipped;
@@ -205,7 +237,7 @@ impl Session {
             let packet = self.pending.split_to(len as usize).freeze();
             self.summary.requests += 1;
             match wire::decode(packet) {
-                Ok(req) => self.handle(req).await,
+                Ok(req) => self.handle(req),
                 Err(DecodeError::Malformed { id }) => {
                     self.status(id.unwrap_or(0), StatusCode::BadMessage, "malformed request")
                 }
@@ -240,7 +272,58 @@ impl Session {
     }
 
     fn resolve(&self, path: &[u8]) -> Resolved {
-        vfs::resolve(path, &self.shared.name)
+        match vfs::resolve(path, &self.shared.name) {
+            Resolved::Partial if self.shared.partial_path.is_none() => Resolved::Other,
+            r => r,
+        }
+    }
+
+    /// The file on disk that a resolved name stands for.
+    fn disk_path(&self, r: Resolved) -> Option<&Path> {
+        match r {
+            Resolved::File => Some(&self.shared.path),
+            Resolved::Partial => self.shared.partial_path.as_deref(),
+            Resolved::Root | Resolved::Other => None,
+        }
+    }
+
+    /// Removing is refused, except for the temporary `.filepart` a client abandons.
+    fn remove(&self, id: u32, path: &[u8]) {
+        let r = self.resolve(path);
+        match (r, self.disk_path(r)) {
+            (Resolved::Partial, Some(p)) => match std::fs::remove_file(p) {
+                Ok(()) => self.ok(id),
+                Err(e) => self.fail_io(id, &e),
+            },
+            _ => self.denied(id),
+        }
+    }
+
+    /// The one rename allowed: the finished `.filepart` onto the file, atomically.
+    fn rename(&self, id: u32, from: &[u8], to: &[u8]) {
+        let (Resolved::Partial, Resolved::File) = (self.resolve(from), self.resolve(to)) else {
+            return self.denied(id);
+        };
+        let Some(partial) = self.disk_path(Resolved::Partial) else {
+            return self.denied(id);
+        };
+        self.queue.settle_reads();
+        match std::fs::rename(partial, &self.shared.path) {
+            Ok(()) => self.ok(id),
+            Err(e) => self.fail_io(id, &e),
+        }
+    }
+
+    fn setstat_path(&self, id: u32, path: &[u8], attrs: &Attrs) {
+        match self.resolve(path) {
+            Resolved::File => self.setstat(id, None, &self.shared.path, attrs),
+            Resolved::Partial => match self.disk_path(Resolved::Partial) {
+                Some(p) if p.exists() => self.setstat(id, None, p, attrs),
+                _ => self.no_such_file(id),
+            },
+            Resolved::Root => self.denied(id),
+            Resolved::Other => self.no_such_file(id),
+        }
     }
 
     fn file_handle(&mut self, handle: &[u8]) -> Option<&mut OpenFile> {
@@ -250,7 +333,7 @@ impl Session {
         }
     }
 
-    async fn handle(&mut self, req: Request) {
+    fn handle(&mut self, req: Request) {
         match req {
             Request::Init { .. } => self.queue.push(|e| {
                 e.version(&[
@@ -267,7 +350,8 @@ impl Session {
             Request::Open {
                 id, path, pflags, ..
             } => match self.resolve(&path) {
-                Resolved::File => self.open(id, pflags),
+                Resolved::File => self.open(id, pflags, false),
+                Resolved::Partial => self.open(id, pflags, true),
                 Resolved::Root
                     if pflags & (FXF_WRITE | FXF_APPEND | FXF_TRUNC | FXF_CREAT) != 0 =>
                 {
@@ -277,7 +361,7 @@ impl Session {
                 Resolved::Other if pflags & FXF_CREAT != 0 => self.denied(id),
                 Resolved::Other => self.no_such_file(id),
             },
-            Request::Close { id, handle } => self.close(id, &handle).await,
+            Request::Close { id, handle } => self.close(id, &handle),
             Request::Read {
                 id,
                 handle,
@@ -303,49 +387,52 @@ impl Session {
             } => self.write(id, &handle, offset, &data),
             Request::Lstat { id, path } | Request::Stat { id, path } => self.stat(id, &path),
             Request::Fstat { id, handle } => self.fstat(id, &handle),
-            Request::SetStat { id, path, attrs } => match self.resolve(&path) {
-                Resolved::File => self.setstat(id, None, &attrs),
-                Resolved::Root => self.denied(id),
-                Resolved::Other => self.no_such_file(id),
-            },
+            Request::SetStat { id, path, attrs } => self.setstat_path(id, &path, &attrs),
             Request::FSetStat { id, handle, attrs } => {
                 match parse_handle(&handle).and_then(|h| self.handles.get(&h)) {
                     Some(Handle::File(f)) => {
                         let file = f.file.clone();
-                        self.setstat(id, Some(&file), &attrs)
+                        self.setstat(id, Some(&file), &self.shared.path, &attrs)
                     }
                     Some(Handle::Dir { .. }) => self.denied(id),
                     None => self.status(id, StatusCode::Failure, "invalid handle"),
                 }
             }
             Request::OpenDir { id, path } => match self.resolve(&path) {
-                Resolved::Root => self.add_handle(id, Handle::Dir { listed: false }),
-                Resolved::File => self.status(id, StatusCode::Failure, "Not a directory"),
+                Resolved::Root => {
+                    self.add_handle(id, Handle::Dir { listed: false });
+                }
+                Resolved::File | Resolved::Partial => {
+                    self.status(id, StatusCode::Failure, "Not a directory")
+                }
                 Resolved::Other => self.no_such_file(id),
             },
             Request::ReadDir { id, handle } => self.readdir(id, &handle),
-            Request::Remove { id, .. }
-            | Request::MkDir { id, .. }
+            Request::Remove { id, path } => self.remove(id, &path),
+            Request::Rename { id, from, to } => self.rename(id, &from, &to),
+            Request::MkDir { id, .. }
             | Request::RmDir { id, .. }
-            | Request::Rename { id }
             | Request::ReadLink { id, .. }
             | Request::Symlink { id } => self.denied(id),
             Request::RealPath { id, path } => self.realpath(id, &path),
-            Request::Extended { id, name, data } => self.extended(id, &name, data).await,
+            Request::Extended { id, name, data } => self.extended(id, &name, data),
         }
     }
 
-    fn add_handle(&mut self, id: u32, handle: Handle) {
+    /// Registers a handle and answers with it; false (and a failure) when too many are open.
+    fn add_handle(&mut self, id: u32, handle: Handle) -> bool {
         if self.handles.len() >= MAX_HANDLES {
-            return self.status(id, StatusCode::Failure, "too many open handles");
+            self.status(id, StatusCode::Failure, "too many open handles");
+            return false;
         }
         let h = self.next_handle;
         self.next_handle = self.next_handle.wrapping_add(1);
         self.handles.insert(h, handle);
         self.queue.push(|e| e.handle(id, &h.to_be_bytes()));
+        true
     }
 
-    fn open(&mut self, id: u32, pflags: u32) {
+    fn open(&mut self, id: u32, pflags: u32, partial: bool) {
         let write = pflags & (FXF_WRITE | FXF_APPEND | FXF_TRUNC) != 0;
         if write && !self.shared.writable {
             return self.status(
@@ -354,15 +441,23 @@ impl Session {
                 &format!("{} is read-only", self.shared.name),
             );
         }
+        let path = if partial {
+            self.shared.partial_path.clone()
+        } else {
+            Some(self.shared.path.clone())
+        };
+        let Some(path) = path else {
+            return self.denied(id);
+        };
         // A client that names neither READ nor WRITE gets read access, as sftp-server does.
         let read = pflags & FXF_READ != 0 || !write;
         let append = pflags & FXF_APPEND != 0;
         let truncate = pflags & FXF_TRUNC != 0;
         if write {
             self.queue.settle_reads();
-        } else if self.shared.writable {
+        } else if self.shared.writable && !partial {
             // In draft the file is listed before anything was uploaded: give it a body.
-            if let Err(e) = ensure_exists(&self.shared.path) {
+            if let Err(e) = ensure_exists(&path) {
                 return self.fail_io(id, &e);
             }
         }
@@ -374,15 +469,12 @@ impl Session {
                 .append(append)
                 .truncate(truncate && !append);
         }
-        match opts.open(&self.shared.path) {
+        match opts.open(&path) {
             Ok(file) => {
                 if truncate && append {
                     if let Err(e) = file.set_len(0) {
                         return self.fail_io(id, &e);
                     }
-                }
-                if write {
-                    self.activity.writers.fetch_add(1, Ordering::Relaxed);
                 }
                 let handle = OpenFile {
                     file: Arc::new(file),
@@ -392,9 +484,8 @@ impl Session {
                     written: 0,
                     opened: Instant::now(),
                 };
-                self.add_handle(id, Handle::File(handle));
-                if write && self.handles.len() > MAX_HANDLES {
-                    self.activity.writers.fetch_sub(1, Ordering::Relaxed);
+                if self.add_handle(id, Handle::File(handle)) && write {
+                    self.activity.writers.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Err(e) => self.fail_io(id, &e),
@@ -403,6 +494,7 @@ impl Session {
 
     fn write(&mut self, id: u32, handle: &[u8], offset: u64, data: &[u8]) {
         self.queue.settle_reads();
+        let max_size = self.shared.max_size;
         let Some(f) = self.file_handle(handle) else {
             return self.status(id, StatusCode::Failure, "invalid handle");
         };
@@ -412,6 +504,18 @@ impl Session {
                 StatusCode::PermissionDenied,
                 "handle not open for writing",
             );
+        }
+        if let Some(max) = max_size {
+            let at = if f.append {
+                f.file.metadata().map(|m| m.len()).unwrap_or(u64::MAX)
+            } else {
+                offset
+            };
+            if at.saturating_add(data.len() as u64) > max {
+                let msg = format!("upload size limit of {max} bytes exceeded");
+                tracing::warn!(target: "audit", event = "write-refused", reason = %msg, "write refused");
+                return self.status(id, StatusCode::Failure, &msg);
+            }
         }
         // With APPEND the file descriptor is O_APPEND: every write lands at the end.
         let result = if f.append {
@@ -426,17 +530,20 @@ impl Session {
                 self.activity.wrote(data.len());
                 self.ok(id);
             }
-            Err(e) => self.fail_io(id, &e),
+            Err(e) => {
+                tracing::warn!(target: "audit", event = "write-failed", error = %e, "write failed");
+                self.fail_io(id, &e)
+            }
         }
     }
 
-    async fn close(&mut self, id: u32, handle: &[u8]) {
+    fn close(&mut self, id: u32, handle: &[u8]) {
         let Some(h) = parse_handle(handle).and_then(|h| self.handles.remove(&h)) else {
             return self.status(id, StatusCode::Failure, "invalid handle");
         };
         match h {
             Handle::Dir { .. } => self.ok(id),
-            Handle::File(f) => match self.finish_file(f).await {
+            Handle::File(f) => match self.finish_file(f) {
                 Ok(()) => self.ok(id),
                 Err(e) => self.fail_io(id, &e),
             },
@@ -444,18 +551,13 @@ impl Session {
     }
 
     /// Makes a written file durable and reports the write.
-    async fn finish_file(&self, f: OpenFile) -> std::io::Result<()> {
+    fn finish_file(&self, f: OpenFile) -> std::io::Result<()> {
         if !f.write {
             return Ok(());
         }
         self.activity.writers.fetch_sub(1, Ordering::Relaxed);
-        let file = f.file.clone();
-        let size = tokio::task::spawn_blocking(move || {
-            file.sync_data()?;
-            file.metadata().map(|m| m.len())
-        })
-        .await
-        .map_err(std::io::Error::other)??;
+        f.file.sync_data()?;
+        let size = f.file.metadata()?.len();
         if let Some(cb) = &self.on_write_closed {
             cb(WriteSummary {
                 bytes: f.written,
@@ -466,10 +568,10 @@ impl Session {
         Ok(())
     }
 
-    async fn close_all(&mut self) {
+    fn close_all(&mut self) {
         for (_, h) in std::mem::take(&mut self.handles) {
             if let Handle::File(f) = h {
-                if let Err(e) = self.finish_file(f).await {
+                if let Err(e) = self.finish_file(f) {
                     tracing::warn!(error = %e, "could not sync the file at session end");
                 }
             }
@@ -484,6 +586,10 @@ impl Session {
         let attrs = match self.resolve(path) {
             Resolved::Root => vfs::root_attrs(),
             Resolved::Other => return self.no_such_file(id),
+            Resolved::Partial => match self.disk_path(Resolved::Partial).map(std::fs::metadata) {
+                Some(Ok(m)) => self.file_attrs(Some(&m)),
+                _ => return self.no_such_file(id),
+            },
             Resolved::File => match std::fs::metadata(&self.shared.path) {
                 Ok(m) => self.file_attrs(Some(&m)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.shared.writable => {
@@ -510,7 +616,7 @@ impl Session {
     /// Size (draft only) and times are applied; owner and permissions are accepted and
     /// ignored, so clients that set them after an upload do not fail. A read-only file is
     /// never changed.
-    fn setstat(&self, id: u32, handle: Option<&Arc<File>>, attrs: &Attrs) {
+    fn setstat(&self, id: u32, handle: Option<&Arc<File>>, path: &Path, attrs: &Attrs) {
         if !self.shared.writable || (attrs.size.is_none() && attrs.times.is_none()) {
             return self.ok(id);
         }
@@ -524,11 +630,14 @@ impl Session {
                         .write(true)
                         .create(true)
                         .truncate(false)
-                        .open(&self.shared.path)?;
+                        .open(path)?;
                     &owned
                 }
             };
             if let Some(size) = attrs.size {
+                if self.shared.max_size.is_some_and(|max| size > max) {
+                    return Err(std::io::Error::other("upload size limit exceeded"));
+                }
                 file.set_len(size)?;
             }
             if let Some((atime, mtime)) = attrs.times {
@@ -558,11 +667,23 @@ impl Session {
         if listed {
             return self.status(id, StatusCode::Eof, "End of file");
         }
+        let now = OffsetDateTime::now_utc();
         let meta = std::fs::metadata(&self.shared.path).ok();
         let attrs = self.file_attrs(meta.as_ref());
-        let long = vfs::longname(&self.shared.name, &attrs, OffsetDateTime::now_utc());
-        let name = self.shared.name.as_bytes();
-        self.queue.push(|e| e.name(id, &[(name, &long, &attrs)]));
+        let long = vfs::longname(&self.shared.name, &attrs, now);
+        let mut entries = vec![(self.shared.name.clone(), long, attrs)];
+        // An unfinished `.filepart` is listed too, so that a client can find and resume it.
+        if let Some(Ok(m)) = self.disk_path(Resolved::Partial).map(std::fs::metadata) {
+            let name = format!("{}{}", self.shared.name, vfs::PARTIAL_SUFFIX);
+            let attrs = self.file_attrs(Some(&m));
+            let long = vfs::longname(&name, &attrs, now);
+            entries.push((name, long, attrs));
+        }
+        let refs: Vec<(&[u8], &str, &Attrs)> = entries
+            .iter()
+            .map(|(n, l, a)| (n.as_bytes(), l.as_str(), a))
+            .collect();
+        self.queue.push(|e| e.name(id, &refs));
     }
 
     fn realpath(&self, id: u32, path: &[u8]) {
@@ -576,7 +697,7 @@ impl Session {
         }
     }
 
-    async fn extended(&mut self, id: u32, name: &[u8], data: Bytes) {
+    fn extended(&mut self, id: u32, name: &[u8], data: Bytes) {
         let mut args = data;
         let mut string = || -> Option<Bytes> {
             if args.len() < 4 {
@@ -598,7 +719,7 @@ impl Session {
                 )
             }),
             b"statvfs@openssh.com" => match string().map(|p| self.resolve(&p)) {
-                Some(Resolved::Root | Resolved::File) => self.statvfs(id),
+                Some(Resolved::Root | Resolved::File | Resolved::Partial) => self.statvfs(id),
                 Some(Resolved::Other) => self.no_such_file(id),
                 None => self.status(id, StatusCode::BadMessage, "malformed request"),
             },
@@ -614,27 +735,20 @@ impl Session {
                 let Some(file) = file else {
                     return self.status(id, StatusCode::Failure, "invalid handle");
                 };
-                match tokio::task::spawn_blocking(move || file.sync_all())
-                    .await
-                    .map_err(std::io::Error::other)
-                {
-                    Ok(Ok(())) => self.ok(id),
-                    Ok(Err(e)) | Err(e) => self.fail_io(id, &e),
+                match file.sync_all() {
+                    Ok(()) => self.ok(id),
+                    Err(e) => self.fail_io(id, &e),
                 }
             }
-            b"lsetstat@openssh.com" => match string().map(|p| self.resolve(&p)) {
-                Some(Resolved::File) => {
-                    let mut r = wire_attrs(args);
-                    match r.take() {
-                        Some(attrs) => self.setstat(id, None, &attrs),
-                        None => self.status(id, StatusCode::BadMessage, "malformed request"),
-                    }
-                }
-                Some(Resolved::Root) => self.denied(id),
-                Some(Resolved::Other) => self.no_such_file(id),
-                None => self.status(id, StatusCode::BadMessage, "malformed request"),
+            b"lsetstat@openssh.com" => match (string(), wire_attrs(args.clone())) {
+                (Some(p), Some(attrs)) => self.setstat_path(id, &p, &attrs),
+                _ => self.status(id, StatusCode::BadMessage, "malformed request"),
             },
-            b"posix-rename@openssh.com" | b"hardlink@openssh.com" | b"copy-data" => self.denied(id),
+            b"posix-rename@openssh.com" => match (string(), string()) {
+                (Some(from), Some(to)) => self.rename(id, &from, &to),
+                _ => self.status(id, StatusCode::BadMessage, "malformed request"),
+            },
+            b"hardlink@openssh.com" | b"copy-data" => self.denied(id),
             _ => self.status(id, StatusCode::OpUnsupported, "extension not supported"),
         }
     }

@@ -13,9 +13,15 @@ use super::wire::Attrs;
 pub enum Resolved {
     Root,
     File,
+    /// `<file>.filepart`, the temporary name WinSCP uploads to before renaming it onto the
+    /// file (the session decides whether it is allowed).
+    Partial,
     /// Anything else: it does not exist and cannot be created.
     Other,
 }
+
+/// The suffix of the one temporary upload name a client may use.
+pub const PARTIAL_SUFFIX: &str = ".filepart";
 
 /// Resolves `path` (absolute, or relative to `/`) lexically against the visible file name.
 /// `.` and empty components are skipped and `..` never climbs above `/`. Nothing may follow
@@ -23,8 +29,11 @@ pub enum Resolved {
 pub fn resolve(path: &[u8], visible: &str) -> Resolved {
     let mut stack: Vec<&[u8]> = Vec::new();
     for part in path.split(|&b| b == b'/') {
-        if stack.len() == 1 && stack[0] == visible.as_bytes() {
-            return Resolved::Other;
+        // The file (and its .filepart) are not directories: nothing may follow them.
+        if let [only] = stack.as_slice() {
+            if names_a_file(only, visible) {
+                return Resolved::Other;
+            }
         }
         match part {
             b"" | b"." => {}
@@ -37,8 +46,16 @@ pub fn resolve(path: &[u8], visible: &str) -> Resolved {
     match stack.as_slice() {
         [] => Resolved::Root,
         [name] if *name == visible.as_bytes() => Resolved::File,
+        [name] if name.strip_suffix(PARTIAL_SUFFIX.as_bytes()) == Some(visible.as_bytes()) => {
+            Resolved::Partial
+        }
         _ => Resolved::Other,
     }
+}
+
+fn names_a_file(name: &[u8], visible: &str) -> bool {
+    name == visible.as_bytes()
+        || name.strip_suffix(PARTIAL_SUFFIX.as_bytes()) == Some(visible.as_bytes())
 }
 
 /// The canonical form of a path for REALPATH: `/`, `/<file>`, or `/<name>` for a name
@@ -194,6 +211,9 @@ mod tests {
         ] {
             assert_eq!(resolve(p.as_bytes(), F), Other, "{p:?}");
         }
+        assert_eq!(resolve(b"/openchs.70.cdump.filepart", F), Partial);
+        assert_eq!(resolve(b"openchs.70.cdump.filepart/", F), Other);
+        assert_eq!(resolve(b"x.filepart", F), Other);
         assert_eq!(resolve(b"\xff\xfe", F), Other);
     }
 

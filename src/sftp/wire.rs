@@ -132,6 +132,8 @@ pub enum Request {
     },
     Rename {
         id: u32,
+        from: Bytes,
+        to: Bytes,
     },
     ReadLink {
         id: u32,
@@ -275,8 +277,8 @@ fn decode_request(kind: u8, r: &mut Reader) -> Option<Request> {
             id,
             path: r.string()?,
         },
-        // Attributes of MKDIR and the second path of RENAME/SYMLINK are never looked at:
-        // those operations are refused whatever they name.
+        // Attributes of MKDIR and the target of SYMLINK are never looked at: those
+        // operations are refused whatever they name.
         SSH_FXP_MKDIR => Request::MkDir {
             id,
             path: r.string()?,
@@ -293,7 +295,11 @@ fn decode_request(kind: u8, r: &mut Reader) -> Option<Request> {
             id,
             path: r.string()?,
         },
-        SSH_FXP_RENAME => Request::Rename { id },
+        SSH_FXP_RENAME => Request::Rename {
+            id,
+            from: r.string()?,
+            to: r.string()?,
+        },
         SSH_FXP_READLINK => Request::ReadLink {
             id,
             path: r.string()?,

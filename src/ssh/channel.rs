@@ -8,6 +8,7 @@ use bytes::Bytes;
 use russh::server::Msg;
 use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use super::Conn;
 use crate::sftp::{self, Activity, Inbound, Outbound, SharedFile, WriteClosed};
@@ -42,7 +43,10 @@ impl Inbound for ChannelInbound {
     }
 }
 
-struct ChannelOutbound(ChannelWriteHalf<Msg>);
+/// The channel's write half; `ending` is the connection's kick token: once the server is
+/// closing the connection (revoked, idle, shutdown) the client is told by a disconnect
+/// message instead of a clean end of the subsystem.
+struct ChannelOutbound(ChannelWriteHalf<Msg>, CancellationToken);
 
 impl Outbound for ChannelOutbound {
     async fn send(&mut self, data: Bytes) -> std::io::Result<()> {
@@ -50,6 +54,11 @@ impl Outbound for ChannelOutbound {
     }
 
     async fn finish(&mut self) {
+        if self.1.is_cancelled() {
+            return;
+        }
+        // Clients such as scp fail a transfer whose channel ends without an exit status.
+        let _ = self.0.exit_status(0).await;
         let _ = self.0.eof().await;
         let _ = self.0.close().await;
     }
@@ -84,7 +93,7 @@ pub async fn run(channel: Channel<Msg>, start: oneshot::Receiver<Start>, conn: A
             _ = conn.kick.cancelled() => return,
         }
     };
-    let write_half = ChannelOutbound(write);
+    let write_half = ChannelOutbound(write, conn.kick.clone());
     let inbound = ChannelInbound { early, read };
     let kick = conn.kick.clone();
     let Start {

@@ -13,6 +13,7 @@ use russh::server::{
 };
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty};
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use super::channel::{self, Start};
 use super::Conn;
@@ -60,6 +61,7 @@ impl SshHandler {
     }
 
     fn refuse_method(&self, user: &str, method: &str) -> Auth {
+        self.conn.auth_attempted.store(true, Ordering::Release);
         tracing::info!(target: "audit", event = "auth-refused", session = self.session, peer = %self.peer, user, method, "only public keys are accepted");
         reject()
     }
@@ -113,6 +115,7 @@ impl russh::server::Handler for SshHandler {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
+        self.conn.auth_attempted.store(true, Ordering::Release);
         if self
             .gateway
             .authorize(user, offer.public_key, Some(self.peer.ip()))
@@ -182,7 +185,8 @@ impl russh::server::Handler for SshHandler {
         self.channel_opened = true;
         let (tx, rx) = oneshot::channel();
         self.pending = Some((channel.id(), tx));
-        let task = tokio::spawn(channel::run(channel, rx, self.conn.clone()));
+        let span = tracing::info_span!("sftp", session = self.session, peer = %self.peer, request = self.grant.as_ref().map(|g| g.request_id));
+        let task = tokio::spawn(channel::run(channel, rx, self.conn.clone()).instrument(span));
         if let Ok(mut slot) = self.conn.sftp.lock() {
             *slot = Some(task);
         }

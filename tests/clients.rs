@@ -1,0 +1,202 @@
+//! Clients other than OpenSSH's sftp: scp (SFTP mode), curl's sftp:// (libssh2) and
+//! paramiko. Each uploads, lists or stats, resumes where it can, downloads, and the bytes are
+//! compared by sha256.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn curl(g: &Gateway, key: &ClientKey, user: &str, args: &[&str]) -> std::process::Output {
+    Command::new("curl")
+        .args([
+            "-sS",
+            "--insecure",
+            "--key",
+            key.path.to_str().unwrap(),
+            "--pubkey",
+        ])
+        .arg(key.path.with_extension("pub"))
+        .args(["-u", &format!("{user}:")])
+        .args(args)
+        .current_dir(g.dir.path())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn scp_uploads_and_downloads() {
+    let g = Gateway::start();
+    let work = g.dir.path();
+    let key = ClientKey::new(work, "scp");
+    g.provision(31, "db.dump", &key);
+    let src = work.join("src.bin");
+    random_file(&src, 2_500_000);
+    let scp = |args: &[&str]| {
+        Command::new("scp")
+            .args([
+                "-q",
+                "-i",
+                key.path.to_str().unwrap(),
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+            ])
+            .args(["-P", &g.ssh_port.to_string()])
+            .args(args)
+            .current_dir(work)
+            .output()
+            .unwrap()
+    };
+    let out = scp(&["src.bin", "user_31@127.0.0.1:db.dump"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&g.upload_path(31)), sha256(&src));
+    let out = scp(&["user_31@127.0.0.1:/db.dump", "back.bin"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&work.join("back.bin")), sha256(&src));
+    // Any other name is refused.
+    let out = scp(&["src.bin", "user_31@127.0.0.1:other.bin"]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn curl_sftp_upload_resume_and_download() {
+    let g = Gateway::start();
+    let work = g.dir.path();
+    let key = ClientKey::new(work, "curl");
+    g.provision(32, "db.dump", &key);
+    let src = work.join("src.bin");
+    random_file(&src, 3_000_000);
+    let url = format!("sftp://127.0.0.1:{}/db.dump", g.ssh_port);
+
+    let out = curl(&g, &key, "user_32", &["-T", "src.bin", &url]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&g.upload_path(32)), sha256(&src));
+
+    // Resume an upload cut short (-C - asks the server for the size and appends).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(g.upload_path(32))
+        .unwrap()
+        .set_len(1_000_000)
+        .unwrap();
+    let out = curl(&g, &key, "user_32", &["-C", "-", "-T", "src.bin", &url]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&g.upload_path(32)), sha256(&src));
+
+    // Listing the root shows the one file.
+    let out = curl(
+        &g,
+        &key,
+        "user_32",
+        &["-l", &format!("sftp://127.0.0.1:{}/", g.ssh_port)],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "db.dump");
+
+    // Download, then resume a partial download.
+    let out = curl(&g, &key, "user_32", &["-o", "dl.bin", &url]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&work.join("dl.bin")), sha256(&src));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(work.join("dl.bin"))
+        .unwrap()
+        .set_len(123_456)
+        .unwrap();
+    let out = curl(&g, &key, "user_32", &["-C", "-", "-o", "dl.bin", &url]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&work.join("dl.bin")), sha256(&src));
+
+    // Another name is refused.
+    let out = curl(
+        &g,
+        &key,
+        "user_32",
+        &[
+            "-T",
+            "src.bin",
+            &format!("sftp://127.0.0.1:{}/other.bin", g.ssh_port),
+        ],
+    );
+    assert!(!out.status.success());
+}
+
+const PARAMIKO: &str = r#"
+import hashlib, os, sys
+import paramiko
+
+port, key, src, work = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+t = paramiko.Transport(("127.0.0.1", port))
+t.connect(username="user_33", pkey=paramiko.Ed25519Key.from_private_key_file(key))
+sftp = paramiko.SFTPClient.from_transport(t)
+
+def sha(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+sftp.put(src, "db.dump")
+st = sftp.stat("db.dump")
+assert st.st_size == os.path.getsize(src), st
+entries = sftp.listdir_attr(".")
+assert [e.filename for e in entries] == ["db.dump"], entries
+assert entries[0].st_size == os.path.getsize(src)
+
+# Resume by appending: truncate remotely, then open('a') and write the rest.
+half = os.path.getsize(src) // 2
+sftp.truncate("db.dump", half)
+with open(src, "rb") as f, sftp.open("db.dump", "a") as r:
+    f.seek(half)
+    r.write(f.read())
+assert sftp.stat("db.dump").st_size == os.path.getsize(src)
+
+# get() prefetches reads far ahead.
+dst = os.path.join(work, "paramiko.bin")
+sftp.get("db.dump", dst)
+assert sha(dst) == sha(src)
+
+for bad in ["other.bin", "../db.dump/x", "/etc/passwd"]:
+    try:
+        sftp.open(bad, "w")
+        raise SystemExit("opened " + bad)
+    except IOError:
+        pass
+try:
+    sftp.remove("db.dump")
+    raise SystemExit("removed db.dump")
+except IOError:
+    pass
+print("ok")
+"#;
+
+#[test]
+fn paramiko_put_get_append_stat_listdir() {
+    let g = Gateway::start();
+    let work = g.dir.path();
+    let key = ClientKey::new(work, "paramiko");
+    g.provision(33, "db.dump", &key);
+    let src = work.join("src.bin");
+    random_file(&src, 4_000_000);
+    let out = Command::new(python())
+        .args([
+            "-c",
+            PARAMIKO,
+            &g.ssh_port.to_string(),
+            key.path.to_str().unwrap(),
+            src.to_str().unwrap(),
+            work.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout).trim(), "ok");
+    assert_eq!(sha256(&g.upload_path(33)), sha256(&src));
+}

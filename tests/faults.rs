@@ -1,0 +1,136 @@
+//! Faults: the gateway killed mid-upload, uploads hitting a size limit or a full disk.
+//! After each, the file is a prefix of the source and `put -a` completes it.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn upload_size(g: &Gateway, id: u64) -> u64 {
+    std::fs::metadata(g.upload_path(id))
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
+#[test]
+fn gateway_killed_mid_upload_loses_no_acknowledged_byte() {
+    let mut g = Gateway::start();
+    let work = g.dir.path().to_path_buf();
+    let key = ClientKey::new(&work, "k");
+    g.provision(3, "db.dump", &key);
+    let src = work.join("db.dump");
+    random_file(&src, 32 * 1024 * 1024);
+    let record = std::fs::read(g.data().join("requests/3/request.json")).unwrap();
+    for round in 0..3 {
+        let before = upload_size(&g, 3);
+        let cmd = if round == 0 {
+            "put db.dump\n"
+        } else {
+            "put -a db.dump\n"
+        };
+        let (child, _stdin) = g.spawn_sftp("user_3", &key, &["-l", "60000"], &work, cmd);
+        assert!(wait_until(Duration::from_secs(30), || upload_size(&g, 3)
+            > before + 2 * 1024 * 1024));
+        assert_eq!(g.stop("KILL"), None);
+        let _ = wait_output(child, Duration::from_secs(20));
+        assert!(
+            is_prefix(&g.upload_path(3), &src),
+            "round {round}: not a prefix"
+        );
+        g.launch(&[]);
+        assert_eq!(
+            std::fs::read(g.data().join("requests/3/request.json")).unwrap(),
+            record
+        );
+    }
+    let out = g.sftp("user_3", &key, "put -a db.dump\n", &work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&g.upload_path(3)), sha256(&src));
+}
+
+#[test]
+fn size_limit_gives_a_clear_error_and_put_a_finishes_later() {
+    let mut g = Gateway::start();
+    g.stop("TERM");
+    g.launch(&["--max-upload-size", "3000000"]);
+    let work = g.dir.path().to_path_buf();
+    let key = ClientKey::new(&work, "k");
+    g.provision(4, "db.dump", &key);
+    let src = work.join("db.dump");
+    random_file(&src, 5_000_000);
+    let out = g.sftp("user_4", &key, "put db.dump\n", &work);
+    // OpenSSH's client prints only the status ("Failure"); the message is in the reply and
+    // in the gateway's log.
+    assert_failed_with(&out, "write remote \"/db.dump\": Failure");
+    assert!(
+        g.log()
+            .contains("upload size limit of 3000000 bytes exceeded"),
+        "{}",
+        g.log()
+    );
+    assert!(upload_size(&g, 4) <= 3_000_000);
+    assert!(is_prefix(&g.upload_path(4), &src));
+    let (code, body) = g.api("GET", "/v1/requests/4", None);
+    assert_eq!(
+        (code, body["request"]["state"].as_str()),
+        (200, Some("draft"))
+    );
+
+    g.stop("TERM");
+    g.launch(&["--max-upload-size", "6000000"]);
+    let out = g.sftp("user_4", &key, "put -a db.dump\n", &work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&g.upload_path(4)), sha256(&src));
+}
+
+/// A real ENOSPC: the data directory on a small tmpfs. Needs root (mount); skipped with a
+/// note where mounting is not allowed.
+#[test]
+fn full_disk_gives_a_clear_error_and_put_a_finishes_after_space_is_freed() {
+    let mut g = Gateway::start();
+    g.stop("TERM");
+    let mnt = g.data();
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    g.launch(&[]);
+    let work = g.dir.path().to_path_buf();
+    let key = ClientKey::new(&work, "k");
+    g.provision(5, "db.dump", &key);
+    let src = work.join("db.dump");
+    random_file(&src, 5 * 1024 * 1024);
+    let filler = mnt.join("filler");
+    random_file(&filler, 3 * 1024 * 1024);
+
+    let out = g.sftp("user_5", &key, "put db.dump\n", &work);
+    assert_failed_with(&out, "write remote \"/db.dump\": Failure");
+    assert!(g.log().contains("No space left on device"), "{}", g.log());
+    assert!(is_prefix(&g.upload_path(5), &src));
+    let (code, body) = g.api("GET", "/v1/requests/5", None);
+    assert_eq!(
+        (code, body["request"]["filename"].as_str()),
+        (200, Some("db.dump"))
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let out = g.sftp("user_5", &key, "put -a db.dump\n", &work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&g.upload_path(5)), sha256(&src));
+    g.stop("TERM");
+}

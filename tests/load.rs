@@ -1,0 +1,205 @@
+//! Load and abuse: many concurrent uploads, floods of connections that never log in,
+//! a client that stops reading, and repeated failed logins from one address. The gateway
+//! keeps serving legitimate clients through all of it.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn two_hundred_concurrent_uploads_all_succeed() {
+    let g = Gateway::start();
+    let work = g.dir.path();
+    let key = ClientKey::new(work, "many");
+    let n = 200;
+    for i in 0..n {
+        g.provision(1000 + i, "db.dump", &key);
+    }
+    let src = work.join("db.dump");
+    random_file(&src, 1024 * 1024);
+    let children: Vec<_> = (0..n)
+        .map(|i| {
+            g.spawn_sftp(
+                &format!("user_{}", 1000 + i),
+                &key,
+                &[],
+                work,
+                "put db.dump\n",
+            )
+        })
+        .collect();
+    for (i, (child, stdin)) in children.into_iter().enumerate() {
+        drop(stdin);
+        let out = wait_output(child, Duration::from_secs(180));
+        assert!(out.status.success(), "upload {i}: {}", text(&out.stderr));
+    }
+    let want = sha256(&src);
+    for i in 0..n {
+        assert_eq!(sha256(&g.upload_path(1000 + i)), want, "upload {i}");
+    }
+}
+
+#[test]
+fn connection_floods_are_dropped_and_a_real_upload_still_works() {
+    let mut g = Gateway::start();
+    g.stop("TERM");
+    // Penalties are off here: from one address, this flood would (rightly) get 127.0.0.1
+    // refused, legitimate client included; they have their own test below.
+    g.launch(&["--login-grace-secs", "2", "--penalty-failures", "0"]);
+    let work = g.dir.path().to_path_buf();
+    let key = ClientKey::new(&work, "legit");
+    g.provision(7, "db.dump", &key);
+    let addr: SocketAddr = format!("127.0.0.1:{}", g.ssh_port).parse().unwrap();
+
+    // 500 connections that never send a byte, and 200 that send an identification line
+    // and then never go on to authenticate.
+    let mut silent: Vec<TcpStream> = (0..500)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    let mut half: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(b"SSH-2.0-flood\r\n").unwrap();
+            s
+        })
+        .collect();
+
+    let src = work.join("db.dump");
+    random_file(&src, 8 * 1024 * 1024);
+    let out = g.sftp("user_7", &key, "put db.dump\n", &work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&g.upload_path(7)), sha256(&src));
+
+    // Every flooding connection is closed by the server within the grace time (plus slack).
+    let started = Instant::now();
+    for s in silent.iter_mut().chain(half.iter_mut()) {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) => panic!("connection not closed by the server: {e}"),
+            }
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_client_that_stops_reading_blocks_nothing_and_is_cut_off() {
+    let mut g = Gateway::start();
+    g.stop("TERM");
+    g.launch(&["--idle-timeout-secs", "3"]);
+    let work = g.dir.path().to_path_buf();
+    let key = ClientKey::new(&work, "slow");
+    g.provision(8, "db.dump", &key);
+    let src = work.join("db.dump");
+    random_file(&src, 64 * 1024 * 1024);
+    let out = g.sftp("user_8", &key, "put db.dump\n", &work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // Start a download and freeze the client's ssh process: it stops reading, the server's
+    // socket buffer fills and its writes block.
+    let (child, _stdin) = g.spawn_sftp("user_8", &key, &[], &work, "get db.dump /dev/null\n");
+    let ssh_pid = {
+        let mut pid = None;
+        assert!(wait_until(Duration::from_secs(10), || {
+            let out = Command::new("pgrep")
+                .args(["-P", &child.id().to_string(), "ssh"])
+                .output()
+                .unwrap();
+            pid = text(&out.stdout)
+                .split_whitespace()
+                .next()
+                .map(str::to_string);
+            pid.is_some()
+        }));
+        pid.unwrap()
+    };
+    assert!(wait_until(Duration::from_secs(10), || g.sessions(8) == 1));
+    Command::new("kill")
+        .args(["-STOP", &ssh_pid])
+        .status()
+        .unwrap();
+
+    // Meanwhile another client downloads the whole file.
+    let out = g.sftp("user_8", &key, "get db.dump other.bin\n", &work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&work.join("other.bin")), sha256(&src));
+
+    // The frozen one is cut off by the idle timeout.
+    assert!(
+        wait_until(Duration::from_secs(10), || g.sessions(8) == 0),
+        "the wedged session was not closed: {}",
+        g.log()
+    );
+    Command::new("kill")
+        .args(["-CONT", &ssh_pid])
+        .status()
+        .unwrap();
+    let _ = wait_output(child, Duration::from_secs(20));
+
+    // And a wedged client does not hold up shutdown.
+    let (child, _stdin) = g.spawn_sftp("user_8", &key, &[], &work, "get db.dump /dev/null\n");
+    assert!(wait_until(Duration::from_secs(10), || g.sessions(8) == 1));
+    let out = Command::new("pgrep")
+        .args(["-P", &child.id().to_string(), "ssh"])
+        .output()
+        .unwrap();
+    let pid = text(&out.stdout).trim().to_string();
+    Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    let started = Instant::now();
+    assert_eq!(g.stop("TERM"), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    let _ = wait_output(child, Duration::from_secs(20));
+}
+
+#[test]
+fn repeated_failures_from_one_address_are_penalized() {
+    let mut g = Gateway::start();
+    g.stop("TERM");
+    g.launch(&["--penalty-failures", "20", "--penalty-secs", "60"]);
+    let work = g.dir.path().to_path_buf();
+    let key = ClientKey::new(&work, "ok");
+    let wrong = ClientKey::new(&work, "wrong");
+    g.provision(9, "db.dump", &key);
+    let from = |src: &str, k: &ClientKey| {
+        let mut cmd = g.sftp_cmd("user_9", k, &["-o", &format!("BindAddress={src}")]);
+        cmd.stdin(std::process::Stdio::null()).output().unwrap()
+    };
+    for _ in 0..20 {
+        let out = from("127.0.0.1", &wrong);
+        assert!(!out.status.success());
+    }
+    // The address is now refused before it can even try, even with the right key...
+    let out = from("127.0.0.1", &key);
+    assert!(!out.status.success(), "penalized address logged in");
+    let mut s = TcpStream::connect(("127.0.0.1", g.ssh_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(buf.is_empty(), "a penalized address got a banner");
+    // ...while another address logs in at once.
+    let out = g
+        .sftp_cmd("user_9", &key, &["-o", "BindAddress=127.0.0.2"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(g.log().contains("penalty"));
+}
