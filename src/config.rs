@@ -61,6 +61,16 @@ pub struct Settings {
     #[arg(long)]
     #[serde(default)]
     pub admin_allow_remote: bool,
+    /// Log format on stderr [default: text]
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// `90`, `90s`, `15m`, `24h` or `2d`.
@@ -132,6 +142,7 @@ impl Settings {
             penalty_failures: self.penalty_failures.or(base.penalty_failures),
             penalty_secs: self.penalty_secs.or(base.penalty_secs),
             admin_allow_remote: self.admin_allow_remote || base.admin_allow_remote,
+            log_format: self.log_format.or(base.log_format),
         }
     }
 
@@ -159,6 +170,7 @@ impl Settings {
             penalty_failures: self.penalty_failures.unwrap_or(100),
             penalty: Duration::from_secs(self.penalty_secs.unwrap_or(60)),
             admin_allow_remote: self.admin_allow_remote,
+            log_json: self.log_format == Some(LogFormat::Json),
         }
     }
 }
@@ -183,6 +195,7 @@ pub struct Config {
     pub penalty_failures: u32,
     pub penalty: Duration,
     pub admin_allow_remote: bool,
+    pub log_json: bool,
 }
 
 fn machine_hostname() -> String {
@@ -226,6 +239,14 @@ mod tests {
         assert!(parse_duration("h").is_err());
         let s: Settings = toml::from_str("access-ttl = \"2h\"").unwrap();
         assert_eq!(s.access_ttl, Some(Duration::from_secs(7200)));
+    }
+
+    #[test]
+    fn log_formats() {
+        let s: Settings = toml::from_str("log-format = \"json\"").unwrap();
+        assert!(s.resolve().log_json);
+        let err = toml::from_str::<Settings>("log-format = \"xml\"").unwrap_err();
+        assert!(err.message().contains("xml"), "{}", err.message());
     }
 
     #[test]

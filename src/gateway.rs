@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hook::Hook;
 use crate::keys::{fingerprint, parse_authorized_keys, AuthorizedKey};
+use crate::metrics::{Derived, Metrics};
 use crate::sftp::{Activity, SharedFile, WriteClosed};
-use crate::store::{Access, Record, Store};
+use crate::store::{Access, Record, State, Store};
 
 /// How often live sessions are checked against their request (expiry is noticed this fast).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -45,6 +46,7 @@ struct Live {
 
 pub struct Gateway {
     pub store: Arc<dyn Store>,
+    pub metrics: Metrics,
     hook: Option<Hook>,
     max_upload_size: Option<u64>,
     /// Parsed keys per request, with the text they were parsed from.
@@ -75,6 +77,7 @@ impl Gateway {
     ) -> Arc<Gateway> {
         Arc::new(Gateway {
             store,
+            metrics: Metrics::default(),
             hook,
             max_upload_size,
             keys: Mutex::default(),
@@ -158,11 +161,13 @@ impl Gateway {
 
     /// What to do each time a write handle of this grant's session is closed: one audit
     /// line, and the same event to the upload hook if one is configured.
-    pub fn on_write_closed(&self, grant: &Grant, peer: SocketAddr) -> WriteClosed {
+    pub fn on_write_closed(self: &Arc<Self>, grant: &Grant, peer: SocketAddr) -> WriteClosed {
         let request = grant.request_id;
         let key = fingerprint(&grant.key);
         let hook = self.hook.clone();
+        let gateway = self.clone();
         Arc::new(move |w| {
+            Metrics::inc(&gateway.metrics.uploads_completed_total);
             let event = serde_json::json!({
                 "event": "upload-closed",
                 "request_id": request,
@@ -179,6 +184,37 @@ impl Gateway {
             if let Some(hook) = &hook {
                 hook.post(event);
             }
+        })
+    }
+
+    /// The metrics page, with totals summed over every request's activity.
+    pub fn render_metrics(&self) -> String {
+        let (mut received, mut sent, mut errors) = (0, 0, 0);
+        for a in self
+            .activity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            received += a.bytes_written.load(std::sync::atomic::Ordering::Relaxed);
+            sent += a.bytes_read.load(std::sync::atomic::Ordering::Relaxed);
+            errors += a.write_errors.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        let records = self.store.list();
+        let requests = State::ALL
+            .iter()
+            .map(|st| {
+                (
+                    st.as_str(),
+                    records.iter().filter(|r| r.state == *st).count() as u64,
+                )
+            })
+            .collect();
+        self.metrics.render(&Derived {
+            bytes_received: received,
+            bytes_sent: sent,
+            transfer_errors: errors,
+            requests,
         })
     }
 

@@ -29,6 +29,8 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Check a config file: unknown keys and bad values are named; prints the settings.
+    CheckConfig { file: PathBuf },
     /// Manage requests through the operator API.
     Request {
         #[command(subcommand)]
@@ -52,23 +54,28 @@ enum Command {
     },
 }
 
-fn init_logging() {
+fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SFTPGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,russh=warn"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        fmt.json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init();
+    } else {
+        fmt.init();
+    }
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config, settings } => {
-            init_logging();
-            serve(config, settings).await
-        }
+        Command::Serve { config, settings } => serve(config, settings).await,
+        Command::CheckConfig { file } => check_config(&file),
         Command::Request { cmd, client } => {
             async { Client::new(&client)?.request(cmd).await }.await
         }
@@ -96,6 +103,7 @@ async fn serve(config: Option<PathBuf>, settings: Settings) -> anyhow::Result<()
         None => Settings::default(),
     };
     let cfg = settings.over(base).resolve();
+    init_logging(cfg.log_json);
     let running = sftpgate::server::start(cfg).await?;
     {
         let mut out = std::io::stdout().lock();
@@ -112,5 +120,11 @@ async fn serve(config: Option<PathBuf>, settings: Settings) -> anyhow::Result<()
     tracing::info!(signal = sig, "shutting down");
     running.stop().await;
     tracing::info!("stopped");
+    Ok(())
+}
+
+fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = Settings::from_file(file)?.resolve();
+    println!("{}: ok\n{cfg:#?}", file.display());
     Ok(())
 }

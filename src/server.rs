@@ -146,6 +146,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         public_port: cfg.public_port.unwrap_or(ssh_addr.port()),
         access_ttl: time::Duration::try_from(cfg.access_ttl).unwrap_or(time::Duration::DAY),
         throttle: Default::default(),
+        data_dir: cfg.data_dir.clone(),
     });
     let app = admin::router(state);
     let stop = shutdown.clone();

@@ -200,3 +200,76 @@ fn paramiko_put_get_append_stat_listdir() {
     assert_eq!(text(&out.stdout).trim(), "ok");
     assert_eq!(sha256(&g.upload_path(33)), sha256(&src));
 }
+
+/// WinSCP's way, done with paramiko: upload to `<file>.filepart`, resume it by opening
+/// without truncation and writing at the old size, then rename it onto the file.
+const WINSCP_STYLE: &str = r#"
+import os, sys
+import paramiko
+
+port, key, src = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+t = paramiko.Transport(("127.0.0.1", port))
+t.connect(username="user_34", pkey=paramiko.Ed25519Key.from_private_key_file(key))
+sftp = paramiko.SFTPClient.from_transport(t)
+data = open(src, "rb").read()
+half = len(data) // 2
+
+with sftp.open("db.dump.filepart", "w") as f:
+    f.write(data[:half])
+assert sorted(sftp.listdir(".")) == ["db.dump", "db.dump.filepart"], sftp.listdir(".")
+assert sftp.stat("/db.dump.filepart").st_size == half
+
+# Resume: open without TRUNC (r+ is READ|WRITE) and write at the old size.
+with sftp.open("db.dump.filepart", "r+") as f:
+    f.seek(sftp.stat("db.dump.filepart").st_size)
+    f.write(data[half:])
+sftp.utime("db.dump.filepart", (1_600_000_000, 1_600_000_000))
+sftp.chmod("db.dump.filepart", 0o644)
+
+for bad in [("db.dump.filepart", "other"), ("db.dump", "db.dump.filepart"), ("x.filepart", "db.dump")]:
+    try:
+        sftp.rename(*bad)
+        raise SystemExit("renamed %s to %s" % bad)
+    except IOError:
+        pass
+try:
+    sftp.open("other.filepart", "w")
+    raise SystemExit("opened other.filepart")
+except IOError:
+    pass
+
+sftp.rename("db.dump.filepart", "db.dump")
+assert sftp.listdir(".") == ["db.dump"], sftp.listdir(".")
+st = sftp.stat("db.dump")
+assert st.st_size == len(data) and st.st_mtime == 1_600_000_000, st
+print("ok")
+"#;
+
+#[test]
+fn winscp_style_filepart_upload_resume_and_rename() {
+    let g = Gateway::start();
+    let work = g.dir.path();
+    let key = ClientKey::new(work, "winscp");
+    g.provision(34, "db.dump", &key);
+    let src = work.join("src.bin");
+    random_file(&src, 3_000_001);
+    let out = Command::new(python())
+        .args([
+            "-c",
+            WINSCP_STYLE,
+            &g.ssh_port.to_string(),
+            key.path.to_str().unwrap(),
+            src.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout).trim(), "ok");
+    assert_eq!(sha256(&g.upload_path(34)), sha256(&src));
+    assert!(!g.upload_path(34).with_extension("filepart").exists());
+}

@@ -33,6 +33,7 @@ pub struct AdminState {
     /// How long `request_sftp_access` opens access for.
     pub access_ttl: time::Duration,
     pub throttle: access::Throttle,
+    pub data_dir: std::path::PathBuf,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -53,6 +54,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route(
             "/database/v1/request_sftp_access",
             post(access::request_sftp_access),
@@ -74,8 +76,32 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .with_state(state)
 }
 
-async fn healthz() -> Response {
-    Json(json!({"failures": [], "status": "ok"})).into_response()
+/// Ready when the listeners are up (this answer proves the admin one; the SSH one is bound
+/// before it) and the data directory takes writes.
+async fn healthz(State(state): State<Arc<AdminState>>) -> Response {
+    let dir = state.data_dir.clone();
+    let writable = tokio::task::spawn_blocking(move || tempfile::tempfile_in(&dir).map(drop)).await;
+    match writable {
+        Ok(Ok(())) => Json(json!({"failures": [], "status": "ok"})).into_response(),
+        Ok(Err(e)) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Failure::new(
+                "HEALTH:DATA_DIR",
+                format!("the data directory is not writable: {e}"),
+            ),
+        )
+        .into_response(),
+        Err(e) => ApiError::storage(e).into_response(),
+    }
+}
+
+/// Prometheus text format; like /healthz it needs no token (it holds no secret).
+async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.gateway.render_metrics(),
+    )
+        .into_response()
 }
 
 async fn require_token(State(state): State<Arc<AdminState>>, req: Request, next: Next) -> Response {

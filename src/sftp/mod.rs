@@ -50,6 +50,8 @@ pub struct Activity {
     pub writers: AtomicU32,
     /// Unix time of the last write, 0 if none.
     pub last_write: AtomicI64,
+    /// Writes that failed (disk full, size limit, I/O errors).
+    pub write_errors: AtomicU64,
 }
 
 impl Activity {

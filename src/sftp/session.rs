@@ -514,6 +514,7 @@ impl Session {
             if at.saturating_add(data.len() as u64) > max {
                 let msg = format!("upload size limit of {max} bytes exceeded");
                 tracing::warn!(target: "audit", event = "write-refused", reason = %msg, "write refused");
+                self.activity.write_errors.fetch_add(1, Ordering::Relaxed);
                 return self.status(id, StatusCode::Failure, &msg);
             }
         }
@@ -532,6 +533,7 @@ impl Session {
             }
             Err(e) => {
                 tracing::warn!(target: "audit", event = "write-failed", error = %e, "write failed");
+                self.activity.write_errors.fetch_add(1, Ordering::Relaxed);
                 self.fail_io(id, &e)
             }
         }

@@ -19,6 +19,7 @@ use super::channel::{self, Start};
 use super::Conn;
 use crate::gateway::{Gateway, Grant, LiveGuard};
 use crate::keys::fingerprint;
+use crate::metrics::Metrics;
 
 pub struct SshHandler {
     gateway: Arc<Gateway>,
@@ -62,6 +63,7 @@ impl SshHandler {
 
     fn refuse_method(&self, user: &str, method: &str) -> Auth {
         self.conn.auth_attempted.store(true, Ordering::Release);
+        Metrics::inc(&self.gateway.metrics.auth_failure_total);
         tracing::info!(target: "audit", event = "auth-refused", session = self.session, peer = %self.peer, user, method, "only public keys are accepted");
         reject()
     }
@@ -123,6 +125,7 @@ impl russh::server::Handler for SshHandler {
         {
             return Ok(Auth::Accept);
         }
+        Metrics::inc(&self.gateway.metrics.auth_failure_total);
         tracing::info!(
             target: "audit",
             event = "auth-refused",
@@ -164,6 +167,8 @@ impl russh::server::Handler for SshHandler {
             );
         self.grant = Some(grant);
         self.conn.authenticated.store(true, Ordering::Release);
+        Metrics::inc(&self.gateway.metrics.auth_success_total);
+        Metrics::inc(&self.gateway.metrics.sessions_current);
         Ok(Auth::Accept)
     }
 

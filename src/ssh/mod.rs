@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::gateway::Gateway;
+use crate::metrics::Metrics;
 use handler::SshHandler;
 use penalty::Penalties;
 use watchdog::{Progress, Watched};
@@ -191,12 +192,16 @@ impl SshServer {
                 continue;
             };
             let session = self.gateway.next_session_id();
+            let metrics = &self.gateway.metrics;
+            Metrics::inc(&metrics.connections_total);
+            Metrics::inc(&metrics.connections_current);
             let span = tracing::info_span!("session", session, %peer);
             let server = self.clone();
             let kick = shutdown.child_token();
             tracker.spawn(
                 async move {
                     server.connection(socket, peer, session, kick).await;
+                    Metrics::dec(&server.gateway.metrics.connections_current);
                     drop(permit);
                 }
                 .instrument(span),
@@ -236,6 +241,7 @@ impl SshServer {
             Ok(Ok(running)) => running,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "handshake failed");
+                Metrics::inc(&self.gateway.metrics.handshake_errors_total);
                 return;
             }
             Err(_) => {
@@ -293,6 +299,7 @@ impl SshServer {
         conn.kick.cancel();
         finish_sftp(&conn).await;
         if conn.authenticated.load(Ordering::Acquire) {
+            Metrics::dec(&self.gateway.metrics.sessions_current);
             self.penalties.succeeded(peer.ip());
         } else if conn.auth_attempted.load(Ordering::Acquire) || reason.is_some() {
             self.penalize(peer);

@@ -1,0 +1,137 @@
+//! Counters for `GET /metrics` (Prometheus text format). Transfer byte counts live in each
+//! request's [`Activity`](crate::sftp::Activity) and are summed when scraped.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Default)]
+pub struct Metrics {
+    pub connections_total: AtomicU64,
+    pub connections_current: AtomicU64,
+    pub sessions_current: AtomicU64,
+    pub auth_success_total: AtomicU64,
+    pub auth_failure_total: AtomicU64,
+    pub handshake_errors_total: AtomicU64,
+    pub uploads_completed_total: AtomicU64,
+}
+
+/// Totals that are computed at scrape time rather than counted.
+pub struct Derived {
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub transfer_errors: u64,
+    /// (state, number of requests in it)
+    pub requests: Vec<(&'static str, u64)>,
+}
+
+impl Metrics {
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn dec(c: &AtomicU64) {
+        c.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn render(&self, d: &Derived) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(
+                out,
+                "# HELP sftpgate_{name} {help}\n# TYPE sftpgate_{name} {kind}"
+            );
+            for (labels, v) in samples {
+                let _ = writeln!(out, "sftpgate_{name}{labels} {v}");
+            }
+        };
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        metric(
+            "connections_total",
+            "counter",
+            "SSH connections accepted.",
+            &[("", get(&self.connections_total))],
+        );
+        metric(
+            "connections",
+            "gauge",
+            "SSH connections open now.",
+            &[("", get(&self.connections_current))],
+        );
+        metric(
+            "sessions",
+            "gauge",
+            "Authenticated SSH sessions open now.",
+            &[("", get(&self.sessions_current))],
+        );
+        metric(
+            "auth_total",
+            "counter",
+            "Authentication attempts by result.",
+            &[
+                ("{result=\"success\"}", get(&self.auth_success_total)),
+                ("{result=\"failure\"}", get(&self.auth_failure_total)),
+            ],
+        );
+        metric(
+            "handshake_errors_total",
+            "counter",
+            "Connections that failed before authentication.",
+            &[("", get(&self.handshake_errors_total))],
+        );
+        metric(
+            "bytes_received_total",
+            "counter",
+            "File bytes written by clients.",
+            &[("", d.bytes_received)],
+        );
+        metric(
+            "bytes_sent_total",
+            "counter",
+            "File bytes read by clients.",
+            &[("", d.bytes_sent)],
+        );
+        metric(
+            "uploads_completed_total",
+            "counter",
+            "Write handles closed (uploads finished or paused).",
+            &[("", get(&self.uploads_completed_total))],
+        );
+        metric(
+            "transfer_errors_total",
+            "counter",
+            "File writes that failed (disk full, size limit, I/O).",
+            &[("", d.transfer_errors)],
+        );
+        let labels: Vec<(String, u64)> = d
+            .requests
+            .iter()
+            .map(|(s, n)| (format!("{{state=\"{s}\"}}"), *n))
+            .collect();
+        let refs: Vec<(&str, u64)> = labels.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+        metric("requests", "gauge", "Upgrade requests by state.", &refs);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        Metrics::inc(&m.connections_total);
+        Metrics::inc(&m.auth_failure_total);
+        let text = m.render(&Derived {
+            bytes_received: 5,
+            bytes_sent: 6,
+            transfer_errors: 0,
+            requests: vec![("draft", 2), ("done", 1)],
+        });
+        assert!(text
+            .contains("# TYPE sftpgate_connections_total counter\nsftpgate_connections_total 1\n"));
+        assert!(text.contains("sftpgate_auth_total{result=\"failure\"} 1\n"));
+        assert!(text.contains("sftpgate_requests{state=\"draft\"} 2\n"));
+        assert!(text.contains("sftpgate_bytes_received_total 5\n"));
+    }
+}
