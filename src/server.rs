@@ -147,6 +147,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         access_ttl: time::Duration::try_from(cfg.access_ttl).unwrap_or(time::Duration::DAY),
         throttle: Default::default(),
         data_dir: cfg.data_dir.clone(),
+        samples: Default::default(),
     });
     let app = admin::router(state);
     let stop = shutdown.clone();

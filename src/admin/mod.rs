@@ -4,6 +4,7 @@
 mod access;
 mod error;
 mod files;
+mod page;
 mod requests;
 
 use std::sync::Arc;
@@ -34,6 +35,7 @@ pub struct AdminState {
     pub access_ttl: time::Duration,
     pub throttle: access::Throttle,
     pub data_dir: std::path::PathBuf,
+    pub samples: page::Samples,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -55,6 +57,9 @@ pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/", get(page::index))
+        .route("/login", post(page::login))
+        .route("/logout", post(page::logout))
         .route(
             "/database/v1/request_sftp_access",
             post(access::request_sftp_access),

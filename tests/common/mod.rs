@@ -409,14 +409,14 @@ pub fn assert_failed_with(out: &Output, needle: &str) {
     assert!(err.contains(needle), "expected {needle:?} in {err:?}");
 }
 
-/// A Python with the test's client libraries (pycurl, paramiko), in a venv under
+/// A Python with the test's client libraries (pycurl, paramiko, websocket-client), in a venv under
 /// `target/` created on first use. Test binaries run one after another, so a `Once` per
 /// binary plus a marker file is enough to build it once.
 pub fn python() -> PathBuf {
     static ONCE: std::sync::Once = std::sync::Once::new();
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv");
     let py = venv.join("bin/python");
-    let marker = venv.join(".ready-1");
+    let marker = venv.join(".ready-2");
     ONCE.call_once(|| {
         if marker.exists() {
             return;
@@ -435,6 +435,7 @@ pub fn python() -> PathBuf {
                     "--disable-pip-version-check",
                     "pycurl==7.49.0",
                     "paramiko==5.1.0",
+                    "websocket-client==1.8.0",
                 ])
                 .status()
                 .is_ok_and(|s| s.success());

@@ -1,0 +1,205 @@
+//! A small operator status page at `/`: server-rendered HTML, no build step. The admin token
+//! is entered once in a login form and kept in an HttpOnly cookie; the page refreshes
+//! itself every few seconds to show uploads in progress.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Form;
+use serde::Deserialize;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use super::AdminState;
+use crate::store::{constant_time_eq, Record};
+
+const COOKIE: &str = "sftpgate_token";
+
+/// The last byte count seen per request, to show a transfer rate between refreshes.
+#[derive(Default)]
+pub struct Samples(Mutex<HashMap<u64, (u64, Instant)>>);
+
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn logged_in(state: &AdminState, headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .any(|t| constant_time_eq(t.as_bytes(), state.token.as_bytes()))
+}
+
+const STYLE: &str =
+    "body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse}\
+td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}th{background:#eee}\
+.writing{color:#06c;font-weight:bold}.err{color:#b00}";
+
+fn login_form(error: Option<&str>) -> Html<String> {
+    let error = error
+        .map(|e| format!("<p class=\"err\">{}</p>", escape(e)))
+        .unwrap_or_default();
+    Html(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>sftpgate</title><style>{STYLE}</style></head><body>\
+         <h1>sftpgate</h1>{error}<form method=\"post\" action=\"/login\">\
+         <label>Admin token <input type=\"password\" name=\"token\" id=\"token\" autofocus></label> \
+         <button type=\"submit\" id=\"login\">Log in</button></form></body></html>"
+    ))
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+pub async fn index(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+    if !logged_in(&state, &headers) {
+        return login_form(None).into_response();
+    }
+    let g = &state.gateway;
+    let now = OffsetDateTime::now_utc();
+    let mut rows = String::new();
+    let records = g.store.list();
+    for r in &records {
+        rows.push_str(&row(&state, r, now));
+    }
+    if records.is_empty() {
+        rows.push_str("<tr><td colspan=\"7\">no requests</td></tr>");
+    }
+    Html(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"3\">\
+         <title>sftpgate</title><style>{STYLE}</style></head><body><h1>sftpgate</h1>\
+         <p>Requests: {}. Live sessions: {}. Updated {}.</p>\
+         <table id=\"requests\"><tr><th>Request</th><th>File</th><th>State</th><th>Uploaded</th>\
+         <th>Transfer now</th><th>Clients</th><th>Access expires</th></tr>{rows}</table>\
+         <form method=\"post\" action=\"/logout\"><button type=\"submit\">Log out</button></form></body></html>",
+        records.len(),
+        records.iter().map(|r| g.peers_of(r.id).len()).sum::<usize>(),
+        now.format(&Rfc3339).unwrap_or_default(),
+    ))
+    .into_response()
+}
+
+fn row(state: &AdminState, r: &Record, now: OffsetDateTime) -> String {
+    let g = &state.gateway;
+    let size = std::fs::metadata(g.store.upload_path(r.id))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let activity = g.activity(r.id);
+    let written = activity.bytes_written.load(Ordering::Relaxed);
+    let live = if activity.writers.load(Ordering::Relaxed) > 0 {
+        let mut samples = state.samples.0.lock().unwrap_or_else(|p| p.into_inner());
+        let rate = match samples.insert(r.id, (written, Instant::now())) {
+            Some((before, at)) if at.elapsed().as_secs_f64() > 0.2 => {
+                format!(
+                    ", {}/s",
+                    mib(
+                        (written.saturating_sub(before) as f64 / at.elapsed().as_secs_f64()) as u64
+                    )
+                )
+            }
+            _ => String::new(),
+        };
+        format!(
+            "<span class=\"writing\">uploading: {} received{rate}</span>",
+            mib(written)
+        )
+    } else {
+        "-".into()
+    };
+    let peers: Vec<String> = g.peers_of(r.id).iter().map(|p| p.to_string()).collect();
+    let expires = match r.expires_at {
+        Some(t) if t <= now => "expired".into(),
+        Some(t) => t.format(&Rfc3339).unwrap_or_default(),
+        None => "-".into(),
+    };
+    format!(
+        "<tr id=\"request-{id}\"><td>{id}</td><td>{file}</td><td>{state}</td><td>{size}</td><td>{live}</td><td>{peers}</td><td>{expires}</td></tr>",
+        id = r.id,
+        file = escape(&r.filename),
+        state = r.state.as_str(),
+        size = mib(size),
+        peers = escape(&peers.join(", ")),
+        expires = escape(&expires),
+    )
+}
+
+#[derive(Deserialize)]
+pub struct Login {
+    token: String,
+}
+
+pub async fn login(
+    State(state): State<Arc<AdminState>>,
+    form: Result<Form<Login>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Ok(Form(form)) = form else {
+        return (
+            StatusCode::BAD_REQUEST,
+            login_form(Some("enter the admin token")),
+        )
+            .into_response();
+    };
+    if !constant_time_eq(form.token.trim().as_bytes(), state.token.as_bytes()) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            login_form(Some("that token is not valid")),
+        )
+            .into_response();
+    }
+    let cookie = format!(
+        "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
+        state.token
+    );
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::SET_COOKIE, cookie),
+            (header::LOCATION, "/".to_string()),
+        ],
+    )
+        .into_response()
+}
+
+pub async fn logout() -> Response {
+    let cookie = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::SET_COOKIE, cookie),
+            (header::LOCATION, "/".to_string()),
+        ],
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(
+            escape("<b>\"x\"&'y'</b>"),
+            "&lt;b&gt;&quot;x&quot;&amp;&#39;y&#39;&lt;/b&gt;"
+        );
+    }
+}
