@@ -96,7 +96,8 @@ impl Gateway {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn keys_of(&self, record: &Record) -> Arc<Vec<AuthorizedKey>> {
+    /// The parsed keys of a record, cached until its text changes.
+    pub fn keys_of(&self, record: &Record) -> Arc<Vec<AuthorizedKey>> {
         let mut cache = self.keys.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((text, keys)) = cache.get(&record.id) {
             if *text == record.ssh_keys {

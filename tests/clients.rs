@@ -35,17 +35,8 @@ fn scp_uploads_and_downloads() {
     random_file(&src, 2_500_000);
     let scp = |args: &[&str]| {
         Command::new("scp")
-            .args([
-                "-q",
-                "-i",
-                key.path.to_str().unwrap(),
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-            ])
+            .arg("-q")
+            .args(key.client_opts())
             .args(["-P", &g.ssh_port.to_string()])
             .args(args)
             .current_dir(work)

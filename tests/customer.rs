@@ -112,18 +112,8 @@ fn run_sample(g: &Gateway, sample: &str, key: &ClientKey, batch: &str, cwd: &Pat
     let args: Vec<&str> = sample.split_whitespace().collect();
     assert_eq!(args[0], "sftp", "{sample}");
     let mut child = Command::new("sftp")
-        .args([
-            "-i",
-            key.path.to_str().unwrap(),
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-b",
-            "-",
-        ])
+        .args(key.client_opts())
+        .args(["-b", "-"])
         .args(&args[1..])
         .current_dir(cwd)
         .stdin(std::process::Stdio::piped())

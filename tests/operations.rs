@@ -63,9 +63,23 @@ fn metrics_health_and_json_logs() {
         .collect();
     assert!(!lines.is_empty(), "{log}");
     let events: Vec<&str> = lines.iter().filter_map(|l| l["event"].as_str()).collect();
-    for want in ["login", "upload-closed", "auth-refused"] {
+    for want in [
+        "login",
+        "upload-closed",
+        "auth-refused",
+        "file-opened",
+        "file-closed",
+        "request-created",
+    ] {
         assert!(events.contains(&want), "no {want} event in {events:?}");
     }
+    // The download's close reports the bytes sent through its handle.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["event"] == "file-closed" && l["bytes_read"] == 1_500_000),
+        "{log}"
+    );
     let login = lines.iter().find(|l| l["event"] == "login").unwrap();
     assert_eq!(login["request"], 1);
     assert!(login["key"].as_str().unwrap().starts_with("SHA256:"));

@@ -161,17 +161,8 @@ fn shells_commands_and_forwarding_are_refused_without_hanging() {
         .unwrap()
         .port();
     let mut fwd = std::process::Command::new("ssh")
-        .args([
-            "-i",
-            key.path.to_str().unwrap(),
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-N",
-        ])
+        .args(key.client_opts())
+        .arg("-N")
         .args([
             "-L",
             &format!("127.0.0.1:{port}:127.0.0.1:9"),
@@ -196,12 +187,8 @@ fn shells_commands_and_forwarding_are_refused_without_hanging() {
     let n = std::io::Read::read(&mut conn, &mut buf).unwrap_or(0);
     assert_eq!(n, 0);
     fwd.kill().unwrap();
-    let out = fwd.wait_with_output().unwrap();
-    assert!(
-        text(&out.stderr).contains("administratively prohibited"),
-        "{}",
-        text(&out.stderr)
-    );
+    let _ = fwd.wait();
+    assert!(g.wait_log("\"direct-tcpip\"", 1), "{}", g.log());
 }
 
 #[test]
@@ -393,4 +380,114 @@ except Exception:
         text(&out.stdout),
         "second channel refused\nsubsystem refused\n"
     );
+}
+
+#[test]
+fn x11_agent_socks_and_unix_socket_forwarding_are_refused() {
+    let (g, key) = setup();
+    // X11 and agent forwarding are asked for on the session channel before the command;
+    // both are refused (logged), then so is the command. The client only asks with a
+    // DISPLAY and an agent, so give it both (an agent that holds no key).
+    let agent_path = g.dir.path().join("agent.sock");
+    let agent = std::os::unix::net::UnixListener::bind(&agent_path).unwrap();
+    std::thread::spawn(move || {
+        for conn in agent.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let mut len = [0u8; 4];
+                while conn.read_exact(&mut len).is_ok() {
+                    let mut msg = vec![0u8; u32::from_be_bytes(len) as usize];
+                    if conn.read_exact(&mut msg).is_err() {
+                        return;
+                    }
+                    // Any request: "no identities" (12) or failure (5).
+                    let reply: &[u8] = if msg.first() == Some(&11) {
+                        &[0, 0, 0, 5, 12, 0, 0, 0, 0]
+                    } else {
+                        &[0, 0, 0, 1, 5]
+                    };
+                    let _ = conn.write_all(reply);
+                }
+            });
+        }
+    });
+    let child = std::process::Command::new("ssh")
+        .args(key.client_opts())
+        .args([
+            "-Y",
+            "-A",
+            "-o",
+            "XAuthLocation=/nonexistent",
+            "-p",
+            &g.ssh_port.to_string(),
+            "user_42@127.0.0.1",
+            "true",
+        ])
+        .env("DISPLAY", "127.0.0.1:0")
+        .env("SSH_AUTH_SOCK", &agent_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_output(child, Duration::from_secs(20));
+    assert!(!out.status.success());
+    assert!(g.wait_log("\"x11\"", 1), "{}", g.log());
+    assert!(g.wait_log("\"agent forwarding\"", 1), "{}", g.log());
+
+    // Remote forwarding of a Unix socket: refused, and the client is told.
+    let out = g.ssh(
+        "user_42",
+        &key,
+        &[
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            "/tmp/sftpgate-test.sock:127.0.0.1:9",
+        ],
+        &[],
+    );
+    assert_failed_with(&out, "forwarding failed");
+
+    // SOCKS (-D): the CONNECT through the tunnel is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut socks = std::process::Command::new("ssh")
+        .args(key.client_opts())
+        .args([
+            "-N",
+            "-D",
+            &format!("127.0.0.1:{port}"),
+            "-p",
+            &g.ssh_port.to_string(),
+            "user_42@127.0.0.1",
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut conn = None;
+    assert!(wait_until(Duration::from_secs(10), || {
+        conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok();
+        conn.is_some()
+    }));
+    let mut conn = conn.unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    use std::io::Read;
+    conn.write_all(&[5, 1, 0]).unwrap();
+    let mut hello = [0u8; 2];
+    conn.read_exact(&mut hello).unwrap();
+    assert_eq!(hello, [5, 0]);
+    conn.write_all(&[5, 1, 0, 1, 127, 0, 0, 1, 0, 9]).unwrap();
+    let mut reply = [0u8; 2];
+    let granted = conn.read_exact(&mut reply).is_ok() && reply[1] == 0;
+    assert!(!granted, "SOCKS connect through the gateway succeeded");
+    socks.kill().unwrap();
+    let _ = socks.wait();
+    assert!(g.wait_log("\"direct-tcpip\"", 1), "{}", g.log());
 }

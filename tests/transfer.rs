@@ -28,7 +28,7 @@ fn upload_list_resume_then_download_when_done() {
     let out = g.sftp(
         "user_10534",
         &key,
-        "put -a openchs.70.cdump openchs.70.cdump\nls -l openchs.70.cdump\n",
+        "put -a openchs.70.cdump openchs.70.cdump\nls -l openchs.70.cdump\ndf -h\ndf -i\n",
         work,
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -133,53 +133,55 @@ fn upload_list_resume_then_download_when_done() {
 
 #[test]
 fn killed_client_leaves_a_prefix_that_put_a_completes() {
+    use rand::{Rng, SeedableRng};
+    const SIZE: u64 = 256 * 1024 * 1024;
+    const KILLS: u64 = 20;
     let g = Gateway::start();
     let work = g.dir.path();
     let key = ClientKey::new(work, "bob");
     g.provision(7, "big.dump", &key);
     let src = work.join("big.dump");
-    random_file(&src, 48 * 1024 * 1024);
+    random_file(&src, SIZE as usize);
+    let seed = rand_u64();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let size = || {
+        std::fs::metadata(g.upload_path(7))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
 
-    for round in 0..3 {
+    for round in 0..KILLS {
+        // A random kill point ahead, spread so that all 20 fall inside the file.
+        let now = size();
+        let step = (SIZE - now) / (KILLS - round + 1);
+        let target = now + rng.gen_range(step / 4..=step.max(step / 4 + 1));
         // Throttled (-l, Kbit/s) so the kill lands mid-transfer; 256 writes in flight.
         let cmd = if round == 0 {
-            "put big.dump
-"
+            "put big.dump\n"
         } else {
-            "put -a big.dump
-"
+            "put -a big.dump\n"
         };
         let (mut child, _stdin) =
-            g.spawn_sftp("user_7", &key, &["-l", "80000", "-R", "256"], work, cmd);
-        let before = std::fs::metadata(g.upload_path(7))
-            .map(|m| m.len())
-            .unwrap_or(0);
-        let grew = wait_until(Duration::from_secs(30), || {
-            std::fs::metadata(g.upload_path(7))
-                .map(|m| m.len())
-                .unwrap_or(0)
-                > before + 4 * 1024 * 1024
-        });
+            g.spawn_sftp("user_7", &key, &["-l", "400000", "-R", "256"], work, cmd);
+        let reached = wait_until(Duration::from_secs(60), || size() >= target);
         assert!(
-            grew,
-            "round {round}: upload did not progress from {before}; log: {}",
+            reached,
+            "seed {seed} round {round}: upload stuck at {} (target {target}); log: {}",
+            size(),
             g.log()
         );
         child.kill().unwrap();
         child.wait().unwrap();
         // The server notices the dead connection; whatever it acknowledged is a prefix.
-        assert!(wait_until(Duration::from_secs(10), || g
-            .api("GET", "/v1/requests/7", None)
-            .1["request"]["sessions"]
-            == 0));
+        assert!(wait_until(Duration::from_secs(10), || g.sessions(7) == 0));
         assert!(
             is_prefix(&g.upload_path(7), &src),
-            "round {round}: not a prefix"
+            "seed {seed} round {round}: not a prefix"
         );
     }
     let out = g.sftp("user_7", &key, "put -a big.dump\n", work);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(sha256(&g.upload_path(7)), sha256(&src));
+    assert_eq!(sha256(&g.upload_path(7)), sha256(&src), "seed {seed}");
 }
 
 #[test]

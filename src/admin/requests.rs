@@ -59,8 +59,8 @@ pub(crate) fn view(state: &AdminState, r: &Record) -> Value {
     let now = OffsetDateTime::now_utc();
     let user = Record::user_name(r.id);
     let shared = r.access_at(now).map(|a| r.visible_name(a));
-    let keys: Vec<Value> = parse_authorized_keys(&r.ssh_keys)
-        .unwrap_or_default()
+    let keys: Vec<Value> = g
+        .keys_of(r)
         .iter()
         .map(|k| {
             json!({

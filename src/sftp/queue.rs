@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::BytesMut;
@@ -23,6 +24,8 @@ pub(crate) enum Item {
     Read {
         id: u32,
         file: Arc<File>,
+        /// The handle's count of bytes sent.
+        sent: Arc<AtomicU64>,
         offset: u64,
         len: u32,
     },
@@ -62,11 +65,12 @@ impl ReplyQueue {
         self.ready.notify_one();
     }
 
-    pub fn push_read(&self, id: u32, file: Arc<File>, offset: u64, len: u32) {
+    pub fn push_read(&self, id: u32, file: Arc<File>, sent: Arc<AtomicU64>, offset: u64, len: u32) {
         let mut inner = self.lock();
         inner.items.push_back(Item::Read {
             id,
             file,
+            sent,
             offset,
             len,
         });
@@ -91,12 +95,14 @@ impl ReplyQueue {
             if let Item::Read {
                 id,
                 file,
+                sent,
                 offset,
                 len,
             } = item
             {
                 let mut buf = BytesMut::new();
-                encode_read(&mut buf, *id, file, *offset, *len);
+                let n = encode_read(&mut buf, *id, file, *offset, *len);
+                sent.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                 *item = Item::Encoded(buf);
             }
         }

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -58,10 +58,14 @@ pub type WriteClosed = Arc<dyn Fn(WriteSummary) + Send + Sync>;
 
 struct OpenFile {
     file: Arc<File>,
+    /// The name it was opened by (the file or its `.filepart`), for the audit log.
+    name: String,
     read: bool,
     write: bool,
     append: bool,
     written: u64,
+    /// Bytes sent to the client from this handle (counted by the reply writer).
+    sent: Arc<AtomicU64>,
     opened: Instant,
 }
 
@@ -156,11 +160,13 @@ async fn write_replies<O: Outbound>(queue: Arc<ReplyQueue>, mut out: O, activity
                 Item::Read {
                     id,
                     file,
+                    sent,
                     offset,
                     len,
                 } => {
-                    let n = encode_read(&mut buf, id, &file, offset, len);
-                    activity.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+                    let n = encode_read(&mut buf, id, &file, offset, len) as u64;
+                    activity.bytes_read.fetch_add(n, Ordering::Relaxed);
+                    sent.fetch_add(n, Ordering::Relaxed);
                 }
             }
             item = if buf.len() < WRITE_BATCH {
@@ -369,8 +375,9 @@ impl Session {
                 len,
             } => match self.file_handle(&handle) {
                 Some(f) if f.read => {
-                    let file = f.file.clone();
-                    self.queue.push_read(id, file, offset, len.min(MAX_IO_LEN));
+                    let (file, sent) = (f.file.clone(), f.sent.clone());
+                    self.queue
+                        .push_read(id, file, sent, offset, len.min(MAX_IO_LEN));
                 }
                 Some(_) => self.status(
                     id,
@@ -476,12 +483,26 @@ impl Session {
                         return self.fail_io(id, &e);
                     }
                 }
+                let name = if partial {
+                    format!("{}{}", self.shared.name, vfs::PARTIAL_SUFFIX)
+                } else {
+                    self.shared.name.clone()
+                };
+                let mode = match (read, write, append) {
+                    (_, true, true) => "append",
+                    (true, true, false) => "read-write",
+                    (false, true, false) => "write",
+                    _ => "read",
+                };
+                tracing::info!(target: "audit", event = "file-opened", file = %name, mode, truncate, "file opened");
                 let handle = OpenFile {
                     file: Arc::new(file),
+                    name,
                     read,
                     write,
                     append,
                     written: 0,
+                    sent: Arc::default(),
                     opened: Instant::now(),
                 };
                 if self.add_handle(id, Handle::File(handle)) && write {
@@ -554,12 +575,25 @@ impl Session {
 
     /// Makes a written file durable and reports the write.
     fn finish_file(&self, f: OpenFile) -> std::io::Result<()> {
+        let duration_ms = f.opened.elapsed().as_millis() as u64;
+        let sent = f.sent.load(Ordering::Relaxed);
         if !f.write {
+            tracing::info!(target: "audit", event = "file-closed", file = %f.name, bytes_read = sent, duration_ms, "file closed");
             return Ok(());
         }
         self.activity.writers.fetch_sub(1, Ordering::Relaxed);
         f.file.sync_data()?;
         let size = f.file.metadata()?.len();
+        tracing::info!(
+            target: "audit",
+            event = "file-closed",
+            file = %f.name,
+            bytes_written = f.written,
+            bytes_read = sent,
+            size,
+            duration_ms,
+            "file closed"
+        );
         if let Some(cb) = &self.on_write_closed {
             cb(WriteSummary {
                 bytes: f.written,

@@ -215,32 +215,10 @@ impl Gateway {
         self.data().join(format!("requests/{id}/upload"))
     }
 
-    fn ssh_opts(&self, key: &ClientKey) -> Vec<String> {
-        [
-            "-i",
-            key.path.to_str().unwrap(),
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "ConnectTimeout=10",
-            "-o",
-            "LogLevel=ERROR",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    }
-
     /// An `sftp -b -` command for `user`, ready to be given its batch on stdin.
     pub fn sftp_cmd(&self, user: &str, key: &ClientKey, extra: &[&str]) -> Command {
         let mut cmd = Command::new("sftp");
-        cmd.args(self.ssh_opts(key))
+        cmd.args(key.client_opts())
             .args(extra)
             .args(["-P", &self.ssh_port.to_string(), "-b", "-"])
             .arg(format!("{user}@127.0.0.1"));
@@ -280,7 +258,7 @@ impl Gateway {
     /// An `ssh` command to the gateway with extra arguments.
     pub fn ssh(&self, user: &str, key: &ClientKey, args: &[&str], command: &[&str]) -> Output {
         let child = Command::new("ssh")
-            .args(self.ssh_opts(key))
+            .args(key.client_opts())
             .args(["-p", &self.ssh_port.to_string()])
             .args(args)
             .arg(format!("{user}@127.0.0.1"))
@@ -340,6 +318,30 @@ impl ClientKey {
         ClientKey { path }
     }
 
+    /// OpenSSH client options for this key, shared by ssh, sftp and scp: no host key
+    /// prompts, no agent, no passwords.
+    pub fn client_opts(&self) -> Vec<String> {
+        [
+            "-i",
+            self.path.to_str().unwrap(),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "LogLevel=ERROR",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
     pub fn public(&self) -> String {
         std::fs::read_to_string(self.path.with_extension("pub")).unwrap()
     }
@@ -379,11 +381,22 @@ pub fn sha256(path: &Path) -> String {
     hex::encode(h.finalize())
 }
 
-/// True if `prefix`'s bytes are exactly the start of `full`'s.
+/// True if `prefix`'s bytes are exactly the start of `full`'s (compared in chunks).
 pub fn is_prefix(prefix: &Path, full: &Path) -> bool {
-    let p = std::fs::read(prefix).unwrap();
-    let f = std::fs::read(full).unwrap();
-    p.len() <= f.len() && f[..p.len()] == p[..]
+    let (mut p, mut f) = (
+        std::fs::File::open(prefix).unwrap(),
+        std::fs::File::open(full).unwrap(),
+    );
+    let (mut a, mut b) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let n = p.read(&mut a).unwrap();
+        if n == 0 {
+            return true;
+        }
+        if f.read_exact(&mut b[..n]).is_err() || a[..n] != b[..n] {
+            return false;
+        }
+    }
 }
 
 pub fn text(b: &[u8]) -> String {
