@@ -115,3 +115,40 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_kill_fails_blocked_reads_and_writes() {
+        // A read with nothing to read, as when a client goes silent.
+        let (near, mut far) = tokio::io::duplex(64);
+        let progress = Progress::new();
+        let kill = CancellationToken::new();
+        let mut watched = Watched::new(near, progress.clone(), kill.clone());
+        far.write_all(b"hi").await.unwrap();
+        let mut two = [0u8; 2];
+        watched.read_exact(&mut two).await.unwrap();
+        assert!(progress.idle() < Duration::from_secs(1));
+        let reader = tokio::spawn(async move {
+            let mut one = [0u8; 1];
+            watched.read(&mut one).await
+        });
+        tokio::task::yield_now().await;
+        kill.cancel();
+        let err = reader.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+
+        // A write into a full pipe, as when a client stops reading.
+        let (near, _far) = tokio::io::duplex(64);
+        let kill = CancellationToken::new();
+        let mut watched = Watched::new(near, Progress::new(), kill.clone());
+        let writer = tokio::spawn(async move { watched.write_all(&[0u8; 4096]).await });
+        tokio::task::yield_now().await;
+        kill.cancel();
+        let err = writer.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+}
