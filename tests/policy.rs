@@ -155,32 +155,9 @@ fn shells_commands_and_forwarding_are_refused_without_hanging() {
     assert_failed_with(&out, "forwarding failed");
 
     // -L: the client listens locally and asks for a channel per connection.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut fwd = std::process::Command::new("ssh")
-        .args(key.client_opts())
-        .arg("-N")
-        .args([
-            "-L",
-            &format!("127.0.0.1:{port}:127.0.0.1:9"),
-            "-p",
-            &g.ssh_port.to_string(),
-            "user_42@127.0.0.1",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut conn = None;
-    assert!(wait_until(Duration::from_secs(10), || {
-        conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok();
-        conn.is_some()
-    }));
-    let mut conn = conn.unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let (mut fwd, mut conn) = local_forward(&g, &key, |port| {
+        vec!["-L".into(), format!("127.0.0.1:{port}:127.0.0.1:9")]
+    });
     let _ = conn.write_all(b"x");
     let mut buf = [0u8; 16];
     // The forwarded connection is closed: no data ever comes back.
@@ -452,32 +429,9 @@ fn x11_agent_socks_and_unix_socket_forwarding_are_refused() {
     assert_failed_with(&out, "forwarding failed");
 
     // SOCKS (-D): the CONNECT through the tunnel is refused.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut socks = std::process::Command::new("ssh")
-        .args(key.client_opts())
-        .args([
-            "-N",
-            "-D",
-            &format!("127.0.0.1:{port}"),
-            "-p",
-            &g.ssh_port.to_string(),
-            "user_42@127.0.0.1",
-        ])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut conn = None;
-    assert!(wait_until(Duration::from_secs(10), || {
-        conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok();
-        conn.is_some()
-    }));
-    let mut conn = conn.unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let (mut socks, mut conn) = local_forward(&g, &key, |port| {
+        vec!["-D".into(), format!("127.0.0.1:{port}")]
+    });
     use std::io::Read;
     conn.write_all(&[5, 1, 0]).unwrap();
     let mut hello = [0u8; 2];
@@ -490,4 +444,35 @@ fn x11_agent_socks_and_unix_socket_forwarding_are_refused() {
     socks.kill().unwrap();
     let _ = socks.wait();
     assert!(g.wait_log("\"direct-tcpip\"", 1), "{}", g.log());
+}
+
+/// Starts `ssh -N` with a local listening forward (`-L`/`-D` built by `spec` from a free
+/// port) and returns it with a connection to that port, once the client listens.
+fn local_forward(
+    g: &Gateway,
+    key: &ClientKey,
+    spec: impl Fn(u16) -> Vec<String>,
+) -> (std::process::Child, std::net::TcpStream) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new("ssh")
+        .args(key.client_opts())
+        .arg("-N")
+        .args(spec(port))
+        .args(["-p", &g.ssh_port.to_string(), "user_42@127.0.0.1"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut conn = None;
+    assert!(wait_until(Duration::from_secs(10), || {
+        conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok();
+        conn.is_some()
+    }));
+    let conn = conn.unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    (child, conn)
 }
