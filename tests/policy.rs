@@ -137,7 +137,14 @@ fn shells_commands_and_forwarding_are_refused_without_hanging() {
     assert!(!out.status.success(), "{}", text(&out.stderr));
 
     // Stdio forwarding opens a direct-tcpip channel at once.
-    let out = g.ssh("user_42", &key, &["-W", "127.0.0.1:9"], &[]);
+    // A real service to forward to, so that a forward that got through would show.
+    let target = greeter();
+    let out = g.ssh(
+        "user_42",
+        &key,
+        &["-W", &format!("127.0.0.1:{target}")],
+        &[],
+    );
     assert_failed_with(&out, "stdio forwarding failed");
 
     let out = g.ssh(
@@ -156,7 +163,7 @@ fn shells_commands_and_forwarding_are_refused_without_hanging() {
 
     // -L: the client listens locally and asks for a channel per connection.
     let (mut fwd, mut conn) = local_forward(&g, &key, |port| {
-        vec!["-L".into(), format!("127.0.0.1:{port}:127.0.0.1:9")]
+        vec!["-L".into(), format!("127.0.0.1:{port}:127.0.0.1:{target}")]
     });
     let _ = conn.write_all(b"x");
     let mut buf = [0u8; 16];
@@ -437,7 +444,9 @@ fn x11_agent_socks_and_unix_socket_forwarding_are_refused() {
     let mut hello = [0u8; 2];
     conn.read_exact(&mut hello).unwrap();
     assert_eq!(hello, [5, 0]);
-    conn.write_all(&[5, 1, 0, 1, 127, 0, 0, 1, 0, 9]).unwrap();
+    let target = greeter().to_be_bytes();
+    conn.write_all(&[5, 1, 0, 1, 127, 0, 0, 1, target[0], target[1]])
+        .unwrap();
     let mut reply = [0u8; 2];
     let granted = conn.read_exact(&mut reply).is_ok() && reply[1] == 0;
     assert!(!granted, "SOCKS connect through the gateway succeeded");
@@ -475,4 +484,17 @@ fn local_forward(
     conn.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     (child, conn)
+}
+
+/// A local service that greets every connection with "hello": the port a forwarding test
+/// aims at, so that a forward the gateway wrongly allowed would carry data back.
+fn greeter() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let _ = conn.write_all(b"hello");
+        }
+    });
+    port
 }

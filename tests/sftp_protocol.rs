@@ -147,3 +147,39 @@ async fn read_only_file_refuses_every_write() {
         b"upgraded"
     );
 }
+
+#[tokio::test]
+async fn packets_split_anywhere_are_reassembled() {
+    let (mut c, dir) = start(true).await;
+    c.send(&req(
+        3,
+        1,
+        &[&s(b"db.dump"), &0x1Au32.to_be_bytes(), &0u32.to_be_bytes()],
+    ))
+    .await;
+    let h = c.recv().await[9..].to_vec();
+    // Two WRITEs and a STAT sent as one stream in 3-byte pieces.
+    let mut stream = Vec::new();
+    for (id, off, data) in [(2u32, 0u64, &b"hello "[..]), (3, 6, &b"world"[..])] {
+        let body = req(6, id, &[&s(&h), &off.to_be_bytes(), &s(data)]);
+        stream.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        stream.extend_from_slice(&body);
+    }
+    let stat = req(17, 4, &[&s(b"db.dump")]);
+    stream.extend_from_slice(&(stat.len() as u32).to_be_bytes());
+    stream.extend_from_slice(&stat);
+    for piece in stream.chunks(3) {
+        c.send_raw(piece).await;
+        tokio::task::yield_now().await;
+    }
+    for id in [2, 3] {
+        let r = c.recv().await;
+        assert_eq!((id_of(&r), status_of(&r)), (id, 0));
+    }
+    let r = c.recv().await;
+    assert_eq!((r[0], id_of(&r)), (105, 4));
+    assert_eq!(
+        std::fs::read(dir.path().join("upload")).unwrap(),
+        b"hello world"
+    );
+}

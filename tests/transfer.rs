@@ -185,7 +185,7 @@ fn killed_client_leaves_a_prefix_that_put_a_completes() {
 }
 
 #[test]
-fn sigterm_mid_upload_syncs_and_put_a_completes_after_restart() {
+fn sigterm_mid_upload_exits_cleanly_and_put_a_completes_after_restart() {
     let mut g = Gateway::start();
     let work = g.dir.path().to_path_buf();
     let key = ClientKey::new(&work, "frank");

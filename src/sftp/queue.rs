@@ -8,27 +8,31 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::BytesMut;
 use tokio::sync::Notify;
 
 use super::wire::{Encoder, StatusCode};
+use super::Activity;
 
 /// Small replies are coalesced up to this size before a new buffer is started.
 const COALESCE: usize = 64 * 1024;
 
 pub(crate) enum Item {
     Encoded(BytesMut),
-    Read {
-        id: u32,
-        file: Arc<File>,
-        /// The handle's count of bytes sent.
-        sent: Arc<AtomicU64>,
-        offset: u64,
-        len: u32,
-    },
+    Read(PendingRead),
+}
+
+/// A READ whose data is read only when its reply is encoded.
+pub(crate) struct PendingRead {
+    pub id: u32,
+    pub file: Arc<File>,
+    /// The handle's count of bytes sent.
+    pub sent: Arc<AtomicU64>,
+    pub offset: u64,
+    pub len: u32,
 }
 
 #[derive(Default)]
@@ -39,13 +43,29 @@ struct Inner {
     closed: bool,
 }
 
-#[derive(Default)]
 pub(crate) struct ReplyQueue {
     inner: Mutex<Inner>,
     ready: Notify,
+    /// Where the bytes sent by reads are counted, whichever path encodes them.
+    activity: Arc<Activity>,
 }
 
 impl ReplyQueue {
+    pub fn new(activity: Arc<Activity>) -> ReplyQueue {
+        ReplyQueue {
+            inner: Mutex::default(),
+            ready: Notify::new(),
+            activity,
+        }
+    }
+
+    /// Appends the reply to a READ (its data, or EOF/failure) and counts what it sends.
+    pub fn encode_read(&self, buf: &mut BytesMut, r: &PendingRead) {
+        let n = encode_read(buf, r.id, &r.file, r.offset, r.len) as u64;
+        r.sent.fetch_add(n, Ordering::Relaxed);
+        self.activity.bytes_read.fetch_add(n, Ordering::Relaxed);
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -65,15 +85,9 @@ impl ReplyQueue {
         self.ready.notify_one();
     }
 
-    pub fn push_read(&self, id: u32, file: Arc<File>, sent: Arc<AtomicU64>, offset: u64, len: u32) {
+    pub fn push_read(&self, read: PendingRead) {
         let mut inner = self.lock();
-        inner.items.push_back(Item::Read {
-            id,
-            file,
-            sent,
-            offset,
-            len,
-        });
+        inner.items.push_back(Item::Read(read));
         inner.reads += 1;
         drop(inner);
         self.ready.notify_one();
@@ -92,17 +106,9 @@ impl ReplyQueue {
         }
         inner.reads = 0;
         for item in inner.items.iter_mut() {
-            if let Item::Read {
-                id,
-                file,
-                sent,
-                offset,
-                len,
-            } = item
-            {
+            if let Item::Read(r) = item {
                 let mut buf = BytesMut::new();
-                let n = encode_read(&mut buf, *id, file, *offset, *len);
-                sent.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                self.encode_read(&mut buf, r);
                 *item = Item::Encoded(buf);
             }
         }
@@ -118,7 +124,7 @@ impl ReplyQueue {
     pub fn try_pop(&self) -> Option<Item> {
         let mut inner = self.lock();
         let item = inner.items.pop_front()?;
-        if matches!(item, Item::Read { .. }) {
+        if matches!(item, Item::Read(_)) {
             inner.reads -= 1;
         }
         Some(item)
@@ -143,13 +149,7 @@ impl ReplyQueue {
 
 /// Appends a DATA reply of up to `len` bytes read at `offset`, or an EOF/failure STATUS;
 /// returns how many data bytes it carries.
-pub(crate) fn encode_read(
-    buf: &mut BytesMut,
-    id: u32,
-    file: &File,
-    offset: u64,
-    len: u32,
-) -> usize {
+fn encode_read(buf: &mut BytesMut, id: u32, file: &File, offset: u64, len: u32) -> usize {
     let base = buf.len();
     let mut enc = Encoder(buf);
     let mark = enc.data_begin(id, len as usize);

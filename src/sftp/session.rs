@@ -21,7 +21,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
-use super::queue::{encode_read, Item, ReplyQueue};
+use super::queue::{Item, PendingRead, ReplyQueue};
 use super::vfs::{self, Resolved};
 use super::wire::{
     self, Attrs, DecodeError, Request, StatusCode, FXF_APPEND, FXF_CREAT, FXF_READ, FXF_TRUNC,
@@ -98,8 +98,8 @@ pub async fn serve<I: Inbound, O: Outbound>(
     output: O,
     shutdown: impl Future<Output = ()> + Send,
 ) -> SessionSummary {
-    let queue = Arc::new(ReplyQueue::default());
-    let mut writer = tokio::spawn(write_replies(queue.clone(), output, activity.clone()));
+    let queue = Arc::new(ReplyQueue::new(activity.clone()));
+    let mut writer = tokio::spawn(write_replies(queue.clone(), output));
     let session = Session {
         shared,
         activity,
@@ -150,24 +150,14 @@ pub async fn serve<I: Inbound, O: Outbound>(
 /// that many small replies, or a read's data and the next read's header, share messages.
 const WRITE_BATCH: usize = 256 * 1024;
 
-async fn write_replies<O: Outbound>(queue: Arc<ReplyQueue>, mut out: O, activity: Arc<Activity>) {
+async fn write_replies<O: Outbound>(queue: Arc<ReplyQueue>, mut out: O) {
     while let Some(first) = queue.pop().await {
         let mut buf = BytesMut::with_capacity(WRITE_BATCH + MAX_IO_LEN as usize + 64);
         let mut item = Some(first);
         while let Some(it) = item {
             match it {
                 Item::Encoded(b) => buf.extend_from_slice(&b),
-                Item::Read {
-                    id,
-                    file,
-                    sent,
-                    offset,
-                    len,
-                } => {
-                    let n = encode_read(&mut buf, id, &file, offset, len) as u64;
-                    activity.bytes_read.fetch_add(n, Ordering::Relaxed);
-                    sent.fetch_add(n, Ordering::Relaxed);
-                }
+                Item::Read(r) => queue.encode_read(&mut buf, &r),
             }
             item = if buf.len() < WRITE_BATCH {
                 queue.try_pop()
@@ -207,40 +197,42 @@ impl Session {
         let skipped = self.skip.min(chunk.len());
         chunk.advance(skipped);
         self.skip -= skipped;
-        self.pending.extend_from_slice(&chunk);
-        while self.pending.len() >= 4 {
-            let len = u32::from_be_bytes([
-                self.pending[0],
-                self.pending[1],
-                self.pending[2],
-                self.pending[3],
-            ]);
+        // Parse straight from the received chunk when nothing is carried over, so whole
+        // packets are handed on without a copy; only a packet split across chunks is copied.
+        let mut data = if self.pending.is_empty() {
+            chunk
+        } else {
+            self.pending.extend_from_slice(&chunk);
+            self.pending.split().freeze()
+        };
+        while data.len() >= 4 {
+            let len = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
             if len > MAX_PACKET_LEN {
                 // Answer under the packet's own id, then discard its body as it arrives,
                 // so the stream stays in step.
-                if self.pending.len() < 9 {
+                if data.len() < 9 {
                     break;
                 }
-                let id = wire::peek_id(&self.pending[4..9]).unwrap_or(0);
+                let id = wire::peek_id(&data[4..9]).unwrap_or(0);
                 self.status(
                     id,
                     StatusCode::BadMessage,
                     &format!("packet of {len} bytes exceeds the limit of {MAX_PACKET_LEN}"),
                 );
                 let total = 4 + len as usize;
-                if self.pending.len() >= total {
-                    self.pending.advance(total);
+                if data.len() >= total {
+                    data.advance(total);
                 } else {
-                    self.skip = total - self.pending.len();
-                    self.pending.clear();
+                    self.skip = total - data.len();
+                    data.clear();
                 }
                 continue;
             }
-            if self.pending.len() < 4 + len as usize {
+            if data.len() < 4 + len as usize {
                 break;
             }
-            self.pending.advance(4);
-            let packet = self.pending.split_to(len as usize).freeze();
+            data.advance(4);
+            let packet = data.split_to(len as usize);
             self.summary.requests += 1;
             match wire::decode(packet) {
                 Ok(req) => self.handle(req),
@@ -254,6 +246,7 @@ impl Session {
                 ),
             }
         }
+        self.pending.extend_from_slice(&data);
     }
 
     fn status(&self, id: u32, code: StatusCode, message: &str) {
@@ -375,9 +368,14 @@ impl Session {
                 len,
             } => match self.file_handle(&handle) {
                 Some(f) if f.read => {
-                    let (file, sent) = (f.file.clone(), f.sent.clone());
-                    self.queue
-                        .push_read(id, file, sent, offset, len.min(MAX_IO_LEN));
+                    let read = PendingRead {
+                        id,
+                        file: f.file.clone(),
+                        sent: f.sent.clone(),
+                        offset,
+                        len: len.min(MAX_IO_LEN),
+                    };
+                    self.queue.push_read(read);
                 }
                 Some(_) => self.status(
                     id,

@@ -96,6 +96,12 @@ impl Client {
         self.io.write_all(&p).await.unwrap();
     }
 
+    /// Writes bytes as they are, without a length prefix.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.io.write_all(bytes).await.unwrap();
+        self.io.flush().await.unwrap();
+    }
+
     pub async fn recv(&mut self) -> Vec<u8> {
         let len = self.io.read_u32().await.unwrap();
         let mut body = vec![0; len as usize];
