@@ -9,7 +9,7 @@
 # Env: SIZE_MB (1024)  RUNS (3)  CONC (100)  CONC_MB (16)  LOGINS (50)
 #      CIPHERS ("chacha20-poly1305@openssh.com aes256-gcm@openssh.com")
 #      RESULTS (bench/RESULTS.md; "-" prints only)  BASELINE (../shared/bench/openssh-baseline.sh)
-#      OPS ("up down resume")
+#      OPS ("up down resume")  LOGINS=0 or CONC=0 skip those parts
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 SIZE_MB=${SIZE_MB:-1024}
@@ -118,7 +118,10 @@ check() { # file
   [ "$got" = "$SRC_SHA" ] || die "sha256 mismatch on $1: a wrong byte fails the run"
 }
 
-declare -A TIME CPU
+# CPU seconds used so far by this shell's finished children (the sftp client and its ssh),
+# from `times`, which must run in this shell, not in a $(...) subshell.
+children_cpu() { times >"$B/times"; awk 'NR==2 {gsub(/[ms]/," "); print $1*60+$2+$3*60+$4}' "$B/times"; }
+declare -A TIME CPU CCPU
 transfer() { # side cipher op
   local side=$1 cipher=$2 op=$3 file; file=$(remote_file "$side")
   case $op in
@@ -127,18 +130,20 @@ transfer() { # side cipher op
     resume) truncate -s $((SIZE_MB * 1024 * 1024 / 2)) "$file" ;;
   esac
   sync
-  local c0 t0 t1 c1
-  c0=$(server_cpu "$side"); t0=$(now)
+  local c0 t0 t1 c1 k0 k1
+  children_cpu >"$B/k0"; c0=$(server_cpu "$side"); t0=$(now)
   case $op in
     up) sftp_to "$side" "$cipher" $U "put $SRC shared.dump" ;;
     down) sftp_to "$side" "$cipher" $U "get shared.dump $B/dl.bin" ;;
     resume) sftp_to "$side" "$cipher" $U "put -a $SRC shared.dump" ;;
   esac
-  t1=$(now); settle "$side"; c1=$(server_cpu "$side")
+  t1=$(now); children_cpu >"$B/k1"; k0=$(cat "$B/k0"); k1=$(cat "$B/k1")
+  settle "$side"; c1=$(server_cpu "$side")
   if [ "$op" = down ]; then check "$B/dl.bin"; else check "$file"; fi
   local key="$side|$cipher|$op"
   TIME[$key]+="$(echo "$t1 - $t0" | bc) "
   CPU[$key]+="$(echo "$c1 - $c0" | bc) "
+  CCPU[$key]+="$(echo "$k1 - $k0" | bc) "
 }
 
 reset_peak() { echo 5 >"/proc/$GATE_PID/clear_refs"; }
@@ -146,7 +151,7 @@ peak_kib() { awk '/VmHWM/ {print $2}' "/proc/$GATE_PID/status"; }
 
 reset_peak
 for cipher in $CIPHERS; do
-  for op in up down resume; do
+  for op in ${OPS:-up down resume}; do
     for run in $(seq "$RUNS"); do
       echo "  $cipher $op run $run" >&2
       transfer gate "$cipher" $op
@@ -207,8 +212,8 @@ mbps() { awk -v mb="$1" -v s="$2" 'BEGIN {printf "%.0f", mb * 1.048576 / s}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 table=$(mktemp)
 {
-  echo "| test | cipher | sftpgate | OpenSSH | ratio (sftpgate/OpenSSH) | server CPU s/GiB sftpgate | server CPU s/GiB OpenSSH |"
-  echo "|---|---|---|---|---|---|---|"
+  echo "| test | cipher | sftpgate | OpenSSH | ratio (sftpgate/OpenSSH) | server CPU s/GiB sftpgate | server CPU s/GiB OpenSSH | client CPU s/GiB vs sftpgate | client CPU s/GiB vs OpenSSH |"
+  echo "|---|---|---|---|---|---|---|---|---|"
   for cipher in $CIPHERS; do
     for op in ${OPS:-up down resume}; do
       moved=$MB; [ $op = resume ] && moved=$((MB / 2))
@@ -216,17 +221,20 @@ table=$(mktemp)
       to=$(echo ${TIME["openssh|$cipher|$op"]} | tr ' ' '\n' | median)
       cg=$(echo ${CPU["gate|$cipher|$op"]} | tr ' ' '\n' | median)
       co=$(echo ${CPU["openssh|$cipher|$op"]} | tr ' ' '\n' | median)
+      kg=$(echo ${CCPU["gate|$cipher|$op"]} | tr ' ' '\n' | median)
+      ko=$(echo ${CCPU["openssh|$cipher|$op"]} | tr ' ' '\n' | median)
       gib=$(awk -v m="$moved" 'BEGIN {print m / 1024}')
-      printf "| %s %s MiB | %s | %s MB/s | %s MB/s | %s | %.2f | %.2f |\n" "$op" "$moved" "${cipher%%@*}" \
+      per_gib() { awk -v c="$1" -v g="$gib" 'BEGIN {print c / g}'; }
+      printf "| %s %s MiB | %s | %s MB/s | %s MB/s | %s | %.2f | %.2f | %.2f | %.2f |\n" "$op" "$moved" "${cipher%%@*}" \
         "$(mbps "$moved" "$tg")" "$(mbps "$moved" "$to")" "$(ratio "$to" "$tg")" \
-        "$(awk -v c="$cg" -v g="$gib" 'BEGIN {print c / g}')" "$(awk -v c="$co" -v g="$gib" 'BEGIN {print c / g}')"
+        "$(per_gib "$cg")" "$(per_gib "$co")" "$(per_gib "$kg")" "$(per_gib "$ko")"
     done
   done
   lg=$(echo ${LOGIN[gate]} | tr ' ' '\n' | median); lo=$(echo ${LOGIN[openssh]} | tr ' ' '\n' | median)
-  printf "| %s sequential logins + ls | chacha20-poly1305 | %.2f s | %.2f s | %s (time, lower is better) | | |\n" "$LOGINS" "$lg" "$lo" "$(ratio "$lg" "$lo")"
+  [ "$LOGINS" -gt 0 ] && printf "| %s sequential logins + ls | chacha20-poly1305 | %.2f s | %.2f s | %s (time, lower is better) | | | | |\n" "$LOGINS" "$lg" "$lo" "$(ratio "$lg" "$lo")"
   cg=$(echo ${CONCT[gate]} | tr ' ' '\n' | median); co=$(echo ${CONCT[openssh]} | tr ' ' '\n' | median)
   total=$((CONC * CONC_MB))
-  printf "| %s concurrent uploads x %s MiB | chacha20-poly1305 | %s MB/s | %s MB/s | %s | | |\n" "$CONC" "$CONC_MB" \
+  [ "$CONC" -gt 0 ] && printf "| %s concurrent uploads x %s MiB | chacha20-poly1305 | %s MB/s | %s MB/s | %s | | | | |\n" "$CONC" "$CONC_MB" \
     "$(mbps "$total" "$cg")" "$(mbps "$total" "$co")" "$(ratio "$co" "$cg")"
   echo
   echo "sftpgate peak RSS: $((PEAK_XFER / 1024)) MiB during the ${SIZE_MB} MiB transfers, $((PEAK_CONC / 1024)) MiB during the $CONC concurrent uploads."

@@ -128,3 +128,9 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     println!("{}: ok\n{cfg:#?}", file.display());
     Ok(())
 }
+
+// Downloads and uploads allocate and free buffers of a few hundred KiB at a high rate; the
+// system allocator returned them to the kernel and faulted them back in (tens of thousands
+// of page faults per GiB, measured), mimalloc keeps them.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -21,6 +21,17 @@ async fn start(writable: bool) -> (Client, tempfile::TempDir) {
     (c, dir)
 }
 
+/// Opens db.dump with `pflags` and returns the handle.
+async fn open(c: &mut Client, id: u32, pflags: u32) -> Vec<u8> {
+    c.send(&req(
+        3,
+        id,
+        &[&s(b"db.dump"), &pflags.to_be_bytes(), &0u32.to_be_bytes()],
+    ))
+    .await;
+    c.recv().await[9..].to_vec()
+}
+
 #[tokio::test]
 async fn undecodable_requests_keep_their_id() {
     let (mut c, _dir) = start(true).await;
@@ -151,13 +162,7 @@ async fn read_only_file_refuses_every_write() {
 #[tokio::test]
 async fn packets_split_anywhere_are_reassembled() {
     let (mut c, dir) = start(true).await;
-    c.send(&req(
-        3,
-        1,
-        &[&s(b"db.dump"), &0x1Au32.to_be_bytes(), &0u32.to_be_bytes()],
-    ))
-    .await;
-    let h = c.recv().await[9..].to_vec();
+    let h = open(&mut c, 1, 0x1A).await;
     // Two WRITEs and a STAT sent as one stream in 3-byte pieces.
     let mut stream = Vec::new();
     for (id, off, data) in [(2u32, 0u64, &b"hello "[..]), (3, 6, &b"world"[..])] {
@@ -182,4 +187,42 @@ async fn packets_split_anywhere_are_reassembled() {
         std::fs::read(dir.path().join("upload")).unwrap(),
         b"hello world"
     );
+}
+
+#[tokio::test]
+async fn large_writes_split_across_chunks_land_exactly() {
+    use rand::RngCore;
+    let (mut c, dir) = start(true).await;
+    // WRITE|CREAT|TRUNC, then WRITE|APPEND on a second handle.
+    let h = open(&mut c, 1, 0x1A).await;
+    let ha = open(&mut c, 2, 0x06).await;
+    let mut data = vec![0u8; 3 * 100_000];
+    rand::thread_rng().fill_bytes(&mut data);
+    let mut stream = Vec::new();
+    let mut push = |body: Vec<u8>| {
+        stream.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        stream.extend_from_slice(&body);
+    };
+    // Two positioned writes (the second first), one append.
+    let (a, b, tail) = (&data[..100_000], &data[100_000..200_000], &data[200_000..]);
+    push(req(6, 10, &[&s(&h), &100_000u64.to_be_bytes(), &s(b)]));
+    push(req(6, 11, &[&s(&h), &0u64.to_be_bytes(), &s(a)]));
+    push(req(6, 12, &[&s(&ha), &0u64.to_be_bytes(), &s(tail)]));
+    // A WRITE whose data claims more than its packet holds: refused, nothing written.
+    let mut bad = req(
+        6,
+        13,
+        &[&s(&h), &0u64.to_be_bytes(), &200_000u32.to_be_bytes()],
+    );
+    bad.resize(bad.len() + 150_000, 0xEE);
+    push(bad);
+    for piece in stream.chunks(7001) {
+        c.send_raw(piece).await;
+        tokio::task::yield_now().await;
+    }
+    for (id, status) in [(10, 0), (11, 0), (12, 0), (13, 5)] {
+        let r = c.recv().await;
+        assert_eq!((id_of(&r), status_of(&r)), (id, status));
+    }
+    assert!(std::fs::read(dir.path().join("upload")).unwrap() == data);
 }

@@ -4,6 +4,7 @@
 //! authorized [`SharedFile`] and a byte transport ([`Inbound`]/[`Outbound`]).
 
 mod queue;
+mod rope;
 mod session;
 pub mod vfs;
 pub mod wire;

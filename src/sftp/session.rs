@@ -10,8 +10,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::future::Future;
-use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::io::{IoSlice, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,6 +21,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use super::queue::{Item, PendingRead, ReplyQueue};
+use super::rope::{Pieces, Rope};
 use super::vfs::{self, Resolved};
 use super::wire::{
     self, Attrs, DecodeError, Request, StatusCode, FXF_APPEND, FXF_CREAT, FXF_READ, FXF_TRUNC,
@@ -31,6 +31,8 @@ use super::{Activity, Inbound, Outbound, SharedFile, MAX_HANDLES, MAX_IO_LEN, MA
 
 /// A client that stops reading replies while sending requests is cut off here.
 const MAX_QUEUED_REPLIES: usize = 1 << 20;
+/// Enough of a WRITE to decode what precedes its data with any handle this server issues.
+const WRITE_HEAD_MAX: usize = 128;
 /// Received chunks waiting for the request thread.
 const PUMP_QUEUE: usize = 16;
 /// How long pending replies may take to drain when the session ends.
@@ -82,7 +84,7 @@ struct Session {
     handles: HashMap<u32, Handle>,
     next_handle: u32,
     /// Bytes received that do not yet form a whole packet.
-    pending: BytesMut,
+    pending: Rope,
     /// Bytes still to discard of an oversized packet.
     skip: usize,
     summary: SessionSummary,
@@ -107,7 +109,7 @@ pub async fn serve<I: Inbound, O: Outbound>(
         queue: queue.clone(),
         handles: HashMap::new(),
         next_handle: 1,
-        pending: BytesMut::new(),
+        pending: Rope::default(),
         skip: 0,
         summary: SessionSummary::default(),
     };
@@ -172,6 +174,32 @@ async fn write_replies<O: Outbound>(queue: Arc<ReplyQueue>, mut out: O) {
     out.finish().await;
 }
 
+/// Writes `data` at `offset`, or at the end if the file is O_APPEND (APPEND handles are),
+/// in one system call unless the kernel takes less.
+fn write_pieces(file: &File, append: bool, offset: u64, data: &[Bytes]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice> = data.iter().map(|d| IoSlice::new(d)).collect();
+    let mut left = &mut slices[..];
+    IoSlice::advance_slices(&mut left, 0);
+    let mut at = offset;
+    while !left.is_empty() {
+        let written = if append {
+            (&*file).write_vectored(left)
+        } else {
+            rustix::io::pwritev(file, left, at).map_err(std::io::Error::from)
+        };
+        match written {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                at += n as u64;
+                IoSlice::advance_slices(&mut left, n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn io_status(e: &std::io::Error) -> (StatusCode, String) {
     let code = match e.kind() {
         std::io::ErrorKind::NotFound => StatusCode::NoSuchFile,
@@ -197,56 +225,60 @@ impl Session {
         let skipped = self.skip.min(chunk.len());
         chunk.advance(skipped);
         self.skip -= skipped;
-        // Parse straight from the received chunk when nothing is carried over, so whole
-        // packets are handed on without a copy; only a packet split across chunks is copied.
-        let mut data = if self.pending.is_empty() {
-            chunk
-        } else {
-            self.pending.extend_from_slice(&chunk);
-            self.pending.split().freeze()
-        };
-        while data.len() >= 4 {
-            let len = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+        self.pending.push(chunk);
+        let mut len = [0; 4];
+        while self.pending.peek(&mut len) {
+            let len = u32::from_be_bytes(len);
             if len > MAX_PACKET_LEN {
                 // Answer under the packet's own id, then discard its body as it arrives,
                 // so the stream stays in step.
-                if data.len() < 9 {
+                let mut head = [0; 9];
+                if !self.pending.peek(&mut head) {
                     break;
                 }
-                let id = wire::peek_id(&data[4..9]).unwrap_or(0);
+                let id = wire::peek_id(&head[4..]).unwrap_or(0);
                 self.status(
                     id,
                     StatusCode::BadMessage,
                     &format!("packet of {len} bytes exceeds the limit of {MAX_PACKET_LEN}"),
                 );
                 let total = 4 + len as usize;
-                if data.len() >= total {
-                    data.advance(total);
-                } else {
-                    self.skip = total - data.len();
-                    data.clear();
-                }
+                self.skip = total - self.pending.advance(total);
                 continue;
             }
-            if data.len() < 4 + len as usize {
+            if self.pending.len() < 4 + len as usize {
                 break;
             }
-            data.advance(4);
-            let packet = data.split_to(len as usize);
+            self.pending.advance(4);
+            let packet = self.pending.take(len as usize);
             self.summary.requests += 1;
-            match wire::decode(packet) {
-                Ok(req) => self.handle(req),
-                Err(DecodeError::Malformed { id }) => {
-                    self.status(id.unwrap_or(0), StatusCode::BadMessage, "malformed request")
+            self.packet(packet);
+        }
+    }
+
+    fn packet(&mut self, packet: Pieces) {
+        // A WRITE split across chunks is written from the chunks; only its head is copied.
+        if packet.0.len() > 1 && packet.0[0].first() == Some(&wire::SSH_FXP_WRITE) {
+            let prefix = packet.len().min(WRITE_HEAD_MAX);
+            let head = Pieces(packet.0.clone()).slice(0, prefix).concat();
+            if let Some(w) = wire::decode_write_head(head) {
+                if w.size + w.len <= packet.len() {
+                    let data = packet.slice(w.size, w.len);
+                    return self.write(w.id, &w.handle, w.offset, &data.0);
                 }
-                Err(DecodeError::Unsupported { id, kind }) => self.status(
-                    id.unwrap_or(0),
-                    StatusCode::OpUnsupported,
-                    &format!("request type {kind} is not supported"),
-                ),
             }
         }
-        self.pending.extend_from_slice(&data);
+        match wire::decode(packet.concat()) {
+            Ok(req) => self.handle(req),
+            Err(DecodeError::Malformed { id }) => {
+                self.status(id.unwrap_or(0), StatusCode::BadMessage, "malformed request")
+            }
+            Err(DecodeError::Unsupported { id, kind }) => self.status(
+                id.unwrap_or(0),
+                StatusCode::OpUnsupported,
+                &format!("request type {kind} is not supported"),
+            ),
+        }
     }
 
     fn status(&self, id: u32, code: StatusCode, message: &str) {
@@ -389,7 +421,7 @@ impl Session {
                 handle,
                 offset,
                 data,
-            } => self.write(id, &handle, offset, &data),
+            } => self.write(id, &handle, offset, std::slice::from_ref(&data)),
             Request::Lstat { id, path } | Request::Stat { id, path } => self.stat(id, &path),
             Request::Fstat { id, handle } => self.fstat(id, &handle),
             Request::SetStat { id, path, attrs } => self.setstat_path(id, &path, &attrs),
@@ -511,7 +543,7 @@ impl Session {
         }
     }
 
-    fn write(&mut self, id: u32, handle: &[u8], offset: u64, data: &[u8]) {
+    fn write(&mut self, id: u32, handle: &[u8], offset: u64, data: &[Bytes]) {
         self.queue.settle_reads();
         let max_size = self.shared.max_size;
         let Some(f) = self.file_handle(handle) else {
@@ -524,30 +556,25 @@ impl Session {
                 "handle not open for writing",
             );
         }
+        let len = data.iter().map(Bytes::len).sum::<usize>();
         if let Some(max) = max_size {
             let at = if f.append {
                 f.file.metadata().map(|m| m.len()).unwrap_or(u64::MAX)
             } else {
                 offset
             };
-            if at.saturating_add(data.len() as u64) > max {
+            if at.saturating_add(len as u64) > max {
                 let msg = format!("upload size limit of {max} bytes exceeded");
                 tracing::warn!(target: "audit", event = "write-refused", reason = %msg, "write refused");
                 self.activity.write_errors.fetch_add(1, Ordering::Relaxed);
                 return self.status(id, StatusCode::Failure, &msg);
             }
         }
-        // With APPEND the file descriptor is O_APPEND: every write lands at the end.
-        let result = if f.append {
-            (&*f.file).write_all(data)
-        } else {
-            f.file.write_all_at(data, offset)
-        };
-        match result {
+        match write_pieces(&f.file, f.append, offset, data) {
             Ok(()) => {
-                f.written += data.len() as u64;
-                self.summary.bytes_written += data.len() as u64;
-                self.activity.wrote(data.len());
+                f.written += len as u64;
+                self.summary.bytes_written += len as u64;
+                self.activity.wrote(len);
                 self.ok(id);
             }
             Err(e) => {

@@ -206,6 +206,36 @@ pub fn peek_id(packet: &[u8]) -> Option<u32> {
     (packet.first() != Some(&SSH_FXP_INIT)).then(|| u32::from_be_bytes(b))
 }
 
+/// The part of a WRITE before its data.
+#[derive(Debug, PartialEq)]
+pub struct WriteHead {
+    pub id: u32,
+    pub handle: Bytes,
+    pub offset: u64,
+    /// Length of the data that follows.
+    pub len: usize,
+    /// Bytes of the packet body taken by these fields.
+    pub size: usize,
+}
+
+/// Decodes the fields of a WRITE from the first bytes of its body, so that its data can be
+/// taken from where it lies. `None` if `prefix` is not a WRITE or too short to hold them.
+pub fn decode_write_head(prefix: Bytes) -> Option<WriteHead> {
+    let total = prefix.len();
+    let mut r = Reader(prefix);
+    if r.u8()? != SSH_FXP_WRITE {
+        return None;
+    }
+    let (id, handle, offset, len) = (r.u32()?, r.string()?, r.u64()?, r.u32()?);
+    Some(WriteHead {
+        id,
+        handle,
+        offset,
+        len: len as usize,
+        size: total - r.0.remaining(),
+    })
+}
+
 /// Decodes one packet body (without its length prefix). Trailing bytes are ignored, as
 /// later protocol versions append fields v3 servers do not know.
 pub fn decode(packet: Bytes) -> Result<Request, DecodeError> {
@@ -422,20 +452,18 @@ impl Encoder<'_> {
         self.finish(at);
     }
 
-    /// Starts a DATA packet of up to `max` bytes and returns the buffer to read into;
-    /// `data_finish` then trims it to what was read.
-    pub fn data_begin(&mut self, id: u32, max: usize) -> (usize, usize) {
+    /// Starts a DATA packet: the caller appends the data to the buffer, then calls
+    /// `data_finish` with the mark returned.
+    pub fn data_begin(&mut self, id: u32) -> (usize, usize) {
         let at = self.begin(SSH_FXP_DATA);
         self.0.put_u32(id);
         self.0.put_u32(0);
-        let start = self.0.len();
-        self.0.resize(start + max, 0);
-        (at, start)
+        (at, self.0.len())
     }
 
-    pub fn data_finish(&mut self, (at, start): (usize, usize), n: usize) {
-        self.0.truncate(start + n);
-        self.0[start - 4..start].copy_from_slice(&(n as u32).to_be_bytes());
+    pub fn data_finish(&mut self, (at, start): (usize, usize)) {
+        let n = (self.0.len() - start) as u32;
+        self.0[start - 4..start].copy_from_slice(&n.to_be_bytes());
         self.finish(at);
     }
 }
@@ -452,16 +480,41 @@ mod tests {
         [&(x.len() as u32).to_be_bytes()[..], x].concat()
     }
 
-    #[test]
-    fn decodes_write_without_copying_semantics() {
-        let p = packet(&[
+    /// WRITE id 7, handle "h1", offset 9.
+    fn write_packet(data: &[u8]) -> Bytes {
+        packet(&[
             &[SSH_FXP_WRITE],
             &7u32.to_be_bytes(),
             &s(b"h1"),
             &9u64.to_be_bytes(),
-            &s(b"abc"),
-        ]);
-        match decode(p).unwrap() {
+            &s(data),
+        ])
+    }
+
+    #[test]
+    fn decodes_a_write_head_from_a_prefix() {
+        let p = write_packet(b"ab");
+        let head = decode_write_head(p.slice(..p.len() - 2)).unwrap();
+        assert_eq!(
+            head,
+            WriteHead {
+                id: 7,
+                handle: Bytes::from_static(b"h1"),
+                offset: 9,
+                len: 2,
+                size: 23
+            }
+        );
+        assert_eq!(decode_write_head(p.slice(..20)), None);
+        assert_eq!(
+            decode_write_head(packet(&[&[SSH_FXP_READ], &7u32.to_be_bytes()])),
+            None
+        );
+    }
+
+    #[test]
+    fn decodes_write_without_copying_semantics() {
+        match decode(write_packet(b"abc")).unwrap() {
             Request::Write {
                 id,
                 handle,
@@ -540,9 +593,9 @@ mod tests {
         let mut buf = BytesMut::new();
         let mut e = Encoder(&mut buf);
         e.status(5, StatusCode::Eof, "EOF");
-        let m = e.data_begin(6, 10);
-        e.0[m.1..m.1 + 3].copy_from_slice(b"xyz");
-        e.data_finish(m, 3);
+        let m = e.data_begin(6);
+        e.0.extend_from_slice(b"xyz");
+        e.data_finish(m);
         let status_len = 4 + 1 + 4 + 4 + 4 + 3 + 4 + 2;
         assert_eq!(
             u32::from_be_bytes(buf[0..4].try_into().unwrap()) as usize,

@@ -5,8 +5,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use russh::server::Msg;
-use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
+use russh::server::{Handle, Msg};
+use russh::{Channel, ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -43,31 +43,52 @@ impl Inbound for ChannelInbound {
     }
 }
 
-/// The channel's write half; `ending` is the connection's kick token: once the server is
-/// closing the connection (revoked, idle, shutdown) the client is told by a disconnect
-/// message instead of a clean end of the subsystem.
-struct ChannelOutbound(ChannelWriteHalf<Msg>, CancellationToken);
+/// Where replies go. Data is handed to the session whole rather than through the channel's
+/// write half: the half releases 32 KiB messages only as the client's window allows, so
+/// each WINDOW_ADJUST had to wake this task before data moved again; the session itself
+/// keeps what does not fit the window and sends it the moment the adjustment arrives
+/// (download throughput was bounded by that round trip). Memory stays bounded by the
+/// session's queue (`event_buffer_size` messages) plus the one message it holds.
+struct ChannelOutbound {
+    session: Handle,
+    id: ChannelId,
+    write: ChannelWriteHalf<Msg>,
+    /// The connection's kick token: once the server is closing the connection (revoked,
+    /// idle, shutdown) the client is told by a disconnect message instead of a clean end
+    /// of the subsystem.
+    ending: CancellationToken,
+}
 
 impl Outbound for ChannelOutbound {
     async fn send(&mut self, data: Bytes) -> std::io::Result<()> {
-        self.0.data_bytes(data).await.map_err(std::io::Error::other)
+        self.session
+            .data(self.id, data)
+            .await
+            .map_err(|_| std::io::Error::other("session closed"))
     }
 
     async fn finish(&mut self) {
-        if self.1.is_cancelled() {
+        if self.ending.is_cancelled() {
             return;
         }
         // Clients such as scp fail a transfer whose channel ends without an exit status.
-        let _ = self.0.exit_status(0).await;
-        let _ = self.0.eof().await;
-        let _ = self.0.close().await;
+        // These travel the same queue as the data, so they follow it.
+        let _ = self.write.exit_status(0).await;
+        let _ = self.write.eof().await;
+        let _ = self.write.close().await;
     }
 }
 
 /// Owns an accepted session channel. Until `start` arrives it keeps reading the channel so
 /// that russh never blocks on it (a full channel queue stalls the whole connection), then
 /// serves SFTP on it until either side ends.
-pub async fn run(channel: Channel<Msg>, start: oneshot::Receiver<Start>, conn: Arc<Conn>) {
+pub async fn run(
+    channel: Channel<Msg>,
+    session: Handle,
+    start: oneshot::Receiver<Start>,
+    conn: Arc<Conn>,
+) {
+    let id = channel.id();
     let (mut read, write) = channel.split();
     let mut early = VecDeque::new();
     let mut early_bytes = 0;
@@ -93,7 +114,12 @@ pub async fn run(channel: Channel<Msg>, start: oneshot::Receiver<Start>, conn: A
             _ = conn.kick.cancelled() => return,
         }
     };
-    let write_half = ChannelOutbound(write, conn.kick.clone());
+    let write_half = ChannelOutbound {
+        session,
+        id,
+        write,
+        ending: conn.kick.clone(),
+    };
     let inbound = ChannelInbound { early, read };
     let kick = conn.kick.clone();
     let Start {

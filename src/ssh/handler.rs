@@ -176,7 +176,7 @@ impl russh::server::Handler for SshHandler {
         &mut self,
         channel: Channel<Msg>,
         reply: ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
         // One session channel per connection: SFTP needs no more, and a cap keeps a client
         // from multiplying per-channel buffers.
@@ -191,7 +191,9 @@ impl russh::server::Handler for SshHandler {
         let (tx, rx) = oneshot::channel();
         self.pending = Some((channel.id(), tx));
         let span = tracing::info_span!("sftp", session = self.session, peer = %self.peer, request = self.grant.as_ref().map(|g| g.request_id));
-        let task = tokio::spawn(channel::run(channel, rx, self.conn.clone()).instrument(span));
+        let task = tokio::spawn(
+            channel::run(channel, session.handle(), rx, self.conn.clone()).instrument(span),
+        );
         if let Ok(mut slot) = self.conn.sftp.lock() {
             *slot = Some(task);
         }

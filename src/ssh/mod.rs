@@ -37,6 +37,11 @@ const MAX_PACKET: u32 = 64 * 1024;
 /// With MAX_PACKET this bounds what a stalled session holds in memory (1 MiB).
 const CHANNEL_QUEUE: usize = 16;
 
+/// Messages (reply batches of up to 256 KiB, from the SFTP writer) that may wait for the
+/// russh session loop; with the one it holds while the client's window is shut this bounds
+/// the reply data a session buffers.
+const SESSION_QUEUE: usize = 4;
+
 /// How long a closing session may take to flush its files before it is cut.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -122,6 +127,7 @@ pub fn russh_config(s: &SshSettings) -> russh::server::Config {
         window_size: 4 * 1024 * 1024,
         maximum_packet_size: MAX_PACKET,
         channel_buffer_size: CHANNEL_QUEUE,
+        event_buffer_size: SESSION_QUEUE,
         inactivity_timeout: Some(s.idle_timeout),
         nodelay: true,
         ..Default::default()
