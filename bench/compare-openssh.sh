@@ -126,7 +126,7 @@ transfer() { # side cipher op
   local side=$1 cipher=$2 op=$3 file; file=$(remote_file "$side")
   case $op in
     up) : >"$file" ;;
-    down) rm -f "$B/dl.bin" ;;
+    down) rm -f "$B/dl.bin"; cmp -s "$SRC" "$file" || cp "$SRC" "$file" ;; # OPS may skip "up"
     resume) truncate -s $((SIZE_MB * 1024 * 1024 / 2)) "$file" ;;
   esac
   sync

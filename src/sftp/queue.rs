@@ -10,7 +10,7 @@ use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
 
 use super::wire::{Encoder, StatusCode};
@@ -146,6 +146,51 @@ impl ReplyQueue {
     }
 }
 
+/// Reply buffers, reused once the transport has let go of them. Each batch needs room for
+/// a read of up to 255 KiB; allocating that afresh cost a download tens of thousands of
+/// page faults per GiB (the allocator gave the memory back between batches).
+pub(crate) struct Buffers {
+    /// Buffers handed out, newest last; the transport drops its copy once sent.
+    lent: VecDeque<Bytes>,
+    capacity: usize,
+}
+
+/// Buffers kept per session: those the transport may still hold (russh's queue and the one
+/// it is sending) and one more.
+const KEPT_BUFFERS: usize = 8;
+
+impl Buffers {
+    pub fn new(capacity: usize) -> Buffers {
+        Buffers {
+            lent: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    /// An empty buffer of the configured capacity: a returned one if there is one.
+    pub fn get(&mut self) -> BytesMut {
+        if let Some(i) = self.lent.iter().position(Bytes::is_unique) {
+            if let Some(Ok(mut buf)) = self.lent.remove(i).map(Bytes::try_into_mut) {
+                if buf.capacity() >= self.capacity {
+                    buf.clear();
+                    return buf;
+                }
+            }
+        }
+        BytesMut::with_capacity(self.capacity)
+    }
+
+    /// Freezes `buf` for the transport and keeps a handle to get it back later.
+    pub fn lend(&mut self, buf: BytesMut) -> Bytes {
+        let bytes = buf.freeze();
+        if self.lent.len() >= KEPT_BUFFERS {
+            self.lent.pop_front();
+        }
+        self.lent.push_back(bytes.clone());
+        bytes
+    }
+}
+
 /// Appends a DATA reply of up to `len` bytes read at `offset`, or an EOF/failure STATUS;
 /// returns how many data bytes it carries.
 fn encode_read(buf: &mut BytesMut, id: u32, file: &File, offset: u64, len: u32) -> usize {
@@ -192,4 +237,25 @@ fn read_into(buf: &mut BytesMut, file: &File, offset: u64, len: usize) -> std::i
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_come_back_once_released() {
+        let mut b = Buffers::new(1000);
+        let mut first = b.get();
+        first.extend_from_slice(b"reply");
+        let ptr = first.as_ptr();
+        let sent = b.lend(first);
+        // Still held by the transport: a new buffer.
+        let other = b.get();
+        assert_ne!(other.as_ptr(), ptr);
+        drop(sent);
+        let again = b.get();
+        assert_eq!((again.as_ptr(), again.len()), (ptr, 0));
+        assert!(again.capacity() >= 1000);
+    }
 }

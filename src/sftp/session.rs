@@ -20,7 +20,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
-use super::queue::{Item, PendingRead, ReplyQueue};
+use super::queue::{Buffers, Item, PendingRead, ReplyQueue};
 use super::rope::{Pieces, Rope};
 use super::vfs::{self, Resolved};
 use super::wire::{
@@ -153,8 +153,9 @@ pub async fn serve<I: Inbound, O: Outbound>(
 const WRITE_BATCH: usize = 256 * 1024;
 
 async fn write_replies<O: Outbound>(queue: Arc<ReplyQueue>, mut out: O) {
+    let mut buffers = Buffers::new(WRITE_BATCH + MAX_IO_LEN as usize + 64);
     while let Some(first) = queue.pop().await {
-        let mut buf = BytesMut::with_capacity(WRITE_BATCH + MAX_IO_LEN as usize + 64);
+        let mut buf = buffers.get();
         let mut item = Some(first);
         while let Some(it) = item {
             match it {
@@ -167,7 +168,7 @@ async fn write_replies<O: Outbound>(queue: Arc<ReplyQueue>, mut out: O) {
                 None
             };
         }
-        if out.send(buf.freeze()).await.is_err() {
+        if out.send(buffers.lend(buf)).await.is_err() {
             return;
         }
     }
