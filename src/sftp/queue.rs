@@ -155,8 +155,8 @@ pub(crate) struct Buffers {
     capacity: usize,
 }
 
-/// Buffers kept per session: those the transport may still hold (russh's queue and the one
-/// it is sending) and one more.
+/// Buffers tracked per session: those the transport may still hold (russh's queue and the
+/// one it is sending) and one more.
 const KEPT_BUFFERS: usize = 8;
 
 impl Buffers {
@@ -178,6 +178,16 @@ impl Buffers {
             }
         }
         BytesMut::with_capacity(self.capacity)
+    }
+
+    /// Lets go of returned buffers but one, so that an idle session holds little memory.
+    pub fn trim(&mut self) {
+        let mut spare = false;
+        self.lent.retain(|b| {
+            let keep = !b.is_unique() || !spare;
+            spare |= b.is_unique();
+            keep
+        });
     }
 
     /// Freezes `buf` for the transport and keeps a handle to get it back later.
@@ -257,5 +267,22 @@ mod tests {
         let again = b.get();
         assert_eq!((again.as_ptr(), again.len()), (ptr, 0));
         assert!(again.capacity() >= 1000);
+    }
+
+    #[test]
+    fn trimming_keeps_one_returned_buffer_and_those_still_lent() {
+        let mut b = Buffers::new(10);
+        let lend = |b: &mut Buffers| {
+            let buf = b.get();
+            b.lend(buf)
+        };
+        let held = lend(&mut b);
+        let (one, two) = (lend(&mut b), lend(&mut b));
+        drop((one, two));
+        b.trim();
+        assert_eq!(b.lent.len(), 2);
+        drop(held);
+        b.trim();
+        assert_eq!(b.lent.len(), 1);
     }
 }

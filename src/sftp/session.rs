@@ -154,7 +154,17 @@ const WRITE_BATCH: usize = 256 * 1024;
 
 async fn write_replies<O: Outbound>(queue: Arc<ReplyQueue>, mut out: O) {
     let mut buffers = Buffers::new(WRITE_BATCH + MAX_IO_LEN as usize + 64);
-    while let Some(first) = queue.pop().await {
+    loop {
+        let first = match queue.try_pop() {
+            Some(item) => item,
+            None => {
+                buffers.trim();
+                match queue.pop().await {
+                    Some(item) => item,
+                    None => break,
+                }
+            }
+        };
         let mut buf = buffers.get();
         let mut item = Some(first);
         while let Some(it) = item {
