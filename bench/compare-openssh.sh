@@ -238,6 +238,17 @@ table=$(mktemp)
     "$(mbps "$total" "$cg")" "$(mbps "$total" "$co")" "$(ratio "$co" "$cg")"
   echo
   echo "sftpgate peak RSS: $((PEAK_XFER / 1024)) MiB during the ${SIZE_MB} MiB transfers, $((PEAK_CONC / 1024)) MiB during the $CONC concurrent uploads."
+  echo
+  echo "Every run, in seconds (A B A B order), to show the spread behind each median:"
+  echo
+  echo "| test | cipher | sftpgate | OpenSSH |"
+  echo "|---|---|---|---|"
+  for cipher in $CIPHERS; do
+    for op in ${OPS:-up down resume}; do
+      printf "| %s | %s | %s | %s |\n" "$op" "${cipher%%@*}" \
+        "$(printf '%.2f ' ${TIME["gate|$cipher|$op"]})" "$(printf '%.2f ' ${TIME["openssh|$cipher|$op"]})"
+    done
+  done
   echo "Medians of $RUNS runs each, A B A B; every file verified by sha256."
 } >"$table"
 cat "$table"
