@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sftpgate::cli::{Client, ClientArgs, OriginalCmd, RequestCmd, UpgradedCmd};
-use sftpgate::config::Settings;
+use sftpgate::config::{Config, Settings};
 
 #[derive(Parser)]
 #[command(
@@ -89,31 +89,16 @@ fn tune_allocator() {
 
 fn main() -> std::process::ExitCode {
     tune_allocator();
-    match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime.block_on(run()),
-        Err(e) => {
-            eprintln!("sftpgate: cannot start the runtime: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-async fn run() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config, settings } => serve(config, settings).await,
-        Command::CheckConfig { file } => check_config(&file),
-        Command::Request { cmd, client } => {
-            async { Client::new(&client)?.request(cmd).await }.await
-        }
-        Command::Upgraded {
-            cmd: UpgradedCmd::Put { id, file },
-            client,
-        } => async { Client::new(&client)?.upgraded_put(id, &file).await }.await,
-        Command::Original {
-            cmd: OriginalCmd::Get { id, file },
-            client,
-        } => async { Client::new(&client)?.original_get(id, &file).await }.await,
+        Command::Serve { config, settings } => resolve(config, settings).and_then(|cfg| {
+            // Each SFTP session holds two blocking threads (requests, replies) while it
+            // lasts; tokio's default cap of 512 would leave sessions past 256 waiting for
+            // a thread, so the cap follows the connection limit.
+            let threads = cfg.max_connections.saturating_mul(2).saturating_add(64);
+            runtime(threads)?.block_on(serve(cfg))
+        }),
+        command => runtime(512).and_then(|rt| rt.block_on(operate(command))),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -124,12 +109,40 @@ async fn run() -> std::process::ExitCode {
     }
 }
 
-async fn serve(config: Option<PathBuf>, settings: Settings) -> anyhow::Result<()> {
+fn runtime(max_blocking_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(max_blocking_threads)
+        .build()
+        .context("cannot start the runtime")
+}
+
+/// The commands other than `serve`.
+async fn operate(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { .. } => Ok(()),
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Request { cmd, client } => Client::new(&client)?.request(cmd).await,
+        Command::Upgraded {
+            cmd: UpgradedCmd::Put { id, file },
+            client,
+        } => Client::new(&client)?.upgraded_put(id, &file).await,
+        Command::Original {
+            cmd: OriginalCmd::Get { id, file },
+            client,
+        } => Client::new(&client)?.original_get(id, &file).await,
+    }
+}
+
+fn resolve(config: Option<PathBuf>, settings: Settings) -> anyhow::Result<Config> {
     let base = match &config {
         Some(path) => Settings::from_file(path)?,
         None => Settings::default(),
     };
-    let cfg = settings.over(base).resolve();
+    Ok(settings.over(base).resolve())
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
     init_logging(cfg.log_json);
     let running = sftpgate::server::start(cfg).await?;
     {

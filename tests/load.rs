@@ -12,11 +12,13 @@ use std::time::{Duration, Instant};
 use common::*;
 
 #[test]
-fn two_hundred_concurrent_uploads_all_succeed() {
+fn three_hundred_concurrent_sessions_all_upload() {
     let g = Gateway::start();
     let work = g.dir.path();
     let key = ClientKey::new(work, "many");
-    let n = 200;
+    // More sessions than tokio's default pool of 512 blocking threads can serve at two
+    // threads each: every upload must finish while all the sessions are still open.
+    let n = 300;
     for i in 0..n {
         g.provision(1000 + i, "db.dump", &key);
     }
@@ -33,6 +35,14 @@ fn two_hundred_concurrent_uploads_all_succeed() {
             )
         })
         .collect();
+    assert!(
+        wait_until(Duration::from_secs(120), || g
+            .log()
+            .matches("upload-closed")
+            .count()
+            >= n as usize),
+        "not every session finished its upload while all were open"
+    );
     for (i, (child, stdin)) in children.into_iter().enumerate() {
         drop(stdin);
         let out = wait_output(child, Duration::from_secs(180));

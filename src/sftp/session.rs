@@ -2,7 +2,7 @@
 //!
 //! Requests are handled strictly in arrival order by one loop, so writes to a handle land
 //! in the order the client sent them and the file is always a contiguous prefix of what
-//! was sent. Replies go through [`ReplyQueue`] to a separate writer task: the loop never
+//! was sent. Replies go through [`ReplyQueue`] to a separate writer thread: the loop never
 //! waits for the client to read a reply, which is what lets it keep draining the channel
 //! (russh stops reading the socket, window adjustments included, while a channel's queue
 //! is full, so a loop that waited on its own replies could deadlock against the client).
@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Buf, Bytes, BytesMut};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::queue::{Buffers, Item, PendingRead, ReplyQueue};
 use super::rope::{Pieces, Rope};
@@ -101,7 +102,24 @@ pub async fn serve<I: Inbound, O: Outbound>(
     shutdown: impl Future<Output = ()> + Send,
 ) -> SessionSummary {
     let queue = Arc::new(ReplyQueue::new(activity.clone()));
-    let mut writer = tokio::spawn(write_replies(queue.clone(), output));
+    // Replies are sent from a blocking thread as well: a READ's data is read from the file
+    // when its reply is sent, and a file that is not in the page cache (a dump of many GiB
+    // read once) would otherwise hold a runtime worker on the disk.
+    let stop_writer = CancellationToken::new();
+    // Dropping this future (a runtime shutting down) must end that thread as well.
+    let _writer_stops_with_us = stop_writer.clone().drop_guard();
+    let mut writer = tokio::task::spawn_blocking({
+        let runtime = tokio::runtime::Handle::current();
+        let (queue, stop) = (queue.clone(), stop_writer.clone());
+        move || {
+            runtime.block_on(async move {
+                tokio::select! {
+                    _ = write_replies(queue, output) => {}
+                    _ = stop.cancelled() => {}
+                }
+            })
+        }
+    });
     let session = Session {
         shared,
         activity,
@@ -143,7 +161,7 @@ pub async fn serve<I: Inbound, O: Outbound>(
             .await
             .is_err()
     {
-        writer.abort();
+        stop_writer.cancel();
     }
     summary
 }
