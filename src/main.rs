@@ -89,8 +89,7 @@ fn tune_allocator() {
 
 fn main() -> std::process::ExitCode {
     tune_allocator();
-    let cli = Cli::parse();
-    let result = match cli.command {
+    let result = match Cli::parse().command {
         Command::Serve { config, settings } => resolve(config, settings).and_then(|cfg| {
             // Each SFTP session holds two blocking threads (requests, replies) while it
             // lasts; tokio's default cap of 512 would leave sessions past 256 waiting for
@@ -98,7 +97,18 @@ fn main() -> std::process::ExitCode {
             let threads = cfg.max_connections.saturating_mul(2).saturating_add(64);
             runtime(threads)?.block_on(serve(cfg))
         }),
-        command => runtime(512).and_then(|rt| rt.block_on(operate(command))),
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Request { cmd, client } => {
+            on_runtime(async { Client::new(&client)?.request(cmd).await })
+        }
+        Command::Upgraded {
+            cmd: UpgradedCmd::Put { id, file },
+            client,
+        } => on_runtime(async { Client::new(&client)?.upgraded_put(id, &file).await }),
+        Command::Original {
+            cmd: OriginalCmd::Get { id, file },
+            client,
+        } => on_runtime(async { Client::new(&client)?.original_get(id, &file).await }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -117,21 +127,11 @@ fn runtime(max_blocking_threads: usize) -> anyhow::Result<tokio::runtime::Runtim
         .context("cannot start the runtime")
 }
 
-/// The commands other than `serve`.
-async fn operate(command: Command) -> anyhow::Result<()> {
-    match command {
-        Command::Serve { .. } => Ok(()),
-        Command::CheckConfig { file } => check_config(&file),
-        Command::Request { cmd, client } => Client::new(&client)?.request(cmd).await,
-        Command::Upgraded {
-            cmd: UpgradedCmd::Put { id, file },
-            client,
-        } => Client::new(&client)?.upgraded_put(id, &file).await,
-        Command::Original {
-            cmd: OriginalCmd::Get { id, file },
-            client,
-        } => Client::new(&client)?.original_get(id, &file).await,
-    }
+/// Runs an operator command (an HTTP client) on a runtime of tokio's default size.
+fn on_runtime(
+    command: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    runtime(512)?.block_on(command)
 }
 
 fn resolve(config: Option<PathBuf>, settings: Settings) -> anyhow::Result<Config> {

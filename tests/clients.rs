@@ -171,24 +171,16 @@ fn paramiko_put_get_append_stat_listdir() {
     g.provision(33, "db.dump", &key);
     let src = work.join("src.bin");
     random_file(&src, 4_000_000);
-    let out = Command::new(python())
-        .args([
-            "-c",
-            PARAMIKO,
+    let out = run_python(
+        PARAMIKO,
+        &[
             &g.ssh_port.to_string(),
             key.path.to_str().unwrap(),
             src.to_str().unwrap(),
             work.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
+        ],
     );
-    assert_eq!(text(&out.stdout).trim(), "ok");
+    assert_eq!(out.trim(), "ok");
     assert_eq!(sha256(&g.upload_path(33)), sha256(&src));
 }
 
@@ -244,23 +236,15 @@ fn winscp_style_filepart_upload_resume_and_rename() {
     g.provision(34, "db.dump", &key);
     let src = work.join("src.bin");
     random_file(&src, 3_000_001);
-    let out = Command::new(python())
-        .args([
-            "-c",
-            WINSCP_STYLE,
+    let out = run_python(
+        WINSCP_STYLE,
+        &[
             &g.ssh_port.to_string(),
             key.path.to_str().unwrap(),
             src.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
+        ],
     );
-    assert_eq!(text(&out.stdout).trim(), "ok");
+    assert_eq!(out.trim(), "ok");
     assert_eq!(sha256(&g.upload_path(34)), sha256(&src));
     assert!(!g.upload_path(34).with_extension("filepart").exists());
 }

@@ -147,19 +147,7 @@ fn shells_commands_and_forwarding_are_refused_without_hanging() {
     );
     assert_failed_with(&out, "stdio forwarding failed");
 
-    let out = g.ssh(
-        "user_42",
-        &key,
-        &[
-            "-N",
-            "-o",
-            "ExitOnForwardFailure=yes",
-            "-R",
-            "127.0.0.1:0:127.0.0.1:9",
-        ],
-        &[],
-    );
-    assert_failed_with(&out, "forwarding failed");
+    assert_remote_forward_refused(&g, &key, "127.0.0.1:0:127.0.0.1:9");
 
     // -L: the client listens locally and asks for a channel per connection.
     let (mut fwd, mut conn) = local_forward(&g, &key, |port| {
@@ -350,20 +338,11 @@ try:
 except Exception:
     print("subsystem refused")
 "#;
-    let out = std::process::Command::new(python())
-        .args([
-            "-c",
-            script,
-            &g.ssh_port.to_string(),
-            key.path.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(
-        text(&out.stdout),
-        "second channel refused\nsubsystem refused\n"
+    let out = run_python(
+        script,
+        &[&g.ssh_port.to_string(), key.path.to_str().unwrap()],
     );
+    assert_eq!(out, "second channel refused\nsubsystem refused\n");
 }
 
 #[test]
@@ -421,19 +400,7 @@ fn x11_agent_socks_and_unix_socket_forwarding_are_refused() {
     assert!(g.wait_log("\"agent forwarding\"", 1), "{}", g.log());
 
     // Remote forwarding of a Unix socket: refused, and the client is told.
-    let out = g.ssh(
-        "user_42",
-        &key,
-        &[
-            "-N",
-            "-o",
-            "ExitOnForwardFailure=yes",
-            "-R",
-            "/tmp/sftpgate-test.sock:127.0.0.1:9",
-        ],
-        &[],
-    );
-    assert_failed_with(&out, "forwarding failed");
+    assert_remote_forward_refused(&g, &key, "/tmp/sftpgate-test.sock:127.0.0.1:9");
 
     // SOCKS (-D): the CONNECT through the tunnel is refused.
     let (mut socks, mut conn) = local_forward(&g, &key, |port| {
@@ -497,4 +464,15 @@ fn greeter() -> u16 {
         }
     });
     port
+}
+
+/// `ssh -R spec` as user_42: the client must report that the forwarding failed.
+fn assert_remote_forward_refused(g: &Gateway, key: &ClientKey, spec: &str) {
+    let out = g.ssh(
+        "user_42",
+        key,
+        &["-N", "-o", "ExitOnForwardFailure=yes", "-R", spec],
+        &[],
+    );
+    assert_failed_with(&out, "forwarding failed");
 }

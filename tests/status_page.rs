@@ -90,18 +90,8 @@ fn status_page_shows_requests_and_an_upload_in_progress() {
         g.api("GET", "/v1/requests/10534", None).1["request"]["writing"] == true
     }));
     let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/status-page.png");
-    let out = Command::new(python())
-        .args(["-c", DRIVER, &g.admin, TOKEN, shot.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let page = run_python(DRIVER, &[&g.admin, TOKEN, shot.to_str().unwrap()]);
     let _ = child.kill();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    let page = text(&out.stdout);
     assert!(page.contains("10534") && page.contains("10535"), "{page}");
     // The file name is shown as text, not interpreted as markup.
     assert!(page.contains("<b>openchs<b>&amp;.70.cdump"), "{page}");

@@ -26,19 +26,7 @@ impl Rope {
 
     /// Fills `out` with the first bytes held; false (and `out` unspecified) if too few.
     pub fn peek(&self, out: &mut [u8]) -> bool {
-        if out.len() > self.len {
-            return false;
-        }
-        let mut filled = 0;
-        for part in &self.parts {
-            if filled == out.len() {
-                break;
-            }
-            let n = part.len().min(out.len() - filled);
-            out[filled..filled + n].copy_from_slice(&part[..n]);
-            filled += n;
-        }
-        true
+        out.len() <= self.len && copy_front(&self.parts, out) == out.len()
     }
 
     /// Drops up to `n` bytes from the front; returns how many were dropped.
@@ -88,6 +76,13 @@ impl Pieces {
         self.0.iter().map(Bytes::len).sum()
     }
 
+    /// A copy of the first `n` bytes (fewer if fewer are held).
+    pub fn prefix(&self, n: usize) -> Bytes {
+        let mut out = vec![0; n.min(self.len())];
+        copy_front(&self.0, &mut out);
+        out.into()
+    }
+
     /// The bytes in one piece: free when they already are, a copy otherwise.
     pub fn concat(mut self) -> Bytes {
         match self.0.len() {
@@ -122,6 +117,20 @@ impl Pieces {
         }
         Pieces(out)
     }
+}
+
+/// Copies the front of `parts` into `out`; returns how many bytes it copied.
+fn copy_front<'a>(parts: impl IntoIterator<Item = &'a Bytes>, out: &mut [u8]) -> usize {
+    let mut filled = 0;
+    for part in parts {
+        let n = part.len().min(out.len() - filled);
+        out[filled..filled + n].copy_from_slice(&part[..n]);
+        filled += n;
+        if filled == out.len() {
+            break;
+        }
+    }
+    filled
 }
 
 #[cfg(test)]
@@ -175,5 +184,13 @@ mod tests {
         assert_eq!(p.slice(3, 100).concat(), Bytes::from_static(b"defg"));
         let p = rope(&[b"abc"]).take(3);
         assert_eq!(p.slice(3, 1).len(), 0);
+    }
+
+    #[test]
+    fn copies_a_prefix_across_pieces() {
+        let p = rope(&[b"ab", b"cde", b"f"]).take(6);
+        assert_eq!(p.prefix(4), Bytes::from_static(b"abcd"));
+        assert_eq!(p.prefix(10), Bytes::from_static(b"abcdef"));
+        assert_eq!(p.len(), 6, "prefix leaves the pieces as they were");
     }
 }

@@ -106,7 +106,7 @@ pub async fn serve<I: Inbound, O: Outbound>(
     // when its reply is sent, and a file that is not in the page cache (a dump of many GiB
     // read once) would otherwise hold a runtime worker on the disk.
     let stop_writer = CancellationToken::new();
-    // Dropping this future (a runtime shutting down) must end that thread as well.
+    // Returning, or being dropped (a runtime shutting down), ends that thread as well.
     let _writer_stops_with_us = stop_writer.clone().drop_guard();
     let mut writer = tokio::task::spawn_blocking({
         let runtime = tokio::runtime::Handle::current();
@@ -156,12 +156,9 @@ pub async fn serve<I: Inbound, O: Outbound>(
     drop(tx);
     let summary = worker.await.unwrap_or_default();
     queue.close();
-    if !writer.is_finished()
-        && tokio::time::timeout(DRAIN_TIMEOUT, &mut writer)
-            .await
-            .is_err()
-    {
-        stop_writer.cancel();
+    if !writer.is_finished() {
+        // A writer still blocked after this is stopped by the guard as we return.
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, &mut writer).await;
     }
     summary
 }
@@ -288,9 +285,7 @@ impl Session {
     fn packet(&mut self, packet: Pieces) {
         // A WRITE split across chunks is written from the chunks; only its head is copied.
         if packet.0.len() > 1 && packet.0[0].first() == Some(&wire::SSH_FXP_WRITE) {
-            let prefix = packet.len().min(WRITE_HEAD_MAX);
-            let head = Pieces(packet.0.clone()).slice(0, prefix).concat();
-            if let Some(w) = wire::decode_write_head(head) {
+            if let Some(w) = wire::decode_write_head(packet.prefix(WRITE_HEAD_MAX)) {
                 if w.size + w.len <= packet.len() {
                     let data = packet.slice(w.size, w.len);
                     return self.write(w.id, &w.handle, w.offset, &data.0);

@@ -422,6 +422,24 @@ pub fn assert_failed_with(out: &Output, needle: &str) {
     assert!(err.contains(needle), "expected {needle:?} in {err:?}");
 }
 
+/// Runs a Python script with the test venv and `args`; asserts it succeeded and returns
+/// its standard output.
+pub fn run_python(script: &str, args: &[&str]) -> String {
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
 /// A Python with the test's client libraries (pycurl, paramiko, websocket-client), in a venv under
 /// `target/` created on first use. Test binaries run one after another, so a `Once` per
 /// binary plus a marker file is enough to build it once.
