@@ -1,6 +1,6 @@
-//! Clients other than OpenSSH's sftp: scp (SFTP mode), curl's sftp:// (libssh2) and
-//! paramiko. Each uploads, lists or stats, resumes where it can, downloads, and the bytes are
-//! compared by sha256.
+//! Clients other than OpenSSH's sftp: scp (SFTP mode), curl's sftp:// (libssh2),
+//! paramiko, lftp and rclone. Each uploads, lists or stats, resumes where it can,
+//! downloads, and the bytes are compared by sha256.
 
 mod common;
 
@@ -69,12 +69,7 @@ fn curl_sftp_upload_resume_and_download() {
     assert_eq!(sha256(&g.upload_path(32)), sha256(&src));
 
     // Resume an upload cut short (-C - asks the server for the size and appends).
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(g.upload_path(32))
-        .unwrap()
-        .set_len(1_000_000)
-        .unwrap();
+    truncate(&g.upload_path(32), 1_000_000);
     let out = curl(&g, &key, "user_32", &["-C", "-", "-T", "src.bin", &url]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(sha256(&g.upload_path(32)), sha256(&src));
@@ -93,12 +88,7 @@ fn curl_sftp_upload_resume_and_download() {
     let out = curl(&g, &key, "user_32", &["-o", "dl.bin", &url]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(sha256(&work.join("dl.bin")), sha256(&src));
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(work.join("dl.bin"))
-        .unwrap()
-        .set_len(123_456)
-        .unwrap();
+    truncate(&work.join("dl.bin"), 123_456);
     let out = curl(&g, &key, "user_32", &["-C", "-", "-o", "dl.bin", &url]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(sha256(&work.join("dl.bin")), sha256(&src));
@@ -247,4 +237,116 @@ fn winscp_style_filepart_upload_resume_and_rename() {
     assert_eq!(out.trim(), "ok");
     assert_eq!(sha256(&g.upload_path(34)), sha256(&src));
     assert!(!g.upload_path(34).with_extension("filepart").exists());
+}
+
+/// Moves request `id` to done with `upgraded` as its upgraded dump.
+fn finish(g: &Gateway, id: u64, upgraded: &std::path::Path) {
+    random_file(upgraded, 2_000_003);
+    assert_eq!(g.push_upgraded(id, upgraded), 200);
+    let (code, json) = g.set_state(id, "done");
+    assert_eq!(code, 200, "{json}");
+}
+
+/// lftp speaks SFTP through an `ssh -s ... sftp` it starts itself.
+fn lftp(g: &Gateway, key: &ClientKey, user: &str, command: &str) -> std::process::Output {
+    let ssh = format!("ssh -a -x {}", key.client_opts().join(" "));
+    let script = format!(
+        "set sftp:connect-program '{ssh}'; set net:max-retries 1; set net:timeout 10; \
+         set cmd:fail-exit yes; open sftp://{user}:unused@127.0.0.1:{}; {command}",
+        g.ssh_port
+    );
+    Command::new("lftp")
+        .args(["-c", &script])
+        .env("HOME", g.dir.path())
+        .current_dir(g.dir.path())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn lftp_uploads_resumes_lists_and_downloads() {
+    let g = Gateway::start();
+    let work = g.dir.path();
+    let key = ClientKey::new(work, "lftp");
+    g.provision(34, "db.dump", &key);
+    let src = work.join("src.bin");
+    random_file(&src, 3_000_017);
+
+    let out = lftp(&g, &key, "user_34", "put src.bin -o db.dump");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&g.upload_path(34)), sha256(&src));
+
+    // An upload cut short, continued with `put -c` (STAT, then writes from the size).
+    truncate(&g.upload_path(34), 1_234_567);
+    let out = lftp(&g, &key, "user_34", "put -c src.bin -o db.dump");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&g.upload_path(34)), sha256(&src));
+
+    let out = lftp(&g, &key, "user_34", "cls -1");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "db.dump");
+
+    let before = sha256(&g.upload_path(34));
+    for refused in ["put src.bin -o other.bin", "mkdir d", "mv db.dump x.dump"] {
+        assert_failed_with(&lftp(&g, &key, "user_34", refused), "Permission denied");
+    }
+    assert_eq!(sha256(&g.upload_path(34)), before);
+
+    let upgraded = work.join("upgraded.src");
+    finish(&g, 34, &upgraded);
+    let out = lftp(&g, &key, "user_34", "get upgraded_db.dump -o back.bin");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&work.join("back.bin")), sha256(&upgraded));
+}
+
+/// An rclone on-the-fly sftp remote path for `user`.
+fn remote(g: &Gateway, key: &ClientKey, user: &str, path: &str) -> String {
+    format!(
+        ":sftp,host=127.0.0.1,port={},user={user},key_file={}:{path}",
+        g.ssh_port,
+        key.path.display()
+    )
+}
+
+/// rclone (Go's pkg/sftp). It also opens a second session channel to detect a shell,
+/// which is refused, and carries on without remote hashing.
+fn rclone(g: &Gateway, args: &[&str]) -> std::process::Output {
+    Command::new("rclone")
+        .args(args)
+        .args(["--retries", "1", "--low-level-retries", "1"])
+        .args(["--contimeout", "10s"])
+        .env("RCLONE_CONFIG", g.dir.path().join("rclone.conf"))
+        .env("HOME", g.dir.path())
+        .current_dir(g.dir.path())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn rclone_uploads_lists_and_downloads() {
+    let g = Gateway::start();
+    let work = g.dir.path();
+    let key = ClientKey::new(work, "rclone");
+    g.provision(35, "db.dump", &key);
+    let src = work.join("src.bin");
+    random_file(&src, 3_000_029);
+    let at = |path: &str| remote(&g, &key, "user_35", path);
+
+    let out = rclone(&g, &["copyto", "src.bin", &at("db.dump")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&g.upload_path(35)), sha256(&src));
+
+    let out = rclone(&g, &["lsf", &at("")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "db.dump");
+
+    let out = rclone(&g, &["copyto", "src.bin", &at("other.bin")]);
+    assert_failed_with(&out, "Update Create failed: permission denied");
+    assert_eq!(sha256(&g.upload_path(35)), sha256(&src));
+
+    let upgraded = work.join("upgraded.src");
+    finish(&g, 35, &upgraded);
+    let out = rclone(&g, &["copyto", &at("upgraded_db.dump"), "back.bin"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&work.join("back.bin")), sha256(&upgraded));
 }

@@ -226,3 +226,106 @@ async fn large_writes_split_across_chunks_land_exactly() {
     }
     assert!(std::fs::read(dir.path().join("upload")).unwrap() == data);
 }
+
+/// A session's input that the test hands over chunk by chunk, reporting when it ends.
+struct Feed {
+    chunks: tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>,
+    ended: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl sftpgate::sftp::Inbound for Feed {
+    async fn recv(&mut self) -> Option<bytes::Bytes> {
+        let chunk = self.chunks.recv().await;
+        if chunk.is_none() {
+            self.ended.take().map(|e| e.send(()));
+        }
+        chunk
+    }
+}
+
+/// A client is cut off with many WRITEs received but not yet written; it reconnects at
+/// once and looks at the file: it must see every byte its old session received.
+#[tokio::test(flavor = "current_thread")]
+async fn a_new_session_sees_what_an_ended_session_received() {
+    use common::wire::{framed, shared_file, HANDLE, STAT};
+    use sftpgate::sftp::{serve, Activity, IoOutbound};
+    use sha2::Digest;
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+
+    async fn packet(r: &mut tokio::io::DuplexStream) -> Vec<u8> {
+        let mut body = vec![0; r.read_u32().await.unwrap() as usize];
+        r.read_exact(&mut body).await.unwrap();
+        body
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = shared_file("db.dump", &dir.path().join("upload"), true);
+    let activity = Arc::new(Activity::default());
+    // The session that looks is up first, so only a check on each request can make it wait.
+    let (mut later, _) = Client::start_on(file.clone(), activity.clone()).await;
+
+    let (feed, chunks) = tokio::sync::mpsc::unbounded_channel();
+    let (ended, has_ended) = tokio::sync::oneshot::channel();
+    let (mut replies, out) = tokio::io::duplex(1 << 20);
+    tokio::spawn(serve(
+        file,
+        activity,
+        None,
+        Feed {
+            chunks,
+            ended: Some(ended),
+        },
+        IoOutbound(out),
+        std::future::pending(),
+    ));
+    let open = req(
+        3,
+        1,
+        &[&s(b"db.dump"), &0x1Au32.to_be_bytes(), &0u32.to_be_bytes()],
+    );
+    let first = [framed(&[1, 0, 0, 0, 3]), framed(&open)].concat();
+    feed.send(first.into()).unwrap();
+    assert_eq!(packet(&mut replies).await[0], 2);
+    let reply = packet(&mut replies).await;
+    assert_eq!(reply[0], HANDLE);
+    let handle = reply[9..].to_vec();
+    // Later replies are not read by this client: drop them.
+    tokio::spawn(async move {
+        let mut sink = vec![0u8; 1 << 16];
+        while replies.read(&mut sink).await.unwrap_or(0) > 0 {}
+    });
+
+    // 48 MiB in 1 MiB chunks of four WRITEs, all handed over at once, then the end.
+    const WRITE: usize = 256 * 1024 - 64;
+    let mut written = 0u64;
+    let mut expected = sha2::Sha256::new();
+    for chunk in 0..48u32 {
+        let mut bytes = Vec::new();
+        for n in 0..4u32 {
+            let data = vec![(chunk * 4 + n) as u8; WRITE];
+            expected.update(&data);
+            let id = 10 + chunk * 4 + n;
+            bytes.extend(framed(&req(
+                6,
+                id,
+                &[&s(&handle), &written.to_be_bytes(), &s(&data)],
+            )));
+            written += WRITE as u64;
+        }
+        feed.send(bytes.into()).unwrap();
+    }
+    drop(feed);
+    has_ended.await.unwrap();
+
+    let r = later.call(STAT, &[&s(b"db.dump")]).await;
+    assert_eq!(r[0], 105, "not ATTRS: {r:?}");
+    // flags (u32), then the size.
+    let size = u64::from_be_bytes(r[9..17].try_into().unwrap());
+    assert_eq!(
+        size, written,
+        "the new session saw the file before the old one wrote it"
+    );
+    let on_disk = sha2::Sha256::digest(std::fs::read(dir.path().join("upload")).unwrap());
+    assert_eq!(on_disk, expected.finalize());
+}

@@ -40,11 +40,7 @@ fn upload_list_resume_then_download_when_done() {
     assert_eq!(sha256(&g.upload_path(10534)), sha256(&src));
 
     // Truncate the upload to a prefix, as an interrupted transfer leaves it, and resume.
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(g.upload_path(10534))
-        .unwrap();
-    f.set_len(1_000_001).unwrap();
+    truncate(&g.upload_path(10534), 1_000_001);
     let out = g.sftp("user_10534", &key, "put -a openchs.70.cdump\n", work);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(sha256(&g.upload_path(10534)), sha256(&src));
@@ -97,12 +93,7 @@ fn upload_list_resume_then_download_when_done() {
     assert_eq!(sha256(&got), sha256(&upgraded));
 
     // reget: a partial local copy is completed.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&got)
-        .unwrap()
-        .set_len(12345)
-        .unwrap();
+    truncate(&got, 12345);
     let out = g.sftp(
         "user_10534",
         &key,

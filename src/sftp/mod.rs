@@ -3,6 +3,7 @@
 //! It knows nothing of SSH or of the request store: the SSH layer hands it an already
 //! authorized [`SharedFile`] and a byte transport ([`Inbound`]/[`Outbound`]).
 
+mod activity;
 mod queue;
 mod rope;
 mod session;
@@ -11,11 +12,11 @@ pub mod wire;
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+pub use activity::Activity;
 pub use session::{serve, SessionSummary, WriteClosed, WriteSummary};
 
 /// The largest READ or WRITE payload served, as OpenSSH's sftp-server: its client aborts on
@@ -40,29 +41,6 @@ pub struct SharedFile {
     /// Where `<name>.filepart` lives, if the client may upload to that temporary name and
     /// rename it onto the file (WinSCP does); `None` refuses the name like any other.
     pub partial_path: Option<PathBuf>,
-}
-
-/// Live counters of one request's transfers, shared with whoever reports on them.
-#[derive(Debug, Default)]
-pub struct Activity {
-    pub bytes_written: AtomicU64,
-    pub bytes_read: AtomicU64,
-    /// Write handles open right now.
-    pub writers: AtomicU32,
-    /// Unix time of the last write, 0 if none.
-    pub last_write: AtomicI64,
-    /// Writes that failed (disk full, size limit, I/O errors).
-    pub write_errors: AtomicU64,
-}
-
-impl Activity {
-    fn wrote(&self, n: usize) {
-        self.bytes_written.fetch_add(n as u64, Ordering::Relaxed);
-        self.last_write.store(
-            time::OffsetDateTime::now_utc().unix_timestamp(),
-            Ordering::Relaxed,
-        );
-    }
 }
 
 /// Where requests come from: chunks of the client's byte stream, `None` at its end.

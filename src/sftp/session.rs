@@ -38,6 +38,8 @@ const WRITE_HEAD_MAX: usize = 128;
 const PUMP_QUEUE: usize = 16;
 /// How long pending replies may take to drain when the session ends.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request waits for what an ended session received to be written.
+const OTHER_SESSIONS_WAIT: Duration = Duration::from_secs(30);
 
 /// Reported when a handle that was opened for writing is closed.
 #[derive(Clone, Debug)]
@@ -78,6 +80,8 @@ enum Handle {
 }
 
 struct Session {
+    /// This session's number among the request's sessions.
+    number: u64,
     shared: SharedFile,
     activity: Arc<Activity>,
     on_write_closed: Option<WriteClosed>,
@@ -120,9 +124,11 @@ pub async fn serve<I: Inbound, O: Outbound>(
             })
         }
     });
+    let number = activity.new_session();
     let session = Session {
+        number,
         shared,
-        activity,
+        activity: activity.clone(),
         on_write_closed,
         queue: queue.clone(),
         handles: HashMap::new(),
@@ -153,8 +159,10 @@ pub async fn serve<I: Inbound, O: Outbound>(
             break;
         }
     }
+    let draining = activity.draining(number);
     drop(tx);
     let summary = worker.await.unwrap_or_default();
+    drop(draining);
     queue.close();
     if !writer.is_finished() {
         // A writer still blocked after this is stopped by the guard as we return.
@@ -278,6 +286,7 @@ impl Session {
             self.pending.advance(4);
             let packet = self.pending.take(len as usize);
             self.summary.requests += 1;
+            self.wait_for_other_sessions();
             self.packet(packet);
         }
     }
@@ -651,6 +660,23 @@ impl Session {
             });
         }
         Ok(())
+    }
+
+    /// A client cut off mid-upload reconnects and resumes (`put -a`) from the size it
+    /// sees: what its old session had received but not yet written must be on disk before
+    /// any other session looks at the file, or the resumed data would land after bytes the
+    /// client sends again.
+    fn wait_for_other_sessions(&self) {
+        if !self.activity.must_wait(self.number) {
+            return;
+        }
+        let drained = tokio::runtime::Handle::current().block_on(
+            self.activity
+                .others_drained(self.number, OTHER_SESSIONS_WAIT),
+        );
+        if !drained {
+            tracing::warn!("an ended session of this request is still writing; going on");
+        }
     }
 
     fn close_all(&mut self) {

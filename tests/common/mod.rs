@@ -399,6 +399,16 @@ pub fn is_prefix(prefix: &Path, full: &Path) -> bool {
     }
 }
 
+/// Cuts `path` to its first `len` bytes, as an interrupted transfer leaves a file.
+pub fn truncate(path: &Path, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+}
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }

@@ -61,21 +61,34 @@ pub fn status_of(reply: &[u8]) -> u32 {
     u32::from_be_bytes(reply[5..9].try_into().unwrap())
 }
 
+pub fn shared_file(name: &str, path: &Path, writable: bool) -> SharedFile {
+    SharedFile {
+        name: name.into(),
+        path: path.to_path_buf(),
+        writable,
+        max_size: None,
+        partial_path: None,
+    }
+}
+
+/// A packet with its length prefix.
+pub fn framed(body: &[u8]) -> Vec<u8> {
+    [&(body.len() as u32).to_be_bytes()[..], body].concat()
+}
+
 impl Client {
     /// Serves `name` stored at `path` and completes the INIT/VERSION exchange.
     pub async fn start(name: &str, path: &Path, writable: bool) -> (Client, Vec<u8>) {
-        let file = SharedFile {
-            name: name.into(),
-            path: path.to_path_buf(),
-            writable,
-            max_size: None,
-            partial_path: None,
-        };
+        Client::start_on(shared_file(name, path, writable), Arc::default()).await
+    }
+
+    /// Serves `file` as one more session of the request whose counters are `activity`.
+    pub async fn start_on(file: SharedFile, activity: Arc<Activity>) -> (Client, Vec<u8>) {
         let (client, server) = tokio::io::duplex(1 << 20);
         let (r, w) = tokio::io::split(server);
         tokio::spawn(serve(
             file,
-            Arc::new(Activity::default()),
+            activity,
             None,
             IoInbound(r),
             IoOutbound(w),
@@ -91,9 +104,7 @@ impl Client {
     }
 
     pub async fn send(&mut self, body: &[u8]) {
-        let mut p = (body.len() as u32).to_be_bytes().to_vec();
-        p.extend_from_slice(body);
-        self.io.write_all(&p).await.unwrap();
+        self.io.write_all(&framed(body)).await.unwrap();
     }
 
     /// Writes bytes as they are, without a length prefix.
