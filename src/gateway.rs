@@ -54,7 +54,18 @@ pub struct Gateway {
     live: Mutex<HashMap<u64, Live>>,
     next_session: AtomicU64,
     activity: Mutex<HashMap<u64, Arc<Activity>>>,
+    /// Deleted requests whose counters are still to be folded into `retired`.
+    forgotten: Mutex<Vec<u64>>,
+    retired: Retired,
     recheck: Notify,
+}
+
+/// The counters of deleted requests, so that the metrics' totals never go back.
+#[derive(Default)]
+struct Retired {
+    received: AtomicU64,
+    sent: AtomicU64,
+    errors: AtomicU64,
 }
 
 /// Removes its session from the live set when dropped.
@@ -84,6 +95,8 @@ impl Gateway {
             live: Mutex::default(),
             next_session: AtomicU64::new(1),
             activity: Mutex::default(),
+            forgotten: Mutex::default(),
+            retired: Retired::default(),
             recheck: Notify::new(),
         })
     }
@@ -190,16 +203,21 @@ impl Gateway {
 
     /// The metrics page, with totals summed over every request's activity.
     pub fn render_metrics(&self) -> String {
-        let (mut received, mut sent, mut errors) = (0, 0, 0);
+        let r = &self.retired;
+        let (mut received, mut sent, mut errors) = (
+            r.received.load(Ordering::Relaxed),
+            r.sent.load(Ordering::Relaxed),
+            r.errors.load(Ordering::Relaxed),
+        );
         for a in self
             .activity
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
         {
-            received += a.bytes_written.load(std::sync::atomic::Ordering::Relaxed);
-            sent += a.bytes_read.load(std::sync::atomic::Ordering::Relaxed);
-            errors += a.write_errors.load(std::sync::atomic::Ordering::Relaxed);
+            received += a.bytes_written.load(Ordering::Relaxed);
+            sent += a.bytes_read.load(Ordering::Relaxed);
+            errors += a.write_errors.load(Ordering::Relaxed);
         }
         let records = self.store.list();
         let requests = State::ALL
@@ -222,6 +240,48 @@ impl Gateway {
     pub fn activity(&self, request_id: u64) -> Arc<Activity> {
         let mut map = self.activity.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(request_id).or_default().clone()
+    }
+
+    /// Drops what is kept about a deleted request: its parsed keys now, its counters once
+    /// no session holds them (see [`retire`](Self::retire)).
+    pub fn forget(&self, request_id: u64) {
+        self.keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&request_id);
+        self.forgotten
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(request_id);
+    }
+
+    /// Folds the counters of deleted requests into the retired totals once their last
+    /// session has ended (sessions are closed by the sweep that follows a delete).
+    fn retire(&self) {
+        let mut forgotten = self.forgotten.lock().unwrap_or_else(|p| p.into_inner());
+        if forgotten.is_empty() {
+            return;
+        }
+        let mut activity = self.activity.lock().unwrap_or_else(|p| p.into_inner());
+        forgotten.retain(|id| {
+            if self.store.get(*id).is_some() {
+                // Created again under the same id: the counters carry on with it.
+                return false;
+            }
+            if activity.get(id).is_some_and(|a| Arc::strong_count(a) > 1) {
+                return true;
+            }
+            if let Some(a) = activity.remove(id) {
+                let r = &self.retired;
+                r.received
+                    .fetch_add(a.bytes_written.load(Ordering::Relaxed), Ordering::Relaxed);
+                r.sent
+                    .fetch_add(a.bytes_read.load(Ordering::Relaxed), Ordering::Relaxed);
+                r.errors
+                    .fetch_add(a.write_errors.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            false
+        });
     }
 
     /// Registers an authenticated connection; `kick` is cancelled when its grant ends.
@@ -271,6 +331,7 @@ impl Gateway {
     /// Closes every live session whose grant no longer holds: request deleted, state
     /// changed, access expired, or its key removed or no longer allowed.
     pub fn sweep(&self) {
+        self.retire();
         let now = OffsetDateTime::now_utc();
         let live = self.lock_live();
         for (session, l) in live.iter() {
@@ -306,5 +367,40 @@ impl Gateway {
             }
             self.sweep();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::FileStore;
+
+    fn received_total(g: &Gateway) -> String {
+        let metrics = g.render_metrics();
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with("sftpgate_bytes_received_total"));
+        line.unwrap_or_default().to_string()
+    }
+
+    #[test]
+    fn a_deleted_request_leaves_its_totals_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(FileStore::open(dir.path()).expect("store"));
+        let g = Gateway::new(store, None, None);
+        let held = g.activity(7);
+        held.bytes_written.store(1000, Ordering::Relaxed);
+        g.activity(8).bytes_written.store(234, Ordering::Relaxed);
+        let before = received_total(&g);
+        assert!(before.ends_with(" 1234"), "{before}");
+        // Request 7 is not in the store, as after a delete; a session still holds it.
+        g.forget(7);
+        g.sweep();
+        assert!(g.activity.lock().unwrap().contains_key(&7));
+        drop(held);
+        g.sweep();
+        assert!(!g.activity.lock().unwrap().contains_key(&7));
+        assert!(g.forgotten.lock().unwrap().is_empty());
+        assert_eq!(received_total(&g), before);
     }
 }

@@ -369,6 +369,7 @@ pub async fn delete(
         return Err(ApiError::not_found(id));
     }
     tracing::info!(target: "audit", event = "request-deleted", request = id, purge = q.purge, "deleted");
+    state.gateway.forget(id);
     state.gateway.recheck_now();
     Ok(Json(json!({"failures": [], "request": view})))
 }
