@@ -1,6 +1,7 @@
 //! Load and abuse: many concurrent uploads, floods of connections that never log in,
-//! a client that stops reading, and repeated failed logins from one address. The gateway
-//! keeps serving legitimate clients through all of it.
+//! clients that stop reading (stopped by the SSH window, or with a 2 GiB window at the
+//! socket), and repeated failed logins from one address. The gateway keeps serving
+//! legitimate clients through all of it.
 
 mod common;
 
@@ -105,6 +106,24 @@ fn connection_floods_are_dropped_and_a_real_upload_still_works() {
     );
 }
 
+/// Opens a session with a 2 GiB window, pipelines READs for the whole file, then stops
+/// itself (every thread, so nothing reads the socket any more).
+const HUGE_WINDOW_READER: &str = r#"
+import os, signal, socket, sys, time
+import paramiko
+
+port, key = int(sys.argv[1]), sys.argv[2]
+t = paramiko.Transport(socket.create_connection(("127.0.0.1", port)),
+                       default_window_size=2**31 - 1)
+t.connect(username="user_8", pkey=paramiko.Ed25519Key.from_private_key_file(key))
+sftp = paramiko.SFTPClient.from_transport(t, window_size=2**31 - 1)
+f = sftp.open("db.dump", "rb")
+f.prefetch()
+time.sleep(0.5)
+print("stopping", flush=True)
+os.kill(os.getpid(), signal.SIGSTOP)
+"#;
+
 #[test]
 fn a_client_that_stops_reading_blocks_nothing_and_is_cut_off() {
     let mut g = Gateway::start();
@@ -158,6 +177,28 @@ fn a_client_that_stops_reading_blocks_nothing_and_is_cut_off() {
         .status()
         .unwrap();
     let _ = wait_output(child, Duration::from_secs(20));
+
+    // A client that advertised a window of 2 GiB, asked for the whole file and froze: no
+    // SSH window stops the server first, its socket writes block. The connection is closed
+    // all the same (by russh's timer, which 0.65 polls while a write is blocked, or else by
+    // the watchdog).
+    let mut frozen = Command::new(python())
+        .args(["-c", HUGE_WINDOW_READER, &g.ssh_port.to_string()])
+        .arg(&key.path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(frozen.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "stopping");
+    let closed = wait_until(Duration::from_secs(20), || g.sessions(8) == 0);
+    let _ = frozen.kill();
+    let _ = frozen.wait();
+    assert!(closed, "the blocked session was not closed: {}", g.log());
 
     // And a wedged client does not hold up shutdown.
     let (child, _stdin) = g.spawn_sftp("user_8", &key, &[], &work, "get db.dump /dev/null\n");
