@@ -1,5 +1,5 @@
 //! Clients other than OpenSSH's sftp: scp (SFTP mode), curl's sftp:// (libssh2),
-//! paramiko, lftp and rclone. Each uploads, lists or stats, resumes where it can,
+//! paramiko, asyncssh, lftp and rclone. Each uploads, lists or stats, resumes where it can,
 //! downloads, and the bytes are compared by sha256.
 
 mod common;
@@ -172,6 +172,76 @@ fn paramiko_put_get_append_stat_listdir() {
     );
     assert_eq!(out.trim(), "ok");
     assert_eq!(sha256(&g.upload_path(33)), sha256(&src));
+}
+
+/// asyncssh: its own SFTP implementation, with many reads and writes in flight. `draft`: upload, stat, list, resume by appending, and
+/// the refusals; `done`: download the upgraded file, which cannot be written.
+const ASYNCSSH: &str = r#"
+import asyncio, os, sys
+import asyncssh
+
+port, key, src, work, phase = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+
+async def refused(op, reason="Permission denied"):
+    try:
+        await op
+    except asyncssh.SFTPError as e:
+        assert (e.code, e.reason) == (asyncssh.FX_PERMISSION_DENIED, reason), e
+        return
+    raise AssertionError("accepted")
+
+async def main():
+    async with asyncssh.connect("127.0.0.1", port, username="user_36", client_keys=[key],
+                                known_hosts=None) as conn:
+        async with conn.start_sftp_client() as sftp:
+            assert sftp.version == 3, sftp.version
+            size = os.path.getsize(src)
+            if phase == "draft":
+                await sftp.put(src, "db.dump")
+                assert (await sftp.stat("db.dump")).size == size
+                assert await sftp.listdir(".") == ["db.dump"]
+                await sftp.truncate("db.dump", size // 3)
+                async with sftp.open("db.dump", "ab") as f:
+                    with open(src, "rb") as s:
+                        s.seek(size // 3)
+                        await f.write(s.read())
+                await refused(sftp.mkdir("d"))
+                await refused(sftp.rename("db.dump", "x.dump"))
+                await refused(sftp.remove("db.dump"))
+                await refused(sftp.put(src, "other.bin"))
+            else:
+                await sftp.get("upgraded_db.dump", os.path.join(work, "back.bin"))
+                await refused(sftp.put(src, "upgraded_db.dump"), "upgraded_db.dump is read-only")
+    print("ok")
+
+asyncio.run(main())
+"#;
+
+#[test]
+fn asyncssh_put_get_append_and_refusals() {
+    let g = Gateway::start();
+    let work = g.dir.path();
+    let key = ClientKey::new(work, "asyncssh");
+    g.provision(36, "db.dump", &key);
+    let src = work.join("src.bin");
+    random_file(&src, 4_000_037);
+    let port = g.ssh_port.to_string();
+    let run = |phase: &str| {
+        let args = [
+            port.as_str(),
+            key.path.to_str().unwrap(),
+            src.to_str().unwrap(),
+            work.to_str().unwrap(),
+            phase,
+        ];
+        assert_eq!(run_python(ASYNCSSH, &args).trim(), "ok");
+    };
+    run("draft");
+    assert_eq!(sha256(&g.upload_path(36)), sha256(&src));
+    let upgraded = work.join("upgraded.src");
+    finish(&g, 36, &upgraded);
+    run("done");
+    assert_eq!(sha256(&work.join("back.bin")), sha256(&upgraded));
 }
 
 /// WinSCP's way, done with paramiko: upload to `<file>.filepart`, resume it by opening

@@ -450,14 +450,14 @@ pub fn run_python(script: &str, args: &[&str]) -> String {
     text(&out.stdout)
 }
 
-/// A Python with the test's client libraries (pycurl, paramiko, websocket-client), in a venv under
-/// `target/` created on first use. Test binaries run one after another, so a `Once` per
+/// A Python with the test's client libraries (pycurl, paramiko, asyncssh,
+/// websocket-client), in a venv under `target/` created on first use. Test binaries run one after another, so a `Once` per
 /// binary plus a marker file is enough to build it once.
 pub fn python() -> PathBuf {
     static ONCE: std::sync::Once = std::sync::Once::new();
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv");
     let py = venv.join("bin/python");
-    let marker = venv.join(".ready-2");
+    let marker = venv.join(".ready-3");
     ONCE.call_once(|| {
         if marker.exists() {
             return;
@@ -476,13 +476,14 @@ pub fn python() -> PathBuf {
                     "--disable-pip-version-check",
                     "pycurl==7.49.0",
                     "paramiko==5.1.0",
+                    "asyncssh==2.24.1",
                     "websocket-client==1.8.0",
                 ])
                 .status()
                 .is_ok_and(|s| s.success());
         assert!(
             ok,
-            "cannot set up the Python test venv (python3 -m venv, pip install pycurl paramiko)"
+            "cannot set up the Python test venv (python3 -m venv, pip install pycurl paramiko asyncssh)"
         );
         std::fs::write(&marker, b"").unwrap();
     });
