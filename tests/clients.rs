@@ -174,8 +174,9 @@ fn paramiko_put_get_append_stat_listdir() {
     assert_eq!(sha256(&g.upload_path(33)), sha256(&src));
 }
 
-/// asyncssh: its own SFTP implementation, with many reads and writes in flight. `draft`: upload, stat, list, resume by appending, and
-/// the refusals; `done`: download the upgraded file, which cannot be written.
+/// asyncssh: its own SFTP implementation, with many reads and writes in flight. `draft`:
+/// upload, stat, list, resume by appending, and the refusals; `done`: download the
+/// upgraded file, which cannot be written.
 const ASYNCSSH: &str = r#"
 import asyncio, os, sys
 import asyncssh
