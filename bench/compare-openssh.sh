@@ -210,10 +210,16 @@ PEAK_CONC=$(peak_kib)
 MB=$SIZE_MB
 mbps() { awk -v mb="$1" -v s="$2" 'BEGIN {printf "%.0f", mb * 1.048576 / s}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+# The issue's measure: the ratio of each A B pair of runs (run i of both sides, taken one
+# after the other), then the median of those ratios. $1 and $2: the two sides' times.
+paired() {
+  paste <(echo $1 | tr ' ' '\n') <(echo $2 | tr ' ' '\n') |
+    awk '$1 > 0 && $2 > 0 {print $1 / $2}' | median | awk '{printf "%.2f", $1}'
+}
 table=$(mktemp)
 {
-  echo "| test | cipher | sftpgate | OpenSSH | ratio (sftpgate/OpenSSH) | server CPU s/GiB sftpgate | server CPU s/GiB OpenSSH | client CPU s/GiB vs sftpgate | client CPU s/GiB vs OpenSSH |"
-  echo "|---|---|---|---|---|---|---|---|---|"
+  echo "| test | cipher | sftpgate | OpenSSH | ratio of medians (sftpgate/OpenSSH) | median of paired ratios | server CPU s/GiB sftpgate | server CPU s/GiB OpenSSH | client CPU s/GiB vs sftpgate | client CPU s/GiB vs OpenSSH |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
   for cipher in $CIPHERS; do
     for op in ${OPS:-up down resume}; do
       moved=$MB; [ $op = resume ] && moved=$((MB / 2))
@@ -225,17 +231,20 @@ table=$(mktemp)
       ko=$(echo ${CCPU["openssh|$cipher|$op"]} | tr ' ' '\n' | median)
       gib=$(awk -v m="$moved" 'BEGIN {print m / 1024}')
       per_gib() { awk -v c="$1" -v g="$gib" 'BEGIN {print c / g}'; }
-      printf "| %s %s MiB | %s | %s MB/s | %s MB/s | %s | %.2f | %.2f | %.2f | %.2f |\n" "$op" "$moved" "${cipher%%@*}" \
+      printf "| %s %s MiB | %s | %s MB/s | %s MB/s | %s | %s | %.2f | %.2f | %.2f | %.2f |\n" "$op" "$moved" "${cipher%%@*}" \
         "$(mbps "$moved" "$tg")" "$(mbps "$moved" "$to")" "$(ratio "$to" "$tg")" \
+        "$(paired "${TIME["openssh|$cipher|$op"]}" "${TIME["gate|$cipher|$op"]}")" \
         "$(per_gib "$cg")" "$(per_gib "$co")" "$(per_gib "$kg")" "$(per_gib "$ko")"
     done
   done
   lg=$(echo ${LOGIN[gate]} | tr ' ' '\n' | median); lo=$(echo ${LOGIN[openssh]} | tr ' ' '\n' | median)
-  [ "$LOGINS" -gt 0 ] && printf "| %s sequential logins + ls | chacha20-poly1305 | %.2f s | %.2f s | %s (time, lower is better) | | | | |\n" "$LOGINS" "$lg" "$lo" "$(ratio "$lg" "$lo")"
+  [ "$LOGINS" -gt 0 ] && printf "| %s sequential logins + ls | chacha20-poly1305 | %.2f s | %.2f s | %s (time, lower is better) | %s | | | | |\n" "$LOGINS" "$lg" "$lo" "$(ratio "$lg" "$lo")" \
+    "$(paired "${LOGIN[gate]}" "${LOGIN[openssh]}")"
   cg=$(echo ${CONCT[gate]} | tr ' ' '\n' | median); co=$(echo ${CONCT[openssh]} | tr ' ' '\n' | median)
   total=$((CONC * CONC_MB))
-  [ "$CONC" -gt 0 ] && printf "| %s concurrent uploads x %s MiB | chacha20-poly1305 | %s MB/s | %s MB/s | %s | | | | |\n" "$CONC" "$CONC_MB" \
-    "$(mbps "$total" "$cg")" "$(mbps "$total" "$co")" "$(ratio "$co" "$cg")"
+  [ "$CONC" -gt 0 ] && printf "| %s concurrent uploads x %s MiB | chacha20-poly1305 | %s MB/s | %s MB/s | %s | %s | | | | |\n" "$CONC" "$CONC_MB" \
+    "$(mbps "$total" "$cg")" "$(mbps "$total" "$co")" "$(ratio "$co" "$cg")" \
+    "$(paired "${CONCT[openssh]}" "${CONCT[gate]}")"
   echo
   echo "sftpgate peak RSS: $((PEAK_XFER / 1024)) MiB during the ${SIZE_MB} MiB transfers, $((PEAK_CONC / 1024)) MiB during the $CONC concurrent uploads."
   echo
