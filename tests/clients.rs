@@ -240,7 +240,8 @@ fn asyncssh_put_get_append_and_refusals() {
     run("draft");
     assert_eq!(sha256(&g.upload_path(36)), sha256(&src));
     let upgraded = work.join("upgraded.src");
-    finish(&g, 36, &upgraded);
+    random_file(&upgraded, 2_000_003);
+    g.finish(36, &upgraded);
     run("done");
     assert_eq!(sha256(&work.join("back.bin")), sha256(&upgraded));
 }
@@ -310,14 +311,6 @@ fn winscp_style_filepart_upload_resume_and_rename() {
     assert!(!g.upload_path(34).with_extension("filepart").exists());
 }
 
-/// Moves request `id` to done with `upgraded` as its upgraded dump.
-fn finish(g: &Gateway, id: u64, upgraded: &std::path::Path) {
-    random_file(upgraded, 2_000_003);
-    assert_eq!(g.push_upgraded(id, upgraded), 200);
-    let (code, json) = g.set_state(id, "done");
-    assert_eq!(code, 200, "{json}");
-}
-
 /// lftp speaks SFTP through an `ssh -s ... sftp` it starts itself.
 fn lftp(g: &Gateway, key: &ClientKey, user: &str, command: &str) -> std::process::Output {
     let ssh = format!("ssh -a -x {}", key.client_opts().join(" "));
@@ -364,7 +357,8 @@ fn lftp_uploads_resumes_lists_and_downloads() {
     assert_eq!(sha256(&g.upload_path(34)), before);
 
     let upgraded = work.join("upgraded.src");
-    finish(&g, 34, &upgraded);
+    random_file(&upgraded, 2_000_003);
+    g.finish(34, &upgraded);
     let out = lftp(&g, &key, "user_34", "get upgraded_db.dump -o back.bin");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(sha256(&work.join("back.bin")), sha256(&upgraded));
@@ -416,7 +410,8 @@ fn rclone_uploads_lists_and_downloads() {
     assert_eq!(sha256(&g.upload_path(35)), sha256(&src));
 
     let upgraded = work.join("upgraded.src");
-    finish(&g, 35, &upgraded);
+    random_file(&upgraded, 2_000_003);
+    g.finish(35, &upgraded);
     let out = rclone(&g, &["copyto", &at("upgraded_db.dump"), "back.bin"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(sha256(&work.join("back.bin")), sha256(&upgraded));

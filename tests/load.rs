@@ -137,8 +137,8 @@ fn a_client_that_stops_reading_blocks_nothing_and_is_cut_off() {
     let out = g.sftp("user_8", &key, "put db.dump\n", &work);
     assert!(out.status.success(), "{}", text(&out.stderr));
 
-    // Start a download and freeze the client's ssh process: it stops reading, the server's
-    // socket buffer fills and its writes block.
+    // Start a download and freeze the client's ssh process once data flows: it stops
+    // reading, and the server stops at the end of the client's window.
     let (child, _stdin) = g.spawn_sftp("user_8", &key, &[], &work, "get db.dump /dev/null\n");
     let ssh_pid = {
         let mut pid = None;
@@ -155,7 +155,9 @@ fn a_client_that_stops_reading_blocks_nothing_and_is_cut_off() {
         }));
         pid.unwrap()
     };
-    assert!(wait_until(Duration::from_secs(10), || g.sessions(8) == 1));
+    assert!(wait_until(Duration::from_secs(10), || {
+        g.metric("bytes_sent_total") > 0
+    }));
     Command::new("kill")
         .args(["-STOP", &ssh_pid])
         .status()
@@ -182,6 +184,7 @@ fn a_client_that_stops_reading_blocks_nothing_and_is_cut_off() {
     // SSH window stops the server first, its socket writes block. The connection is closed
     // all the same (by russh's timer, which 0.65 polls while a write is blocked, or else by
     // the watchdog).
+    let sent_before = g.metric("bytes_sent_total");
     let mut frozen = Command::new(python())
         .args(["-c", HUGE_WINDOW_READER, &g.ssh_port.to_string()])
         .arg(&key.path)
@@ -199,6 +202,12 @@ fn a_client_that_stops_reading_blocks_nothing_and_is_cut_off() {
     let _ = frozen.kill();
     let _ = frozen.wait();
     assert!(closed, "the blocked session was not closed: {}", g.log());
+    // It got past a default 2 MiB window and stopped well before the end of the file.
+    let sent = g.metric("bytes_sent_total") - sent_before;
+    assert!(
+        (4 << 20..64 << 20).contains(&sent),
+        "sent {sent} bytes to the frozen client"
+    );
 
     // And a wedged client does not hold up shutdown.
     let (child, _stdin) = g.spawn_sftp("user_8", &key, &[], &work, "get db.dump /dev/null\n");

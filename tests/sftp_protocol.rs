@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::wire::{id_of, req, s, status_of, Client};
+use common::wire::{framed, id_of, req, s, status_of, Client};
 
 async fn start(writable: bool) -> (Client, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -166,13 +166,9 @@ async fn packets_split_anywhere_are_reassembled() {
     // Two WRITEs and a STAT sent as one stream in 3-byte pieces.
     let mut stream = Vec::new();
     for (id, off, data) in [(2u32, 0u64, &b"hello "[..]), (3, 6, &b"world"[..])] {
-        let body = req(6, id, &[&s(&h), &off.to_be_bytes(), &s(data)]);
-        stream.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        stream.extend_from_slice(&body);
+        stream.extend(framed(&req(6, id, &[&s(&h), &off.to_be_bytes(), &s(data)])));
     }
-    let stat = req(17, 4, &[&s(b"db.dump")]);
-    stream.extend_from_slice(&(stat.len() as u32).to_be_bytes());
-    stream.extend_from_slice(&stat);
+    stream.extend(framed(&req(17, 4, &[&s(b"db.dump")])));
     for piece in stream.chunks(3) {
         c.send_raw(piece).await;
         tokio::task::yield_now().await;
@@ -199,10 +195,7 @@ async fn large_writes_split_across_chunks_land_exactly() {
     let mut data = vec![0u8; 3 * 100_000];
     rand::thread_rng().fill_bytes(&mut data);
     let mut stream = Vec::new();
-    let mut push = |body: Vec<u8>| {
-        stream.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        stream.extend_from_slice(&body);
-    };
+    let mut push = |body: Vec<u8>| stream.extend(framed(&body));
     // Two positioned writes (the second first), one append.
     let (a, b, tail) = (&data[..100_000], &data[100_000..200_000], &data[200_000..]);
     push(req(6, 10, &[&s(&h), &100_000u64.to_be_bytes(), &s(b)]));
@@ -247,17 +240,11 @@ impl sftpgate::sftp::Inbound for Feed {
 /// once and looks at the file: it must see every byte its old session received.
 #[tokio::test(flavor = "current_thread")]
 async fn a_new_session_sees_what_an_ended_session_received() {
-    use common::wire::{framed, shared_file, HANDLE, STAT};
+    use common::wire::{read_packet, shared_file, HANDLE, STAT};
     use sftpgate::sftp::{serve, Activity, IoOutbound};
     use sha2::Digest;
     use std::sync::Arc;
     use tokio::io::AsyncReadExt;
-
-    async fn packet(r: &mut tokio::io::DuplexStream) -> Vec<u8> {
-        let mut body = vec![0; r.read_u32().await.unwrap() as usize];
-        r.read_exact(&mut body).await.unwrap();
-        body
-    }
 
     let dir = tempfile::tempdir().unwrap();
     let file = shared_file("db.dump", &dir.path().join("upload"), true);
@@ -286,8 +273,8 @@ async fn a_new_session_sees_what_an_ended_session_received() {
     );
     let first = [framed(&[1, 0, 0, 0, 3]), framed(&open)].concat();
     feed.send(first.into()).unwrap();
-    assert_eq!(packet(&mut replies).await[0], 2);
-    let reply = packet(&mut replies).await;
+    assert_eq!(read_packet(&mut replies).await[0], 2);
+    let reply = read_packet(&mut replies).await;
     assert_eq!(reply[0], HANDLE);
     let handle = reply[9..].to_vec();
     // Later replies are not read by this client: drop them.

@@ -65,10 +65,8 @@ fn upload_list_resume_then_download_when_done() {
         (code, json["failures"][0]["reason"].as_str()),
         (409, Some("UPGRADED:MISSING"))
     );
-    assert_eq!(g.push_upgraded(10534, &upgraded), 200);
-    let (code, json) = g.set_state(10534, "done");
-    assert_eq!(code, 200, "{json}");
-    assert_eq!(json["request"]["shared_file"], "upgraded_openchs.70.cdump");
+    let record = g.finish(10534, &upgraded);
+    assert_eq!(record["shared_file"], "upgraded_openchs.70.cdump");
 
     let dl = work.join("dl");
     std::fs::create_dir(&dl).unwrap();

@@ -256,6 +256,8 @@ impl Session {
 
     /// Splits the byte stream into packets and handles each in order.
     fn feed(&mut self, mut chunk: Bytes) {
+        // Once per chunk, not per packet: the packets of one chunk arrived together.
+        self.wait_for_other_sessions();
         let skipped = self.skip.min(chunk.len());
         chunk.advance(skipped);
         self.skip -= skipped;
@@ -286,7 +288,6 @@ impl Session {
             self.pending.advance(4);
             let packet = self.pending.take(len as usize);
             self.summary.requests += 1;
-            self.wait_for_other_sessions();
             self.packet(packet);
         }
     }

@@ -173,6 +173,15 @@ impl Gateway {
         assert_eq!(code, 200, "{json}");
     }
 
+    /// Pushes `upgraded` as request `id`'s upgraded dump and moves it to done; returns the
+    /// record.
+    pub fn finish(&self, id: u64, upgraded: &Path) -> Value {
+        assert_eq!(self.push_upgraded(id, upgraded), 200);
+        let (code, json) = self.set_state(id, "done");
+        assert_eq!(code, 200, "{json}");
+        json["request"].clone()
+    }
+
     pub fn set_state(&self, id: u64, state: &str) -> (u16, Value) {
         self.api(
             "POST",
@@ -209,6 +218,19 @@ impl Gateway {
         self.api("GET", &format!("/v1/requests/{id}"), None).1["request"]["sessions"]
             .as_u64()
             .unwrap_or(0)
+    }
+
+    /// The value of `sftpgate_<name>` on the metrics page (0 if absent).
+    pub fn metric(&self, name: &str) -> u64 {
+        let out = Command::new("curl")
+            .args(["-sS", &format!("http://{}/metrics", self.admin)])
+            .output()
+            .unwrap();
+        let page = text(&out.stdout);
+        let prefix = format!("sftpgate_{name} ");
+        page.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0, |v| v.trim().parse().unwrap())
     }
 
     pub fn upload_path(&self, id: u64) -> PathBuf {

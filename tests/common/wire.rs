@@ -76,6 +76,13 @@ pub fn framed(body: &[u8]) -> Vec<u8> {
     [&(body.len() as u32).to_be_bytes()[..], body].concat()
 }
 
+/// Reads one packet's body from a server's output.
+pub async fn read_packet(io: &mut DuplexStream) -> Vec<u8> {
+    let mut body = vec![0; io.read_u32().await.unwrap() as usize];
+    io.read_exact(&mut body).await.unwrap();
+    body
+}
+
 impl Client {
     /// Serves `name` stored at `path` and completes the INIT/VERSION exchange.
     pub async fn start(name: &str, path: &Path, writable: bool) -> (Client, Vec<u8>) {
@@ -114,10 +121,7 @@ impl Client {
     }
 
     pub async fn recv(&mut self) -> Vec<u8> {
-        let len = self.io.read_u32().await.unwrap();
-        let mut body = vec![0; len as usize];
-        self.io.read_exact(&mut body).await.unwrap();
-        body
+        read_packet(&mut self.io).await
     }
 
     /// Sends one request with a fresh id and returns its reply, checking the id matches.
