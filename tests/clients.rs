@@ -1,9 +1,10 @@
 //! Clients other than OpenSSH's sftp: scp (SFTP mode), curl's sftp:// (libssh2),
-//! paramiko, asyncssh, lftp and rclone. Each uploads, lists or stats, resumes where it can,
-//! downloads, and the bytes are compared by sha256.
+//! paramiko, asyncssh, lftp, rclone, and PuTTY's psftp and pscp. Each uploads, lists or
+//! stats, resumes where it can, downloads, and the bytes are compared by sha256.
 
 mod common;
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use common::*;
@@ -415,4 +416,136 @@ fn rclone_uploads_lists_and_downloads() {
     let out = rclone(&g, &["copyto", &at("upgraded_db.dump"), "back.bin"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(sha256(&work.join("back.bin")), sha256(&upgraded));
+}
+
+/// PuTTY 0.78's psftp and pscp: FileZilla's SFTP engine (fzsftp) is derived from psftp,
+/// and WinSCP's SSH layer is PuTTY's. They take the key as a `.ppk` and pin the host key.
+struct Putty<'a> {
+    g: &'a Gateway,
+    ppk: PathBuf,
+    host_key: String,
+}
+
+impl<'a> Putty<'a> {
+    fn new(g: &'a Gateway, key: &ClientKey) -> Putty<'a> {
+        let ppk = key.path.with_extension("ppk");
+        let out = Command::new("puttygen")
+            .arg(&key.path)
+            .args(["-O", "private", "-o"])
+            .arg(&ppk)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let out = Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(g.dir.path().join("hostkeys/ssh_host_ed25519_key.pub"))
+            .output()
+            .unwrap();
+        let host_key = text(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string();
+        Putty { g, ppk, host_key }
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) -> std::process::Output {
+        Command::new(tool)
+            .args(["-batch", "-P", &self.g.ssh_port.to_string(), "-i"])
+            .arg(&self.ppk)
+            .args(["-hostkey", &self.host_key])
+            .args(args)
+            .env("HOME", self.g.dir.path())
+            .current_dir(self.g.dir.path())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs psftp commands; it stops at the first that fails, and reports on stdout.
+    fn psftp(&self, user: &str, commands: &str) -> std::process::Output {
+        let script = self.g.dir.path().join(format!("psftp-{}.txt", rand_u64()));
+        std::fs::write(&script, commands).unwrap();
+        let dest = format!("{user}@127.0.0.1");
+        self.run("psftp", &["-b", script.to_str().unwrap(), "-bc", &dest])
+    }
+}
+
+#[test]
+fn putty_psftp_and_pscp_upload_resume_list_and_download() {
+    let g = Gateway::start();
+    let work = g.dir.path();
+    let key = ClientKey::new(work, "putty");
+    g.provision(36, "db.dump", &key);
+    let putty = Putty::new(&g, &key);
+    let src = work.join("src.bin");
+    random_file(&src, 3_000_037);
+
+    let out = putty.run("pscp", &["-q", "src.bin", "user_36@127.0.0.1:db.dump"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&g.upload_path(36)), sha256(&src));
+
+    // `reput` STATs the remote file and writes the rest from its size.
+    truncate(&g.upload_path(36), 1_000_003);
+    let out = putty.psftp("user_36", "reput src.bin db.dump\nls\n");
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert_eq!(sha256(&g.upload_path(36)), sha256(&src));
+    let listing = text(&out.stdout);
+    let entries: Vec<&str> = listing.lines().filter(|l| l.starts_with('-')).collect();
+    assert_eq!(entries.len(), 1, "{listing}");
+    assert!(entries[0].contains(" 3000037 ") && entries[0].ends_with(" db.dump"));
+
+    for (command, said) in [
+        ("mkdir x", "mkdir /x: permission denied"),
+        ("rm db.dump", "rm /db.dump: permission denied"),
+        ("mv db.dump other", "mv /db.dump /other: permission denied"),
+        (
+            "put src.bin other.bin",
+            "/other.bin: open for write: permission denied",
+        ),
+        (
+            "get /etc/passwd p",
+            "/etc/passwd: open for read: no such file or directory",
+        ),
+    ] {
+        let out = putty.psftp("user_36", &format!("{command}\n"));
+        assert!(!out.status.success(), "{command}");
+        assert!(
+            text(&out.stdout).contains(said),
+            "{command}: {}",
+            text(&out.stdout)
+        );
+    }
+    // Legacy SCP needs a remote command, which is refused.
+    let out = putty.run(
+        "pscp",
+        &["-q", "-scp", "src.bin", "user_36@127.0.0.1:db.dump"],
+    );
+    assert_failed_with(&out, "Server refused to start a shell/command");
+    assert_eq!(sha256(&g.upload_path(36)), sha256(&src));
+    assert!(!work.join("p").exists());
+
+    let upgraded = work.join("upgraded.src");
+    random_file(&upgraded, 2_000_011);
+    g.finish(36, &upgraded);
+    let out = putty.run(
+        "pscp",
+        &["-q", "user_36@127.0.0.1:upgraded_db.dump", "a.bin"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&work.join("a.bin")), sha256(&upgraded));
+    // A download cut short, continued with `reget`.
+    truncate(&work.join("a.bin"), 777_777);
+    let out = putty.psftp("user_36", "reget upgraded_db.dump a.bin\n");
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert_eq!(sha256(&work.join("a.bin")), sha256(&upgraded));
+    // Read-only once done.
+    let out = putty.psftp("user_36", "put src.bin upgraded_db.dump\n");
+    let said = "/upgraded_db.dump: open for write: permission denied";
+    assert!(text(&out.stdout).contains(said), "{}", text(&out.stdout));
+    let out = putty.run(
+        "pscp",
+        &["-q", "user_36@127.0.0.1:upgraded_db.dump", "b.bin"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&work.join("b.bin")), sha256(&upgraded));
 }
