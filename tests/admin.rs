@@ -91,6 +91,15 @@ fn bad_input_gets_a_clear_failure_and_changes_nothing() {
             "KEY:REQUIRED",
             g.api("PUT", "/v1/requests/8", Some(&json!({"filename": "x"}))),
         ),
+        (
+            400,
+            "KEY:INVALID",
+            g.api(
+                "PUT",
+                "/v1/requests/8",
+                Some(&json!({"filename": "x", "key": "two words"})),
+            ),
+        ),
     ];
     for (code, want, (got_code, body)) in &cases {
         assert_eq!((*got_code, reason(body)), (*code, *want), "{body}");

@@ -242,6 +242,38 @@ fn reasons(v: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The reference's curl sample pastes the key into the URL unencoded, so a `+` in it
+/// arrives as a space.
+#[test]
+fn a_key_with_plus_signs_pasted_into_the_url_still_matches() {
+    let g = Gateway::start();
+    let out = cli(
+        &g,
+        &[
+            "request",
+            "put",
+            "77",
+            "--filename",
+            "db.dump",
+            "--key",
+            "q+r/s+t==",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let key = ClientKey::new(g.dir.path(), "c");
+    let keys = g.dir.path().join("keys");
+    std::fs::write(&keys, key.public()).unwrap();
+    let form = [("ssh_keys", format!("@{}", keys.display()))];
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let wrong = access(&g, &form, "?request=77&key=q+r/s-t==");
+    assert_eq!(reasons(&wrong), ["KEY:INVALID"]);
+    let v = access(&g, &form, "?request=77&key=q+r/s+t==");
+    assert_eq!(v["failures"], serde_json::json!([]), "{v}");
+    assert_eq!(v["request"]["sftp_user"], "user_77");
+    let out = g.sftp("user_77", &key, "ls\n", g.dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
 #[test]
 fn every_failure_changes_nothing() {
     let g = Gateway::start();

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 
 use super::{parse_id, AdminState, ApiError, ApiResult, Failure};
 use crate::keys::{fingerprint, parse_authorized_keys, KeysError};
-use crate::store::{hash_key, validate_filename, Record, State as ReqState};
+use crate::store::{hash_key, validate_filename, validate_key, Record, State as ReqState};
 
 /// Turns an authorized_keys problem into the reference's failures.
 pub(crate) fn keys_failures(e: KeysError) -> Vec<Failure> {
@@ -211,14 +211,13 @@ pub async fn put(
         }
     }
     let key_sha256 = match (body.key.as_deref(), &existing) {
-        (Some(""), _) => {
-            failures.push(Failure::new(
-                "KEY:INVALID",
-                "the request key must not be empty",
-            ));
-            None
-        }
-        (Some(k), _) => Some(hash_key(k)),
+        (Some(k), _) => match validate_key(k) {
+            Ok(()) => Some(hash_key(k)),
+            Err(e) => {
+                failures.push(Failure::new("KEY:INVALID", e));
+                None
+            }
+        },
         (None, Some(r)) => Some(r.key_sha256.clone()),
         (None, None) => {
             failures.push(Failure::new(

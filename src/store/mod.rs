@@ -7,7 +7,8 @@ mod record;
 
 pub use file::{sync_dir_io, FileStore};
 pub use record::{
-    constant_time_eq, hash_key, validate_filename, Access, FilenameError, Record, State,
+    constant_time_eq, hash_key, validate_filename, validate_key, Access, FilenameError, Record,
+    State,
 };
 
 use std::path::PathBuf;

@@ -114,9 +114,25 @@ impl Record {
         }
     }
 
+    /// Whether `key` is this request's key. A key pasted unencoded into a query string
+    /// (as the reference's curl sample does) arrives with its `+` decoded as spaces;
+    /// request keys hold no spaces (see [`validate_key`]), so that reading is tried too.
     pub fn key_matches(&self, key: &str) -> bool {
-        let given = hash_key(key);
-        constant_time_eq(given.as_bytes(), self.key_sha256.as_bytes())
+        let matches =
+            |k: &str| constant_time_eq(hash_key(k).as_bytes(), self.key_sha256.as_bytes());
+        matches(key) || (key.contains(' ') && matches(&key.replace(' ', "+")))
+    }
+}
+
+/// A request key must be non-empty and hold no whitespace or control characters, so
+/// that it survives being pasted into a URL or a shell variable.
+pub fn validate_key(key: &str) -> Result<(), &'static str> {
+    if key.is_empty() {
+        Err("the request key must not be empty")
+    } else if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Err("the request key must not contain spaces or control characters")
+    } else {
+        Ok(())
     }
 }
 
@@ -247,6 +263,25 @@ mod tests {
         assert!(r.key_matches("Aw7pItGVKFuZ_FOR3U8VFQ=="));
         assert!(!r.key_matches("Aw7pItGVKFuZ_FOR3U8VFQ="));
         assert!(!r.key_matches(""));
+        // A `+` that a query string decoded as a space still matches; nothing else does.
+        let plus = Record {
+            key_sha256: hash_key("a+b/c+=="),
+            ..r
+        };
+        assert!(plus.key_matches("a+b/c+=="));
+        assert!(plus.key_matches("a b/c =="));
+        assert!(plus.key_matches("a+b/c =="));
+        assert!(!plus.key_matches("a  b/c =="));
+        assert!(!plus.key_matches("a-b/c-=="));
+    }
+
+    #[test]
+    fn request_keys() {
+        assert_eq!(validate_key("Aw7pItGVKFuZ_FOR3U8VFQ=="), Ok(()));
+        assert_eq!(validate_key("a+b/c=="), Ok(()));
+        for bad in ["", "a b", " a", "a\n", "a\tb", "a\u{7f}", "a\u{a0}b"] {
+            assert!(validate_key(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
