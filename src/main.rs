@@ -142,8 +142,38 @@ fn resolve(config: Option<PathBuf>, settings: Settings) -> anyhow::Result<Config
     Ok(settings.over(base).resolve())
 }
 
+/// Raises the soft limit on open files to the hard one: every connection holds its socket
+/// and a second handle on it (the hang-up probe), every session its open files, and the
+/// common soft limit of 1024 would refuse connections long before `--max-connections`.
+fn raise_open_files_limit(max_connections: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // `None` is unlimited, which Linux does not allow for open files.
+    if let (Some(current), Some(maximum)) = (limit.current, limit.maximum) {
+        let raised = Rlimit {
+            current: Some(maximum),
+            maximum: Some(maximum),
+        };
+        if current < maximum {
+            if let Err(e) = setrlimit(Resource::Nofile, raised) {
+                tracing::warn!(error = %e, "cannot raise the open files limit");
+            }
+        }
+    }
+    // Two descriptors per connection and a few open files per session, plus the listeners.
+    let needed = max_connections.saturating_mul(4).saturating_add(64) as u64;
+    if let Some(now) = getrlimit(Resource::Nofile).current.filter(|&n| n < needed) {
+        tracing::warn!(
+            limit = now,
+            needed,
+            "the open files limit is low for --max-connections; connections may be refused"
+        );
+    }
+}
+
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     init_logging(cfg.log_json);
+    raise_open_files_limit(cfg.max_connections);
     let running = sftpgate::server::start(cfg).await?;
     {
         let mut out = std::io::stdout().lock();

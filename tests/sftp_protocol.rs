@@ -224,6 +224,8 @@ async fn large_writes_split_across_chunks_land_exactly() {
 struct Feed {
     chunks: tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>,
     ended: Option<tokio::sync::oneshot::Sender<()>>,
+    /// What its hang-up probe says: the client is gone though input remains.
+    hung_up: bool,
 }
 
 impl sftpgate::sftp::Inbound for Feed {
@@ -234,35 +236,45 @@ impl sftpgate::sftp::Inbound for Feed {
         }
         chunk
     }
+
+    fn hangup_probe(&self) -> sftpgate::sftp::HangupProbe {
+        let hung_up = self.hung_up;
+        std::sync::Arc::new(move || hung_up)
+    }
 }
 
-/// A client is cut off with many WRITEs received but not yet written; it reconnects at
-/// once and looks at the file: it must see every byte its old session received.
-#[tokio::test(flavor = "current_thread")]
-async fn a_new_session_sees_what_an_ended_session_received() {
-    use common::wire::{read_packet, shared_file, HANDLE, STAT};
-    use sftpgate::sftp::{serve, Activity, IoOutbound};
-    use sha2::Digest;
-    use std::sync::Arc;
-    use tokio::io::AsyncReadExt;
+/// A session whose client sent 48 MiB of WRITEs (in 1 MiB chunks of four), all handed
+/// over at once; its input ends when `feed` is dropped.
+struct CutOff {
+    feed: tokio::sync::mpsc::UnboundedSender<bytes::Bytes>,
+    has_ended: tokio::sync::oneshot::Receiver<()>,
+    written: u64,
+    expected: [u8; 32],
+}
 
-    let dir = tempfile::tempdir().unwrap();
-    let file = shared_file("db.dump", &dir.path().join("upload"), true);
-    let activity = Arc::new(Activity::default());
-    // The session that looks is up first, so only a check on each request can make it wait.
-    let (mut later, _) = Client::start_on(file.clone(), activity.clone()).await;
+async fn cut_off_session(
+    file: sftpgate::sftp::SharedFile,
+    activity: std::sync::Arc<sftpgate::sftp::Activity>,
+    hung_up: bool,
+) -> CutOff {
+    use common::wire::{read_packet, HANDLE};
+    use sftpgate::sftp::{serve, IoOutbound};
+    use sha2::Digest;
+    use tokio::io::AsyncReadExt;
 
     let (feed, chunks) = tokio::sync::mpsc::unbounded_channel();
     let (ended, has_ended) = tokio::sync::oneshot::channel();
     let (mut replies, out) = tokio::io::duplex(1 << 20);
+    let input = Feed {
+        chunks,
+        ended: Some(ended),
+        hung_up,
+    };
     tokio::spawn(serve(
         file,
         activity,
         None,
-        Feed {
-            chunks,
-            ended: Some(ended),
-        },
+        input,
         IoOutbound(out),
         std::future::pending(),
     ));
@@ -282,8 +294,6 @@ async fn a_new_session_sees_what_an_ended_session_received() {
         let mut sink = vec![0u8; 1 << 16];
         while replies.read(&mut sink).await.unwrap_or(0) > 0 {}
     });
-
-    // 48 MiB in 1 MiB chunks of four WRITEs, all handed over at once, then the end.
     const WRITE: usize = 256 * 1024 - 64;
     let mut written = 0u64;
     let mut expected = sha2::Sha256::new();
@@ -302,17 +312,66 @@ async fn a_new_session_sees_what_an_ended_session_received() {
         }
         feed.send(bytes.into()).unwrap();
     }
-    drop(feed);
-    has_ended.await.unwrap();
+    CutOff {
+        feed,
+        has_ended,
+        written,
+        expected: expected.finalize().into(),
+    }
+}
 
-    let r = later.call(STAT, &[&s(b"db.dump")]).await;
+/// STATs the file from `client`: its size.
+async fn stat_size(client: &mut Client) -> u64 {
+    let r = client.call(common::wire::STAT, &[&s(b"db.dump")]).await;
     assert_eq!(r[0], 105, "not ATTRS: {r:?}");
     // flags (u32), then the size.
-    let size = u64::from_be_bytes(r[9..17].try_into().unwrap());
+    u64::from_be_bytes(r[9..17].try_into().unwrap())
+}
+
+/// A client is cut off with 48 MiB of WRITEs received but not yet written, and a session
+/// of the same request that was already open looks at the file: it must see every byte.
+/// With `hung_up`, it looks before the old session has even read all its input (the
+/// client's hang-up is known from the socket while its last requests wait to be read).
+async fn cut_off_then_stat(hung_up: bool) {
+    use common::wire::shared_file;
+    use sftpgate::sftp::Activity;
+    use sha2::Digest;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = shared_file("db.dump", &dir.path().join("upload"), true);
+    let activity = Arc::new(Activity::default());
+    // The session that looks is up first, so only a check on each request can make it wait.
+    let (mut later, _) = Client::start_on(file.clone(), activity.clone()).await;
+    let old = cut_off_session(file, activity, hung_up).await;
+    let size = if hung_up {
+        let (size, ()) = tokio::join!(stat_size(&mut later), async {
+            // The old input ends only after the new session has asked.
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+            }
+            drop(old.feed);
+        });
+        size
+    } else {
+        drop(old.feed);
+        old.has_ended.await.unwrap();
+        stat_size(&mut later).await
+    };
     assert_eq!(
-        size, written,
-        "the new session saw the file before the old one wrote it"
+        size, old.written,
+        "the new session saw the file before the old one wrote what its client sent"
     );
     let on_disk = sha2::Sha256::digest(std::fs::read(dir.path().join("upload")).unwrap());
-    assert_eq!(on_disk, expected.finalize());
+    assert_eq!(on_disk[..], old.expected[..]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_new_session_sees_what_an_ended_session_received() {
+    cut_off_then_stat(false).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_new_session_waits_for_a_hung_up_client_s_unread_requests() {
+    cut_off_then_stat(true).await;
 }

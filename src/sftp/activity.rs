@@ -1,8 +1,10 @@
 //! A request's live transfer counters, shared by all its sessions and read by the status
 //! page and metrics, and the rule that keeps sessions of one request from seeing the file
-//! while an ended session is still writing what its client sent.
+//! while a session whose client is gone is still writing what that client sent.
 
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+
+use super::HangupProbe;
 
 /// Live counters of one request's transfers, shared with whoever reports on them.
 #[derive(Debug, Default)]
@@ -15,24 +17,55 @@ pub struct Activity {
     pub last_write: AtomicI64,
     /// Writes that failed (disk full, size limit, I/O errors).
     pub write_errors: AtomicU64,
-    /// Sessions (by number) whose client is gone but whose last received requests are
-    /// still being written and their files synced.
-    draining: tokio::sync::watch::Sender<Vec<u64>>,
-    sessions: AtomicU64,
+    /// The request's sessions, from their start to their last write on disk.
+    sessions: tokio::sync::watch::Sender<Vec<Member>>,
+    numbers: AtomicU64,
 }
 
-/// Held by a session from the end of its input until its last write is on disk.
-pub(super) struct Draining<'a> {
+struct Member {
+    number: u64,
+    /// Its input has ended: what is left is writing what was received, and syncing.
+    draining: bool,
+    /// Whether its client has hung up, possibly with bytes not yet read from the socket.
+    hung_up: HangupProbe,
+}
+
+impl Member {
+    fn gone(&self) -> bool {
+        self.draining || (self.hung_up)()
+    }
+}
+
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "session {} (draining: {})", self.number, self.draining)
+    }
+}
+
+/// A session's place among its request's sessions, held until its last write is on disk.
+pub(super) struct Membership<'a> {
     activity: &'a Activity,
-    session: u64,
+    pub number: u64,
 }
 
-impl Drop for Draining<'_> {
+impl Membership<'_> {
+    /// The session's input has ended.
+    pub fn draining(&self) {
+        let number = self.number;
+        self.activity.sessions.send_modify(|all| {
+            for m in all.iter_mut().filter(|m| m.number == number) {
+                m.draining = true;
+            }
+        });
+    }
+}
+
+impl Drop for Membership<'_> {
     fn drop(&mut self) {
-        let session = self.session;
+        let number = self.number;
         self.activity
-            .draining
-            .send_modify(|ids| ids.retain(|&id| id != session));
+            .sessions
+            .send_modify(|all| all.retain(|m| m.number != number));
     }
 }
 
@@ -45,24 +78,27 @@ impl Activity {
         );
     }
 
-    /// A number for a new session of this request.
-    pub(super) fn new_session(&self) -> u64 {
-        self.sessions.fetch_add(1, Ordering::Relaxed)
-    }
-
-    pub(super) fn draining(&self, session: u64) -> Draining<'_> {
-        self.draining.send_modify(|ids| ids.push(session));
-        Draining {
+    /// Registers a new session of this request; `hung_up` tells whether its client is gone.
+    pub(super) fn join(&self, hung_up: HangupProbe) -> Membership<'_> {
+        let number = self.numbers.fetch_add(1, Ordering::Relaxed);
+        self.sessions.send_modify(|all| {
+            all.push(Member {
+                number,
+                draining: false,
+                hung_up,
+            })
+        });
+        Membership {
             activity: self,
-            session,
+            number,
         }
     }
 
     /// Waits, at most `limit`, until `session` need not wait (see
     /// [`must_wait`](Self::must_wait)). Returns `false` if the limit passed first.
     pub(super) async fn others_drained(&self, session: u64, limit: std::time::Duration) -> bool {
-        let mut ids = self.draining.subscribe();
-        let done = ids.wait_for(|ids| !must_wait(ids, session));
+        let mut all = self.sessions.subscribe();
+        let done = all.wait_for(|all| !must_wait(all, session));
         tokio::time::timeout(limit, done)
             .await
             .is_ok_and(|r| r.is_ok())
@@ -70,40 +106,87 @@ impl Activity {
 
     /// Whether `session` must wait for others to finish writing what they received.
     pub(super) fn must_wait(&self, session: u64) -> bool {
-        must_wait(&self.draining.borrow(), session)
+        let all = self.sessions.borrow();
+        // Nearly always alone: no probe to run.
+        all.len() > 1 && must_wait(&all, session)
     }
 }
 
-/// A session waits while others drain, unless it drains itself: two clients cut off at
-/// once must not wait for each other.
-fn must_wait(draining: &[u64], session: u64) -> bool {
-    !draining.is_empty() && !draining.contains(&session)
+/// A session waits while another one's client is gone and that session has not finished
+/// writing, unless its own client is gone too: two clients cut off at once must not wait
+/// for each other. A session learns its input ended only after reading everything its
+/// client sent, which can sit unread in the socket and russh's queues for a while; the
+/// hang-up probe covers that time.
+fn must_wait(all: &[Member], session: u64) -> bool {
+    match all.iter().find(|m| m.number == session) {
+        Some(me) if me.gone() => false,
+        _ => all.iter().any(|m| m.number != session && m.gone()),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
     use std::time::Duration;
+
+    fn alive() -> HangupProbe {
+        Arc::new(|| false)
+    }
 
     #[tokio::test]
     async fn sessions_wait_for_draining_sessions_unless_draining_themselves() {
         let activity = Activity::default();
         let (a, b, c) = (
-            activity.new_session(),
-            activity.new_session(),
-            activity.new_session(),
+            activity.join(alive()),
+            activity.join(alive()),
+            activity.join(alive()),
         );
-        assert!(!activity.must_wait(a));
-        let b_drains = activity.draining(b);
-        assert!(activity.must_wait(a) && activity.must_wait(c) && !activity.must_wait(b));
-        assert!(!activity.others_drained(a, Duration::from_millis(1)).await);
-        let c_drains = activity.draining(c);
-        assert!(!activity.must_wait(b) && !activity.must_wait(c));
-        let waiter = activity.others_drained(a, Duration::from_secs(60));
-        drop(b_drains);
-        assert!(activity.must_wait(a));
-        drop(c_drains);
+        assert!(!activity.must_wait(a.number));
+        b.draining();
+        assert!(activity.must_wait(a.number) && activity.must_wait(c.number));
+        assert!(!activity.must_wait(b.number));
+        assert!(
+            !activity
+                .others_drained(a.number, Duration::from_millis(1))
+                .await
+        );
+        c.draining();
+        assert!(!activity.must_wait(b.number) && !activity.must_wait(c.number));
+        let waiter = activity.others_drained(a.number, Duration::from_secs(60));
+        let a_number = a.number;
+        drop(b);
+        assert!(activity.must_wait(a_number));
+        drop(c);
         assert!(waiter.await);
-        assert!(!activity.must_wait(a));
+        assert!(!activity.must_wait(a_number));
+    }
+
+    #[tokio::test]
+    async fn a_session_whose_client_hung_up_is_waited_for_until_it_ends() {
+        let activity = Activity::default();
+        let hung_up = Arc::new(AtomicBool::new(false));
+        let probe = hung_up.clone();
+        let old = activity.join(Arc::new(move || probe.load(Ordering::Relaxed)));
+        let new = activity.join(alive());
+        assert!(!activity.must_wait(new.number));
+        hung_up.store(true, Ordering::Relaxed);
+        assert!(activity.must_wait(new.number) && !activity.must_wait(old.number));
+        let waiter = activity.others_drained(new.number, Duration::from_secs(60));
+        old.draining();
+        assert!(activity.must_wait(new.number));
+        drop(old);
+        assert!(waiter.await);
+        // A session whose own client is gone never waits.
+        let cut = Arc::new(AtomicBool::new(true));
+        let other = activity.join(Arc::new(|| true));
+        let probe = cut.clone();
+        let me = activity.join(Arc::new(move || probe.load(Ordering::Relaxed)));
+        assert!(!activity.must_wait(me.number));
+        cut.store(false, Ordering::Relaxed);
+        assert!(activity.must_wait(me.number));
+        drop(other);
+        assert!(!activity.must_wait(me.number));
     }
 }

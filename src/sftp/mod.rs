@@ -43,9 +43,18 @@ pub struct SharedFile {
     pub partial_path: Option<PathBuf>,
 }
 
+/// Tells whether a session's client has hung up, even if not all it sent has been read.
+pub type HangupProbe = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// Where requests come from: chunks of the client's byte stream, `None` at its end.
 pub trait Inbound: Send + 'static {
     fn recv(&mut self) -> impl Future<Output = Option<Bytes>> + Send;
+
+    /// How other sessions of the request learn that this client is gone before this
+    /// session has read to the end of its input (see [`Activity`]).
+    fn hangup_probe(&self) -> HangupProbe {
+        std::sync::Arc::new(|| false)
+    }
 }
 
 /// Where replies go.

@@ -124,7 +124,8 @@ pub async fn serve<I: Inbound, O: Outbound>(
             })
         }
     });
-    let number = activity.new_session();
+    let membership = activity.join(input.hangup_probe());
+    let number = membership.number;
     let session = Session {
         number,
         shared,
@@ -159,10 +160,10 @@ pub async fn serve<I: Inbound, O: Outbound>(
             break;
         }
     }
-    let draining = activity.draining(number);
+    membership.draining();
     drop(tx);
     let summary = worker.await.unwrap_or_default();
-    drop(draining);
+    drop(membership);
     queue.close();
     if !writer.is_finished() {
         // A writer still blocked after this is stopped by the guard as we return.

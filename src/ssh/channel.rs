@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::Conn;
-use crate::sftp::{self, Activity, Inbound, Outbound, SharedFile, WriteClosed};
+use crate::sftp::{self, Activity, HangupProbe, Inbound, Outbound, SharedFile, WriteClosed};
 
 /// Data a client may send before its subsystem request is answered (none, normally).
 const MAX_EARLY_BYTES: usize = 1024 * 1024;
@@ -26,6 +26,7 @@ pub struct Start {
 struct ChannelInbound {
     early: VecDeque<Bytes>,
     read: ChannelReadHalf,
+    hung_up: HangupProbe,
 }
 
 impl Inbound for ChannelInbound {
@@ -40,6 +41,10 @@ impl Inbound for ChannelInbound {
                 _ => {}
             }
         }
+    }
+
+    fn hangup_probe(&self) -> HangupProbe {
+        self.hung_up.clone()
     }
 }
 
@@ -120,7 +125,11 @@ pub async fn run(
         write,
         ending: conn.kick.clone(),
     };
-    let inbound = ChannelInbound { early, read };
+    let inbound = ChannelInbound {
+        early,
+        read,
+        hung_up: conn.hung_up.clone(),
+    };
     let kick = conn.kick.clone();
     let Start {
         file,

@@ -3,6 +3,7 @@
 
 mod channel;
 mod handler;
+mod hangup;
 mod penalty;
 mod watchdog;
 
@@ -26,6 +27,7 @@ use tracing::Instrument;
 
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
+use crate::sftp::HangupProbe;
 use handler::SshHandler;
 use penalty::Penalties;
 use watchdog::{Progress, Watched};
@@ -155,6 +157,8 @@ pub(crate) struct Conn {
     pub auth_attempted: AtomicBool,
     /// The SFTP task, awaited before disconnecting so that its files are synced.
     pub sftp: Mutex<Option<JoinHandle<()>>>,
+    /// Whether the client has hung up, for the SFTP session (see [`hangup`]).
+    pub hung_up: HangupProbe,
 }
 
 impl SshServer {
@@ -229,6 +233,7 @@ impl SshServer {
             authenticated: AtomicBool::new(false),
             auth_attempted: AtomicBool::new(false),
             sftp: Mutex::new(None),
+            hung_up: hangup::probe(&socket),
         });
         // Replies are small and latency-bound: never let Nagle hold them back.
         if let Err(e) = socket.set_nodelay(true) {
