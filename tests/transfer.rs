@@ -210,16 +210,16 @@ fn sigterm_mid_upload_exits_cleanly_and_put_a_completes_after_restart() {
 }
 
 /// Clients set to check the server (`ServerAliveInterval`) stay connected while idle: every
-/// keepalive is answered. One unanswered keepalive would end this client's session.
+/// keepalive is answered. Three unanswered in a row (by 3 s) would end this session.
 #[test]
 fn client_keepalives_are_answered_while_idle() {
     let g = Gateway::start();
     let key = ClientKey::new(g.dir.path(), "alive");
     g.provision(41, "db.dump", &key);
-    let alive = ["-o", "ServerAliveInterval=1", "-o", "ServerAliveCountMax=1"];
+    let alive = ["-o", "ServerAliveInterval=1", "-o", "ServerAliveCountMax=2"];
     let (child, mut stdin) = g.spawn_sftp("user_41", &key, &alive, g.dir.path(), "ls\n");
     // The scenario is time passing with nothing to do: several keepalive rounds.
-    std::thread::sleep(Duration::from_millis(3500));
+    std::thread::sleep(Duration::from_secs(4));
     std::io::Write::write_all(&mut stdin, b"ls -l\n").unwrap();
     drop(stdin);
     let out = wait_output(child, Duration::from_secs(20));
