@@ -513,33 +513,52 @@ fn expiry_and_key_replacement_close_live_sessions() {
     let _ = second.kill();
 }
 
+/// Provisions the reference request on `g` with a key limited by `from=`: refused under
+/// `refused`, then allowed under `allowed`. Returns the key.
+fn from_refused_then_allowed(g: &Gateway, refused: &str, allowed: &str) -> ClientKey {
+    provision_reference(g);
+    let key = ClientKey::new(g.dir.path(), "k");
+    let set = |from: &str| {
+        let p = g.dir.path().join("keys");
+        std::fs::write(&p, format!("from=\"{from}\" {}", key.public())).unwrap();
+        let form = [("ssh_keys", format!("@{}", p.display()))];
+        let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let q = format!("?request=10534&key={KEY}");
+        assert_eq!(reasons(&access(g, &form, &q)), Vec::<String>::new());
+    };
+    set(refused);
+    assert_failed_with(
+        &g.sftp("user_10534", &key, "ls\n", g.dir.path()),
+        "Permission denied (publickey)",
+    );
+    set(allowed);
+    key
+}
+
 #[test]
 fn from_option_is_enforced() {
     let g = Gateway::start();
-    provision_reference(&g);
-    let work = g.dir.path();
-    let key = ClientKey::new(work, "k");
-    let q = format!("?request=10534&key={KEY}");
-    let set = |opt: &str| {
-        let p = work.join("keys");
-        std::fs::write(&p, format!("{opt} {}", key.public())).unwrap();
-        assert_eq!(
-            reasons(&access(
-                &g,
-                &[("ssh_keys", &format!("@{}", p.display()))],
-                &q
-            )),
-            Vec::<String>::new()
-        );
-    };
-    set("from=\"10.0.0.0/8\"");
-    assert_failed_with(
-        &g.sftp("user_10534", &key, "ls\n", work),
-        "Permission denied (publickey)",
-    );
-    set("from=\"127.0.0.0/8,!10.*\"");
-    let out = g.sftp("user_10534", &key, "ls\n", work);
+    let key = from_refused_then_allowed(&g, "10.0.0.0/8", "127.0.0.0/8,!10.*");
+    let out = g.sftp("user_10534", &key, "ls\n", g.dir.path());
     assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// Customers connecting over IPv6: the gateway on `[::1]`, `from=` matched against the
+/// IPv6 address, an upload. Skipped where the machine has no IPv6 loopback.
+#[test]
+fn ipv6_upload_and_from_patterns() {
+    if TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: no IPv6 loopback here");
+        return;
+    }
+    let g = Gateway::start_on("[::1]");
+    let key = from_refused_then_allowed(&g, "127.0.0.0/8", "::1,10.*");
+    let work = g.dir.path();
+    let src = work.join("src.bin");
+    random_file(&src, 2_000_003);
+    let out = g.sftp("user_10534", &key, "put src.bin openchs.70.cdump\n", work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&g.upload_path(10534)), sha256(&src));
 }
 
 /// A one-connection-at-a-time HTTP server that records request bodies.

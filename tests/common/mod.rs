@@ -19,17 +19,25 @@ pub struct Gateway {
     pub child: Option<Child>,
     pub ssh_port: u16,
     pub admin: String,
+    /// The loopback address it listens on, as clients write it (`127.0.0.1`, `[::1]`).
+    pub host: String,
     stderr: PathBuf,
 }
 
 impl Gateway {
     pub fn start() -> Gateway {
+        Gateway::start_on("127.0.0.1")
+    }
+
+    /// Starts it on another loopback address, e.g. `[::1]`.
+    pub fn start_on(host: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let mut g = Gateway {
             dir,
             child: None,
             ssh_port: 0,
             admin: String::new(),
+            host: host.to_string(),
             stderr: PathBuf::new(),
         };
         g.launch(&[]);
@@ -49,15 +57,10 @@ impl Gateway {
         self.stderr = self.dir.path().join(format!("stderr-{}.log", rand_u64()));
         let err = std::fs::File::create(&self.stderr).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_sftpgate"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--public-host",
-                "127.0.0.1",
-            ])
+            .arg("serve")
+            .args(["--listen", &format!("{}:0", self.host)])
+            .args(["--admin-listen", &format!("{}:0", self.host)])
+            .args(["--public-host", &self.host])
             .arg("--data-dir")
             .arg(self.data())
             .arg("--host-key-dir")
@@ -243,7 +246,7 @@ impl Gateway {
         cmd.args(key.client_opts())
             .args(extra)
             .args(["-P", &self.ssh_port.to_string(), "-b", "-"])
-            .arg(format!("{user}@127.0.0.1"));
+            .arg(format!("{user}@{}", self.host));
         cmd
     }
 
@@ -283,7 +286,7 @@ impl Gateway {
             .args(key.client_opts())
             .args(["-p", &self.ssh_port.to_string()])
             .args(args)
-            .arg(format!("{user}@127.0.0.1"))
+            .arg(format!("{user}@{}", self.host))
             .args(command)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
