@@ -1,6 +1,6 @@
 //! Clients other than OpenSSH's sftp: scp (SFTP mode), curl's sftp:// (libssh2),
-//! paramiko, asyncssh, lftp, rclone, and PuTTY's psftp and pscp. Each uploads, lists or
-//! stats, resumes where it can, downloads, and the bytes are compared by sha256.
+//! paramiko, asyncssh, lftp, rclone, PuTTY's psftp and pscp, and sshfs. Each uploads,
+//! lists or stats, resumes where it can, downloads, and the bytes are compared by sha256.
 
 mod common;
 
@@ -548,4 +548,51 @@ fn putty_psftp_and_pscp_upload_resume_list_and_download() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(sha256(&work.join("b.bin")), sha256(&upgraded));
+}
+
+/// sshfs 3.7 (FUSE): the request's directory mounted, the file written with `cp` through
+/// the kernel and read back, other names refused. Skipped where FUSE cannot be mounted.
+#[test]
+fn sshfs_mount_write_read_and_refusals() {
+    let g = Gateway::start();
+    let work = g.dir.path();
+    let key = ClientKey::new(work, "sshfs");
+    g.provision(37, "db.dump", &key);
+    let mnt = work.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mount = Command::new("sshfs")
+        .args(["-p", &g.ssh_port.to_string(), "-o"])
+        .arg(format!(
+            "IdentityFile={},IdentitiesOnly=yes,StrictHostKeyChecking=no,\
+             UserKnownHostsFile=/dev/null,BatchMode=yes",
+            key.path.display()
+        ))
+        .arg("user_37@127.0.0.1:/")
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    if !mount.status.success() {
+        eprintln!("skipped: sshfs could not mount: {}", text(&mount.stderr));
+        return;
+    }
+    let result = std::panic::catch_unwind(|| {
+        let names: Vec<String> = std::fs::read_dir(&mnt)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["db.dump"]);
+        let src = work.join("src.bin");
+        random_file(&src, 3_000_041);
+        std::fs::copy(&src, mnt.join("db.dump")).unwrap();
+        assert_eq!(sha256(&mnt.join("db.dump")), sha256(&src));
+        let refused = std::fs::write(mnt.join("other.bin"), b"x").unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::PermissionDenied);
+        let refused = std::fs::create_dir(mnt.join("d")).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::PermissionDenied);
+        src
+    });
+    let unmount = Command::new("fusermount").arg("-u").arg(&mnt).status();
+    let src = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    assert!(unmount.unwrap().success());
+    assert_eq!(sha256(&g.upload_path(37)), sha256(&src));
 }
