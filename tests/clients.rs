@@ -560,8 +560,9 @@ fn sshfs_mount_write_read_and_refusals() {
     g.provision(37, "db.dump", &key);
     let mnt = work.join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let mount = Command::new("sshfs")
-        .args(["-p", &g.ssh_port.to_string(), "-o"])
+    // sshfs returns once mounted, leaving its daemon behind; bound it in case it never does.
+    let mount = Command::new("timeout")
+        .args(["30", "sshfs", "-p", &g.ssh_port.to_string(), "-o"])
         .arg(format!(
             "IdentityFile={},IdentitiesOnly=yes,StrictHostKeyChecking=no,\
              UserKnownHostsFile=/dev/null,BatchMode=yes",
