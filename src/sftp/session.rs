@@ -672,6 +672,7 @@ impl Session {
         if !self.activity.must_wait(self.number) {
             return;
         }
+        tracing::info!("waiting for a session whose client is gone to finish writing");
         let drained = tokio::runtime::Handle::current().block_on(
             self.activity
                 .others_drained(self.number, OTHER_SESSIONS_WAIT),
