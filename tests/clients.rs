@@ -9,6 +9,25 @@ use std::process::Command;
 
 use common::*;
 
+/// A gateway with request `id` (its file `db.dump`) provisioned for a new key named
+/// `client`, and `size` random bytes in `src.bin` in the gateway's directory.
+fn provisioned(id: u64, client: &str, size: usize) -> (Gateway, ClientKey, PathBuf) {
+    let g = Gateway::start();
+    let key = ClientKey::new(g.dir.path(), client);
+    g.provision(id, "db.dump", &key);
+    let src = g.dir.path().join("src.bin");
+    random_file(&src, size);
+    (g, key, src)
+}
+
+/// Moves request `id` to done with a random upgraded dump; returns the dump's path.
+fn upgrade(g: &Gateway, id: u64) -> PathBuf {
+    let upgraded = g.dir.path().join("upgraded.src");
+    random_file(&upgraded, 2_000_003);
+    g.finish(id, &upgraded);
+    upgraded
+}
+
 fn curl(g: &Gateway, key: &ClientKey, user: &str, args: &[&str]) -> std::process::Output {
     Command::new("curl")
         .args([
@@ -28,12 +47,8 @@ fn curl(g: &Gateway, key: &ClientKey, user: &str, args: &[&str]) -> std::process
 
 #[test]
 fn scp_uploads_and_downloads() {
-    let g = Gateway::start();
+    let (g, key, src) = provisioned(31, "scp", 2_500_000);
     let work = g.dir.path();
-    let key = ClientKey::new(work, "scp");
-    g.provision(31, "db.dump", &key);
-    let src = work.join("src.bin");
-    random_file(&src, 2_500_000);
     let scp = |args: &[&str]| {
         Command::new("scp")
             .arg("-q")
@@ -57,12 +72,8 @@ fn scp_uploads_and_downloads() {
 
 #[test]
 fn curl_sftp_upload_resume_and_download() {
-    let g = Gateway::start();
+    let (g, key, src) = provisioned(32, "curl", 3_000_000);
     let work = g.dir.path();
-    let key = ClientKey::new(work, "curl");
-    g.provision(32, "db.dump", &key);
-    let src = work.join("src.bin");
-    random_file(&src, 3_000_000);
     let url = format!("sftp://127.0.0.1:{}/db.dump", g.ssh_port);
 
     let out = curl(&g, &key, "user_32", &["-T", "src.bin", &url]);
@@ -156,12 +167,8 @@ print("ok")
 
 #[test]
 fn paramiko_put_get_append_stat_listdir() {
-    let g = Gateway::start();
+    let (g, key, src) = provisioned(33, "paramiko", 4_000_000);
     let work = g.dir.path();
-    let key = ClientKey::new(work, "paramiko");
-    g.provision(33, "db.dump", &key);
-    let src = work.join("src.bin");
-    random_file(&src, 4_000_000);
     let out = run_python(
         PARAMIKO,
         &[
@@ -221,12 +228,8 @@ asyncio.run(main())
 
 #[test]
 fn asyncssh_put_get_append_and_refusals() {
-    let g = Gateway::start();
+    let (g, key, src) = provisioned(36, "asyncssh", 4_000_037);
     let work = g.dir.path();
-    let key = ClientKey::new(work, "asyncssh");
-    g.provision(36, "db.dump", &key);
-    let src = work.join("src.bin");
-    random_file(&src, 4_000_037);
     let port = g.ssh_port.to_string();
     let run = |phase: &str| {
         let args = [
@@ -240,9 +243,7 @@ fn asyncssh_put_get_append_and_refusals() {
     };
     run("draft");
     assert_eq!(sha256(&g.upload_path(36)), sha256(&src));
-    let upgraded = work.join("upgraded.src");
-    random_file(&upgraded, 2_000_003);
-    g.finish(36, &upgraded);
+    let upgraded = upgrade(&g, 36);
     run("done");
     assert_eq!(sha256(&work.join("back.bin")), sha256(&upgraded));
 }
@@ -293,12 +294,7 @@ print("ok")
 
 #[test]
 fn winscp_style_filepart_upload_resume_and_rename() {
-    let g = Gateway::start();
-    let work = g.dir.path();
-    let key = ClientKey::new(work, "winscp");
-    g.provision(34, "db.dump", &key);
-    let src = work.join("src.bin");
-    random_file(&src, 3_000_001);
+    let (g, key, src) = provisioned(34, "winscp", 3_000_001);
     let out = run_python(
         WINSCP_STYLE,
         &[
@@ -330,12 +326,8 @@ fn lftp(g: &Gateway, key: &ClientKey, user: &str, command: &str) -> std::process
 
 #[test]
 fn lftp_uploads_resumes_lists_and_downloads() {
-    let g = Gateway::start();
+    let (g, key, src) = provisioned(34, "lftp", 3_000_017);
     let work = g.dir.path();
-    let key = ClientKey::new(work, "lftp");
-    g.provision(34, "db.dump", &key);
-    let src = work.join("src.bin");
-    random_file(&src, 3_000_017);
 
     let out = lftp(&g, &key, "user_34", "put src.bin -o db.dump");
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -357,9 +349,7 @@ fn lftp_uploads_resumes_lists_and_downloads() {
     }
     assert_eq!(sha256(&g.upload_path(34)), before);
 
-    let upgraded = work.join("upgraded.src");
-    random_file(&upgraded, 2_000_003);
-    g.finish(34, &upgraded);
+    let upgraded = upgrade(&g, 34);
     let out = lftp(&g, &key, "user_34", "get upgraded_db.dump -o back.bin");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(sha256(&work.join("back.bin")), sha256(&upgraded));
@@ -390,12 +380,8 @@ fn rclone(g: &Gateway, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn rclone_uploads_lists_and_downloads() {
-    let g = Gateway::start();
+    let (g, key, src) = provisioned(35, "rclone", 3_000_029);
     let work = g.dir.path();
-    let key = ClientKey::new(work, "rclone");
-    g.provision(35, "db.dump", &key);
-    let src = work.join("src.bin");
-    random_file(&src, 3_000_029);
     let at = |path: &str| remote(&g, &key, "user_35", path);
 
     let out = rclone(&g, &["copyto", "src.bin", &at("db.dump")]);
@@ -410,9 +396,7 @@ fn rclone_uploads_lists_and_downloads() {
     assert_failed_with(&out, "Update Create failed: permission denied");
     assert_eq!(sha256(&g.upload_path(35)), sha256(&src));
 
-    let upgraded = work.join("upgraded.src");
-    random_file(&upgraded, 2_000_003);
-    g.finish(35, &upgraded);
+    let upgraded = upgrade(&g, 35);
     let out = rclone(&g, &["copyto", &at("upgraded_db.dump"), "back.bin"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(sha256(&work.join("back.bin")), sha256(&upgraded));
@@ -472,13 +456,9 @@ impl<'a> Putty<'a> {
 
 #[test]
 fn putty_psftp_and_pscp_upload_resume_list_and_download() {
-    let g = Gateway::start();
+    let (g, key, src) = provisioned(36, "putty", 3_000_037);
     let work = g.dir.path();
-    let key = ClientKey::new(work, "putty");
-    g.provision(36, "db.dump", &key);
     let putty = Putty::new(&g, &key);
-    let src = work.join("src.bin");
-    random_file(&src, 3_000_037);
 
     let out = putty.run("pscp", &["-q", "src.bin", "user_36@127.0.0.1:db.dump"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -524,9 +504,7 @@ fn putty_psftp_and_pscp_upload_resume_list_and_download() {
     assert_eq!(sha256(&g.upload_path(36)), sha256(&src));
     assert!(!work.join("p").exists());
 
-    let upgraded = work.join("upgraded.src");
-    random_file(&upgraded, 2_000_011);
-    g.finish(36, &upgraded);
+    let upgraded = upgrade(&g, 36);
     let out = putty.run(
         "pscp",
         &["-q", "user_36@127.0.0.1:upgraded_db.dump", "a.bin"],
@@ -550,50 +528,64 @@ fn putty_psftp_and_pscp_upload_resume_list_and_download() {
     assert_eq!(sha256(&work.join("b.bin")), sha256(&upgraded));
 }
 
-/// sshfs 3.7 (FUSE): the request's directory mounted, the file written with `cp` through
-/// the kernel and read back, other names refused. Skipped where FUSE cannot be mounted.
+/// An sshfs 3.7 (FUSE) mount of what `user` sees, unmounted when dropped.
+struct Sshfs(PathBuf);
+
+impl Sshfs {
+    /// Mounts at `mnt` in the gateway's directory, or `None` where FUSE cannot mount here.
+    fn mount(g: &Gateway, key: &ClientKey, user: &str) -> Option<Sshfs> {
+        let mnt = g.dir.path().join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        // sshfs returns once mounted, leaving its daemon behind; bound it in case it never
+        // does.
+        let out = Command::new("timeout")
+            .args(["30", "sshfs", "-p", &g.ssh_port.to_string(), "-o"])
+            .arg(format!(
+                "IdentityFile={},IdentitiesOnly=yes,StrictHostKeyChecking=no,\
+                 UserKnownHostsFile=/dev/null,BatchMode=yes",
+                key.path.display()
+            ))
+            .arg(format!("{user}@127.0.0.1:/"))
+            .arg(&mnt)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            eprintln!("skipped: sshfs could not mount: {}", text(&out.stderr));
+            return None;
+        }
+        Some(Sshfs(mnt))
+    }
+}
+
+impl Drop for Sshfs {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount").arg("-u").arg(&self.0).status();
+    }
+}
+
+/// sshfs: a one-entry listing, the file written with `cp` through the kernel, other names
+/// refused; then the upgraded dump read on a new mount, so from the server and not from
+/// the kernel's cache of what was written. Skipped where FUSE cannot be mounted.
 #[test]
 fn sshfs_mount_write_read_and_refusals() {
-    let g = Gateway::start();
-    let work = g.dir.path();
-    let key = ClientKey::new(work, "sshfs");
-    g.provision(37, "db.dump", &key);
-    let mnt = work.join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    // sshfs returns once mounted, leaving its daemon behind; bound it in case it never does.
-    let mount = Command::new("timeout")
-        .args(["30", "sshfs", "-p", &g.ssh_port.to_string(), "-o"])
-        .arg(format!(
-            "IdentityFile={},IdentitiesOnly=yes,StrictHostKeyChecking=no,\
-             UserKnownHostsFile=/dev/null,BatchMode=yes",
-            key.path.display()
-        ))
-        .arg("user_37@127.0.0.1:/")
-        .arg(&mnt)
-        .output()
-        .unwrap();
-    if !mount.status.success() {
-        eprintln!("skipped: sshfs could not mount: {}", text(&mount.stderr));
+    let (g, key, src) = provisioned(37, "sshfs", 3_000_041);
+    let Some(mnt) = Sshfs::mount(&g, &key, "user_37") else {
         return;
-    }
-    let result = std::panic::catch_unwind(|| {
-        let names: Vec<String> = std::fs::read_dir(&mnt)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(names, ["db.dump"]);
-        let src = work.join("src.bin");
-        random_file(&src, 3_000_041);
-        std::fs::copy(&src, mnt.join("db.dump")).unwrap();
-        assert_eq!(sha256(&mnt.join("db.dump")), sha256(&src));
-        let refused = std::fs::write(mnt.join("other.bin"), b"x").unwrap_err();
-        assert_eq!(refused.kind(), std::io::ErrorKind::PermissionDenied);
-        let refused = std::fs::create_dir(mnt.join("d")).unwrap_err();
-        assert_eq!(refused.kind(), std::io::ErrorKind::PermissionDenied);
-        src
-    });
-    let unmount = Command::new("fusermount").arg("-u").arg(&mnt).status();
-    let src = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
-    assert!(unmount.unwrap().success());
+    };
+    let names: Vec<String> = std::fs::read_dir(&mnt.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["db.dump"]);
+    std::fs::copy(&src, mnt.0.join("db.dump")).unwrap();
+    let refused = std::fs::write(mnt.0.join("other.bin"), b"x").unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::PermissionDenied);
+    let refused = std::fs::create_dir(mnt.0.join("d")).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::PermissionDenied);
+    drop(mnt);
     assert_eq!(sha256(&g.upload_path(37)), sha256(&src));
+
+    let upgraded = upgrade(&g, 37);
+    let mnt = Sshfs::mount(&g, &key, "user_37").expect("the second mount failed");
+    assert_eq!(sha256(&mnt.0.join("upgraded_db.dump")), sha256(&upgraded));
 }

@@ -263,8 +263,8 @@ fn a_key_with_plus_signs_pasted_into_the_url_still_matches() {
     let key = ClientKey::new(g.dir.path(), "c");
     let keys = g.dir.path().join("keys");
     std::fs::write(&keys, key.public()).unwrap();
-    let form = [("ssh_keys", format!("@{}", keys.display()))];
-    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let keys = format!("@{}", keys.display());
+    let form = [("ssh_keys", keys.as_str())];
     let wrong = access(&g, &form, "?request=77&key=q+r/s-t==");
     assert_eq!(reasons(&wrong), ["KEY:INVALID"]);
     let v = access(&g, &form, "?request=77&key=q+r/s+t==");
@@ -521,10 +521,9 @@ fn from_refused_then_allowed(g: &Gateway, refused: &str, allowed: &str) -> Clien
     let set = |from: &str| {
         let p = g.dir.path().join("keys");
         std::fs::write(&p, format!("from=\"{from}\" {}", key.public())).unwrap();
-        let form = [("ssh_keys", format!("@{}", p.display()))];
-        let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let q = format!("?request=10534&key={KEY}");
-        assert_eq!(reasons(&access(g, &form, &q)), Vec::<String>::new());
+        let res = access(g, &[("ssh_keys", &format!("@{}", p.display()))], &q);
+        assert_eq!(reasons(&res), Vec::<String>::new());
     };
     set(refused);
     assert_failed_with(

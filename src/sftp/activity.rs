@@ -53,8 +53,8 @@ impl Membership<'_> {
     pub fn draining(&self) {
         let number = self.number;
         self.activity.sessions.send_modify(|all| {
-            for m in all.iter_mut().filter(|m| m.number == number) {
-                m.draining = true;
+            if let Some(me) = all.iter_mut().find(|m| m.number == number) {
+                me.draining = true;
             }
         });
     }
@@ -106,9 +106,7 @@ impl Activity {
 
     /// Whether `session` must wait for others to finish writing what they received.
     pub(super) fn must_wait(&self, session: u64) -> bool {
-        let all = self.sessions.borrow();
-        // Nearly always alone: no probe to run.
-        all.len() > 1 && must_wait(&all, session)
+        must_wait(&self.sessions.borrow(), session)
     }
 }
 
@@ -118,10 +116,10 @@ impl Activity {
 /// client sent, which can sit unread in the socket and russh's queues for a while; the
 /// hang-up probe covers that time.
 fn must_wait(all: &[Member], session: u64) -> bool {
-    match all.iter().find(|m| m.number == session) {
-        Some(me) if me.gone() => false,
-        _ => all.iter().any(|m| m.number != session && m.gone()),
-    }
+    // Called for every received chunk: the others are asked first, so that a session alone,
+    // or among live ones, runs no probe of its own.
+    all.iter().any(|m| m.number != session && m.gone())
+        && !all.iter().any(|m| m.number == session && m.gone())
 }
 
 #[cfg(test)]
@@ -187,6 +185,15 @@ mod tests {
         cut.store(false, Ordering::Relaxed);
         assert!(activity.must_wait(me.number));
         drop(other);
+        assert!(!activity.must_wait(me.number));
+    }
+
+    #[test]
+    fn a_session_among_live_ones_does_not_probe_its_own_client() {
+        let activity = Activity::default();
+        let me = activity.join(Arc::new(|| panic!("probed on every chunk")));
+        assert!(!activity.must_wait(me.number));
+        let _live = activity.join(alive());
         assert!(!activity.must_wait(me.number));
     }
 }

@@ -476,8 +476,8 @@ pub fn run_python(script: &str, args: &[&str]) -> String {
 }
 
 /// A Python with the test's client libraries (pycurl, paramiko, asyncssh,
-/// websocket-client), in a venv under `target/` created on first use. Test binaries run one after another, so a `Once` per
-/// binary plus a marker file is enough to build it once.
+/// websocket-client), in a venv under `target/` created on first use. Test binaries run
+/// one after another, so a `Once` per binary plus a marker file is enough to build it once.
 pub fn python() -> PathBuf {
     static ONCE: std::sync::Once = std::sync::Once::new();
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv");
