@@ -375,3 +375,49 @@ async fn a_new_session_sees_what_an_ended_session_received() {
 async fn a_new_session_waits_for_a_hung_up_client_s_unread_requests() {
     cut_off_then_stat(true).await;
 }
+
+/// The message of a STATUS reply.
+fn message_of(r: &[u8]) -> String {
+    let len = u32::from_be_bytes(r[9..13].try_into().unwrap()) as usize;
+    String::from_utf8_lossy(&r[13..13 + len]).into_owned()
+}
+
+#[tokio::test]
+async fn writes_far_past_the_end_are_refused() {
+    let (mut c, dir) = start(true).await;
+    let h = open(&mut c, 1, 0x02 | 0x08).await; // WRITE|CREAT
+    let path = dir.path().join("upload");
+    let write = |id: u32, offset: u64| req(6, id, &[&s(&h), &offset.to_be_bytes(), &s(b"x")]);
+    // One byte at 1 TiB would have made a 1 TiB sparse file.
+    c.send(&write(2, 1 << 40)).await;
+    let r = c.recv().await;
+    assert_eq!((id_of(&r), status_of(&r)), (2, 4));
+    assert_eq!(
+        message_of(&r),
+        "write at offset 1099511627776 would leave a hole of more than 33554432 bytes past the end of the file"
+    );
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        0,
+        "the file changed"
+    );
+    // So would a SETSTAT of the size.
+    let size_attrs = [&1u32.to_be_bytes()[..], &(1u64 << 40).to_be_bytes()].concat();
+    c.send(&req(10, 3, &[&s(&h), &size_attrs])).await;
+    let r = c.recv().await;
+    assert_eq!((id_of(&r), status_of(&r)), (3, 4));
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        0,
+        "the file changed"
+    );
+    // Out of order within the gap, as clients with many writes in flight send them, is
+    // accepted.
+    c.send(&write(4, 1 << 20)).await;
+    let r = c.recv().await;
+    assert_eq!((id_of(&r), status_of(&r)), (4, 0));
+    c.send(&write(5, 0)).await;
+    let r = c.recv().await;
+    assert_eq!((id_of(&r), status_of(&r)), (5, 0));
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), (1 << 20) + 1);
+}

@@ -24,6 +24,10 @@ pub use session::{serve, SessionSummary, WriteClosed, WriteSummary};
 pub const MAX_IO_LEN: u32 = 261_120;
 /// The largest packet accepted from a client.
 pub const MAX_PACKET_LEN: u32 = 256 * 1024;
+/// The most a WRITE may start past the end of the file. Clients with many writes in flight
+/// (pkg/sftp, asyncssh) may have them arrive out of order, up to their window of requests
+/// (asyncssh: 128 of 255 KiB); beyond that a write would only make a sparse file.
+pub const MAX_WRITE_GAP: u64 = 32 * 1024 * 1024;
 /// Open handles per session.
 pub const MAX_HANDLES: usize = 64;
 

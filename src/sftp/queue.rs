@@ -2,13 +2,21 @@
 //!
 //! Replies are queued in request order. A READ is queued as a description and its data is
 //! read only when the writer is ready to send it, so a client that pipelines thousands of
-//! reads (paramiko prefetches a whole file) costs a few bytes per request, not the data.
-//! Small replies are appended to one buffer so that they leave in one channel message.
+//! reads (paramiko prefetches a whole file) costs a few bytes per request, not the data;
+//! consecutive reads of one handle (the same length, contiguous offsets, consecutive ids)
+//! share one description, so a prefetch of any size costs the same. Small replies are
+//! appended to one buffer so that they leave in one channel message.
+//!
+//! The queue holds at most [`REPLY_BUDGET`] bytes: encoded replies, read data taken from
+//! the file early (see [`ReplyQueue::settle_reads`]) and a fixed cost per description.
+//! When it is full the request loop waits for the writer, so it stops reading the client's
+//! requests: a client that sends requests without reading the replies (or keeps its
+//! window shut) holds a bounded amount of memory, however many it sends.
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
@@ -18,13 +26,18 @@ use super::Activity;
 
 /// Small replies are coalesced up to this size before a new buffer is started.
 const COALESCE: usize = 64 * 1024;
+/// The bytes of replies a session may have queued before its request loop waits.
+pub const REPLY_BUDGET: usize = 2 * 1024 * 1024;
+/// What a READ description is charged against the budget (its size, rounded up).
+const DESCRIPTION_COST: usize = 64;
 
 pub(crate) enum Item {
     Encoded(BytesMut),
     Read(PendingRead),
 }
 
-/// A READ whose data is read only when its reply is encoded.
+/// `count` READs whose data is read only when their replies are encoded: the k-th has id
+/// `id + k` and reads `len` bytes at `offset + k * len`.
 pub(crate) struct PendingRead {
     pub id: u32,
     pub file: Arc<File>,
@@ -32,19 +45,77 @@ pub(crate) struct PendingRead {
     pub sent: Arc<AtomicU64>,
     pub offset: u64,
     pub len: u32,
+    pub count: u32,
+}
+
+impl PendingRead {
+    /// Whether `next` is the read that follows this run, so that it can join it.
+    fn continued_by(&self, next: &PendingRead) -> bool {
+        Arc::ptr_eq(&self.file, &next.file)
+            && next.len == self.len
+            && next.count == 1
+            && self.count < u32::MAX
+            && next.id == self.id.wrapping_add(self.count)
+            && Some(next.offset)
+                == u64::from(self.count)
+                    .checked_mul(self.len.into())
+                    .and_then(|n| n.checked_add(self.offset))
+    }
+
+    /// Splits off the first read of the run; `None` when it was the last.
+    fn take_first(&mut self) -> Option<PendingRead> {
+        if self.count <= 1 {
+            return None;
+        }
+        let first = PendingRead {
+            id: self.id,
+            file: self.file.clone(),
+            sent: self.sent.clone(),
+            offset: self.offset,
+            len: self.len,
+            count: 1,
+        };
+        self.id = self.id.wrapping_add(1);
+        self.offset += u64::from(self.len);
+        self.count -= 1;
+        Some(first)
+    }
 }
 
 #[derive(Default)]
 struct Inner {
     items: VecDeque<Item>,
-    /// How many of `items` are unread `Item::Read`s.
+    /// How many of `items` are `Item::Read`s.
     reads: usize,
+    /// What `items` are charged against the budget.
+    bytes: usize,
+    /// The request loop waits for room.
+    waiting: bool,
     closed: bool,
+    /// The writer is gone: replies are dropped instead of queued, and nobody waits.
+    abandoned: bool,
+}
+
+impl Inner {
+    /// Returns `n` bytes of budget; true if the loop waits and should be woken.
+    fn release(&mut self, n: usize) -> bool {
+        self.bytes -= n;
+        // Woken at half the budget, not at the first free byte: the loop then fills the
+        // queue in batches instead of waking once per reply.
+        let wake = self.waiting && self.bytes <= REPLY_BUDGET / 2;
+        if wake {
+            self.waiting = false;
+        }
+        wake
+    }
 }
 
 pub(crate) struct ReplyQueue {
     inner: Mutex<Inner>,
+    /// The writer waits here for replies.
     ready: Notify,
+    /// The request loop waits here for room.
+    room: Condvar,
     /// Where the bytes sent by reads are counted, whichever path encodes them.
     activity: Arc<Activity>,
 }
@@ -54,11 +125,13 @@ impl ReplyQueue {
         ReplyQueue {
             inner: Mutex::default(),
             ready: Notify::new(),
+            room: Condvar::new(),
             activity,
         }
     }
 
-    /// Appends the reply to a READ (its data, or EOF/failure) and counts what it sends.
+    /// Appends the reply to a single READ (its data, or EOF/failure) and counts what it
+    /// sends.
     pub fn encode_read(&self, buf: &mut BytesMut, r: &PendingRead) {
         let n = encode_read(buf, r.id, &r.file, r.offset, r.len) as u64;
         r.sent.fetch_add(n, Ordering::Relaxed);
@@ -69,46 +142,101 @@ impl ReplyQueue {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends an encoded reply.
-    pub fn push(&self, encode: impl FnOnce(&mut Encoder)) {
+    /// The lock, once the queue has room (or has been abandoned).
+    fn lock_with_room(&self) -> MutexGuard<'_, Inner> {
         let mut inner = self.lock();
-        match inner.items.back_mut() {
-            Some(Item::Encoded(buf)) if buf.len() < COALESCE => encode(&mut Encoder(buf)),
+        while inner.bytes >= REPLY_BUDGET && !inner.abandoned {
+            inner.waiting = true;
+            inner = self.room.wait(inner).unwrap_or_else(|p| p.into_inner());
+        }
+        inner
+    }
+
+    /// Appends an encoded reply, once there is room for it.
+    pub fn push(&self, encode: impl FnOnce(&mut Encoder)) {
+        let mut inner = self.lock_with_room();
+        if inner.abandoned {
+            return;
+        }
+        let added = match inner.items.back_mut() {
+            Some(Item::Encoded(buf)) if buf.len() < COALESCE => {
+                let before = buf.len();
+                encode(&mut Encoder(buf));
+                buf.len() - before
+            }
             _ => {
                 let mut buf = BytesMut::with_capacity(256);
                 encode(&mut Encoder(&mut buf));
+                let n = buf.len();
                 inner.items.push_back(Item::Encoded(buf));
+                n
+            }
+        };
+        inner.bytes += added;
+        drop(inner);
+        self.ready.notify_one();
+    }
+
+    /// Queues a single READ (`count` 1), once there is room for it.
+    pub fn push_read(&self, read: PendingRead) {
+        let mut inner = self.lock_with_room();
+        if inner.abandoned {
+            return;
+        }
+        match inner.items.back_mut() {
+            Some(Item::Read(run)) if run.continued_by(&read) => run.count += 1,
+            _ => {
+                inner.items.push_back(Item::Read(read));
+                inner.reads += 1;
+                inner.bytes += DESCRIPTION_COST;
             }
         }
         drop(inner);
         self.ready.notify_one();
     }
 
-    pub fn push_read(&self, read: PendingRead) {
-        let mut inner = self.lock();
-        inner.items.push_back(Item::Read(read));
-        inner.reads += 1;
-        drop(inner);
-        self.ready.notify_one();
-    }
-
-    pub fn len(&self) -> usize {
-        self.lock().items.len()
-    }
-
-    /// Performs every queued read now. Called before the file is modified, so a read
-    /// answers with the data as it was when the read was requested.
+    /// Takes every queued read's data from the file now, in order. Called before the file
+    /// is modified, so that a read answers with the data as it was when it was requested.
+    /// Data is taken only while the queue has room; past that this waits for the writer
+    /// to send what is queued (which sends the oldest reads in the meantime).
     pub fn settle_reads(&self) {
         let mut inner = self.lock();
-        if inner.reads == 0 {
-            return;
+        let mut i = 0;
+        while inner.reads > 0 && !inner.abandoned {
+            if inner.bytes >= REPLY_BUDGET {
+                inner.waiting = true;
+                inner = self.room.wait(inner).unwrap_or_else(|p| p.into_inner());
+                // The writer popped from the front meanwhile: look again from there.
+                i = 0;
+                continue;
+            }
+            if i >= inner.items.len() {
+                break;
+            }
+            if let Some(Item::Read(_)) = inner.items.get(i) {
+                self.settle_one(&mut inner, i);
+            }
+            i += 1;
         }
-        inner.reads = 0;
-        for item in inner.items.iter_mut() {
-            if let Item::Read(r) = item {
-                let mut buf = BytesMut::new();
-                self.encode_read(&mut buf, r);
-                *item = Item::Encoded(buf);
+    }
+
+    /// Replaces the first read of the run at `i` by its encoded reply.
+    fn settle_one(&self, inner: &mut Inner, i: usize) {
+        let Some(Item::Read(run)) = inner.items.get_mut(i) else {
+            return;
+        };
+        let mut buf = BytesMut::new();
+        match run.take_first() {
+            Some(first) => {
+                self.encode_read(&mut buf, &first);
+                inner.bytes += buf.len();
+                inner.items.insert(i, Item::Encoded(buf));
+            }
+            None => {
+                self.encode_read(&mut buf, run);
+                inner.bytes = inner.bytes + buf.len() - DESCRIPTION_COST;
+                inner.reads -= 1;
+                inner.items[i] = Item::Encoded(buf);
             }
         }
     }
@@ -119,12 +247,43 @@ impl ReplyQueue {
         self.ready.notify_one();
     }
 
-    /// The next reply if one is queued now.
+    /// The writer is gone (the client or the connection is): what is queued is dropped,
+    /// later replies are not queued, and a request loop waiting for room goes on.
+    pub fn abandon(&self) {
+        let mut inner = self.lock();
+        inner.abandoned = true;
+        inner.items.clear();
+        (inner.reads, inner.bytes) = (0, 0);
+        drop(inner);
+        self.room.notify_all();
+    }
+
+    /// The bytes queued, as charged against the budget.
+    #[cfg(test)]
+    fn queued(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// The next reply if one is queued now: an encoded buffer, or a single READ.
     pub fn try_pop(&self) -> Option<Item> {
         let mut inner = self.lock();
+        if let Some(Item::Read(run)) = inner.items.front_mut() {
+            if let Some(first) = run.take_first() {
+                return Some(Item::Read(first));
+            }
+        }
         let item = inner.items.pop_front()?;
-        if matches!(item, Item::Read(_)) {
-            inner.reads -= 1;
+        let cost = match &item {
+            Item::Encoded(buf) => buf.len(),
+            Item::Read(_) => {
+                inner.reads -= 1;
+                DESCRIPTION_COST
+            }
+        };
+        let wake = inner.release(cost);
+        drop(inner);
+        if wake {
+            self.room.notify_one();
         }
         Some(item)
     }
@@ -252,6 +411,112 @@ fn read_into(buf: &mut BytesMut, file: &File, offset: u64, len: usize) -> std::i
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn queue_and_file(len: usize) -> (Arc<ReplyQueue>, Arc<File>) {
+        let mut f = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut f, &vec![7u8; len]).unwrap();
+        (Arc::new(ReplyQueue::new(Arc::default())), Arc::new(f))
+    }
+
+    fn read(file: &Arc<File>, id: u32, offset: u64, len: u32) -> PendingRead {
+        PendingRead {
+            id,
+            file: file.clone(),
+            sent: Arc::default(),
+            offset,
+            len,
+            count: 1,
+        }
+    }
+
+    /// The ids of the replies in `items`, in order (each reply starts with its length,
+    /// type and id).
+    fn ids(q: &ReplyQueue, item: Item) -> Vec<u32> {
+        let mut buf = BytesMut::new();
+        match item {
+            Item::Encoded(b) => buf = b,
+            Item::Read(r) => q.encode_read(&mut buf, &r),
+        }
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at + 9 <= buf.len() {
+            let len = u32::from_be_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
+            out.push(u32::from_be_bytes(buf[at + 5..at + 9].try_into().unwrap()));
+            at += 4 + len;
+        }
+        out
+    }
+
+    #[test]
+    fn a_prefetch_of_any_length_is_one_description() {
+        let (q, f) = queue_and_file(1000);
+        for i in 0..100_000u32 {
+            q.push_read(read(&f, 5 + i, u64::from(i) * 32768, 32768));
+        }
+        assert_eq!(q.queued(), DESCRIPTION_COST);
+        // Popped one read at a time, in order.
+        let first = q.try_pop().unwrap();
+        assert!(matches!(&first, Item::Read(r) if (r.id, r.offset, r.count) == (5, 0, 1)));
+        let Some(Item::Read(second)) = q.try_pop() else {
+            panic!("not a read")
+        };
+        assert_eq!((second.id, second.offset), (6, 32768));
+    }
+
+    #[test]
+    fn reads_out_of_order_are_separate_descriptions() {
+        let (q, f) = queue_and_file(1000);
+        q.push_read(read(&f, 1, 0, 100));
+        q.push_read(read(&f, 2, 0, 100));
+        q.push_read(read(&f, 4, 100, 100));
+        assert_eq!(q.queued(), 3 * DESCRIPTION_COST);
+    }
+
+    #[test]
+    fn settling_stays_within_the_budget_and_keeps_the_order() {
+        let len = crate::sftp::MAX_IO_LEN;
+        let (q, f) = queue_and_file(len as usize);
+        // 64 reads of 255 KiB at one offset: 16 MiB if all were taken from the file.
+        for i in 0..64 {
+            q.push_read(read(&f, i, 0, len));
+        }
+        q.push(|e| e.status(64, StatusCode::Ok, "Success"));
+        let settler = std::thread::spawn({
+            let q = q.clone();
+            move || q.settle_reads()
+        });
+        let mut seen = Vec::new();
+        let mut peak = 0;
+        while seen.len() < 65 {
+            peak = peak.max(q.queued());
+            match q.try_pop() {
+                Some(item) => seen.extend(ids(&q, item)),
+                None => std::thread::yield_now(),
+            }
+        }
+        settler.join().unwrap();
+        assert_eq!(seen, (0..65).collect::<Vec<_>>());
+        assert!(peak <= REPLY_BUDGET + len as usize + 64, "peak {peak}");
+    }
+
+    #[test]
+    fn a_full_queue_blocks_pushes_until_the_writer_goes() {
+        let (q, _) = queue_and_file(0);
+        let mut n = 0;
+        while q.queued() < REPLY_BUDGET {
+            q.push(|e| e.status(n, StatusCode::Ok, "Success"));
+            n += 1;
+        }
+        let pusher = std::thread::spawn({
+            let q = q.clone();
+            move || q.push(|e| e.status(u32::MAX, StatusCode::Ok, "Success"))
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!pusher.is_finished(), "pushed past the budget");
+        q.abandon();
+        pusher.join().unwrap();
+        assert_eq!(q.queued(), 0);
+    }
 
     #[test]
     fn buffers_come_back_once_released() {

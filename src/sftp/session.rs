@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::io::{IoSlice, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,16 +29,18 @@ use super::wire::{
     self, Attrs, DecodeError, Request, StatusCode, FXF_APPEND, FXF_CREAT, FXF_READ, FXF_TRUNC,
     FXF_WRITE,
 };
-use super::{Activity, Inbound, Outbound, SharedFile, MAX_HANDLES, MAX_IO_LEN, MAX_PACKET_LEN};
+use super::{
+    Activity, Inbound, Outbound, SharedFile, MAX_HANDLES, MAX_IO_LEN, MAX_PACKET_LEN, MAX_WRITE_GAP,
+};
 
-/// A client that stops reading replies while sending requests is cut off here.
-const MAX_QUEUED_REPLIES: usize = 1 << 20;
 /// Enough of a WRITE to decode what precedes its data with any handle this server issues.
 const WRITE_HEAD_MAX: usize = 128;
 /// Received chunks waiting for the request thread.
 const PUMP_QUEUE: usize = 16;
 /// How long pending replies may take to drain when the session ends.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long replies may hold up a session the server is closing.
+const SHUTDOWN_REPLY_WAIT: Duration = Duration::from_secs(1);
 /// How long a request waits for what an ended session received to be written.
 const OTHER_SESSIONS_WAIT: Duration = Duration::from_secs(30);
 
@@ -72,6 +75,22 @@ struct OpenFile {
     /// Bytes sent to the client from this handle (counted by the reply writer).
     sent: Arc<AtomicU64>,
     opened: Instant,
+    /// The end of the file as this handle last saw it, so that most writes need not ask.
+    end: u64,
+}
+
+impl OpenFile {
+    /// Whether a write at `offset` would leave more than [`MAX_WRITE_GAP`] bytes unwritten
+    /// before it: the file must stay a contiguous prefix of the upload (resume relies on
+    /// it), and a write far past the end would make a huge sparse file.
+    fn gap_too_large(&mut self, offset: u64) -> bool {
+        if offset <= self.end.saturating_add(MAX_WRITE_GAP) {
+            return false;
+        }
+        // Another handle or session may have written further meanwhile.
+        self.end = self.file.metadata().map(|m| m.len()).unwrap_or(self.end);
+        offset > self.end.saturating_add(MAX_WRITE_GAP)
+    }
 }
 
 enum Handle {
@@ -118,9 +137,12 @@ pub async fn serve<I: Inbound, O: Outbound>(
         move || {
             runtime.block_on(async move {
                 tokio::select! {
-                    _ = write_replies(queue, output) => {}
+                    _ = write_replies(queue.clone(), output) => {}
                     _ = stop.cancelled() => {}
                 }
+                // However it ended, nothing more is sent: a request loop waiting for room
+                // in the queue must not wait for it.
+                queue.abandon();
             })
         }
     });
@@ -143,26 +165,47 @@ pub async fn serve<I: Inbound, O: Outbound>(
     // run every other connection's crypto. This task only pumps bytes to it.
     let (tx, rx) = mpsc::channel::<Bytes>(PUMP_QUEUE);
     let span = tracing::Span::current();
-    let worker = tokio::task::spawn_blocking(move || span.in_scope(|| session.run(rx)));
+    let mut worker = tokio::task::spawn_blocking(move || span.in_scope(|| session.run(rx)));
     tokio::pin!(shutdown);
+    // How long the replies to what was received may hold the request loop once input has
+    // ended: a while for a client that ended its input, little when the server ends it.
+    let mut reply_wait = DRAIN_TIMEOUT;
     loop {
         let chunk = tokio::select! {
             chunk = input.recv() => chunk,
-            _ = &mut shutdown => None,
+            _ = &mut shutdown => {
+                reply_wait = SHUTDOWN_REPLY_WAIT;
+                None
+            }
             _ = &mut writer => None,
         };
         let Some(chunk) = chunk else { break };
-        if tx.send(chunk).await.is_err() {
-            break;
-        }
-        if queue.len() > MAX_QUEUED_REPLIES {
-            tracing::warn!("client does not read replies; closing the session");
+        // The request loop stops taking chunks while its reply queue is full, and this
+        // then stops reading the channel: that is the backpressure on a client that does
+        // not read its replies. Shutdown is still heard meanwhile.
+        let sent = tokio::select! {
+            sent = tx.send(chunk) => sent.is_ok(),
+            _ = &mut shutdown => {
+                reply_wait = SHUTDOWN_REPLY_WAIT;
+                false
+            }
+            _ = &mut writer => false,
+        };
+        if !sent {
             break;
         }
     }
     membership.draining();
     drop(tx);
-    let summary = worker.await.unwrap_or_default();
+    // What was received is still handled (its writes are what a resume starts from), but
+    // its replies may wait only so long for a client that does not read them.
+    let summary = match tokio::time::timeout(reply_wait, &mut worker).await {
+        Ok(summary) => summary.unwrap_or_default(),
+        Err(_) => {
+            queue.abandon();
+            worker.await.unwrap_or_default()
+        }
+    };
     drop(membership);
     queue.close();
     if !writer.is_finished() {
@@ -441,6 +484,7 @@ impl Session {
                         sent: f.sent.clone(),
                         offset,
                         len: len.min(MAX_IO_LEN),
+                        count: 1,
                     };
                     self.queue.push_read(read);
                 }
@@ -534,7 +578,8 @@ impl Session {
             }
         }
         let mut opts = OpenOptions::new();
-        opts.read(read);
+        // The dump is private whatever the umask.
+        opts.read(read).mode(0o600);
         if write {
             opts.write(true)
                 .create(true)
@@ -543,6 +588,7 @@ impl Session {
         }
         match opts.open(&path) {
             Ok(file) => {
+                let end = file.metadata().map(|m| m.len()).unwrap_or(0);
                 if truncate && append {
                     if let Err(e) = file.set_len(0) {
                         return self.fail_io(id, &e);
@@ -569,6 +615,7 @@ impl Session {
                     written: 0,
                     sent: Arc::default(),
                     opened: Instant::now(),
+                    end,
                 };
                 if self.add_handle(id, Handle::File(handle)) && write {
                     self.activity.writers.fetch_add(1, Ordering::Relaxed);
@@ -579,8 +626,9 @@ impl Session {
     }
 
     fn write(&mut self, id: u32, handle: &[u8], offset: u64, data: &[Bytes]) {
-        self.queue.settle_reads();
         let max_size = self.shared.max_size;
+        // Everything that can refuse the write is checked before queued reads are settled:
+        // a refused write must cost nothing.
         let Some(f) = self.file_handle(handle) else {
             return self.status(id, StatusCode::Failure, "invalid handle");
         };
@@ -591,23 +639,36 @@ impl Session {
                 "handle not open for writing",
             );
         }
-        let len = data.iter().map(Bytes::len).sum::<usize>();
-        if let Some(max) = max_size {
-            let at = if f.append {
-                f.file.metadata().map(|m| m.len()).unwrap_or(u64::MAX)
-            } else {
-                offset
-            };
-            if at.saturating_add(len as u64) > max {
-                let msg = format!("upload size limit of {max} bytes exceeded");
-                tracing::warn!(target: "audit", event = "write-refused", reason = %msg, "write refused");
-                self.activity.write_errors.fetch_add(1, Ordering::Relaxed);
-                return self.status(id, StatusCode::Failure, &msg);
-            }
+        let len = data.iter().map(Bytes::len).sum::<usize>() as u64;
+        let at = match (f.append, max_size) {
+            (true, Some(_)) => f.file.metadata().map(|m| m.len()).unwrap_or(u64::MAX),
+            (true, None) => f.end,
+            (false, _) => offset,
+        };
+        let refusal = if max_size.is_some_and(|max| at.saturating_add(len) > max) {
+            max_size.map(|max| format!("upload size limit of {max} bytes exceeded"))
+        } else if !f.append && f.gap_too_large(offset) {
+            Some(format!(
+                "write at offset {offset} would leave a hole of more than {MAX_WRITE_GAP} bytes \
+                 past the end of the file"
+            ))
+        } else {
+            None
+        };
+        if let Some(msg) = refusal {
+            tracing::warn!(target: "audit", event = "write-refused", reason = %msg, "write refused");
+            self.activity.write_errors.fetch_add(1, Ordering::Relaxed);
+            return self.status(id, StatusCode::Failure, &msg);
         }
+        self.queue.settle_reads();
+        let Some(f) = self.file_handle(handle) else {
+            return self.status(id, StatusCode::Failure, "invalid handle");
+        };
+        let len = len as usize;
         match write_pieces(&f.file, f.append, offset, data) {
             Ok(()) => {
                 f.written += len as u64;
+                f.end = f.end.max(at.saturating_add(len as u64));
                 self.summary.bytes_written += len as u64;
                 self.activity.wrote(len);
                 self.ok(id);
@@ -743,6 +804,7 @@ impl Session {
                     owned = OpenOptions::new()
                         .write(true)
                         .create(true)
+                        .mode(0o600)
                         .truncate(false)
                         .open(path)?;
                     &owned
@@ -751,6 +813,12 @@ impl Session {
             if let Some(size) = attrs.size {
                 if self.shared.max_size.is_some_and(|max| size > max) {
                     return Err(std::io::Error::other("upload size limit exceeded"));
+                }
+                // As for writes: the file stays a prefix of the upload, not a sparse giant.
+                if size > file.metadata()?.len().saturating_add(MAX_WRITE_GAP) {
+                    return Err(std::io::Error::other(format!(
+                        "size {size} would leave a hole of more than {MAX_WRITE_GAP} bytes"
+                    )));
                 }
                 file.set_len(size)?;
             }
@@ -918,6 +986,7 @@ fn ensure_exists(path: &Path) -> std::io::Result<()> {
     OpenOptions::new()
         .write(true)
         .create(true)
+        .mode(0o600)
         .truncate(false)
         .open(path)
         .map(drop)
