@@ -35,6 +35,18 @@ pub struct Settings {
     /// Most concurrent SSH connections [default: 1024]
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Connections from one address (IPv6: one /64) that have not logged in yet [default: 10]
+    #[arg(long, value_name = "N")]
+    pub max_startups_per_source: Option<u32>,
+    /// All connections from one address (IPv6: one /64) [default: half of --max-connections]
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_source: Option<u32>,
+    /// New connections per second from one address, in bursts of twice that; 0 disables [default: 10]
+    #[arg(long, value_name = "N")]
+    pub connection_rate_per_source: Option<u32>,
+    /// Live SSH sessions of one request [default: 10]
+    #[arg(long, value_name = "N")]
+    pub max_sessions_per_request: Option<usize>,
     /// Seconds a connection may take to authenticate [default: 30]
     #[arg(long, value_name = "SECONDS")]
     pub login_grace_secs: Option<u64>,
@@ -134,6 +146,18 @@ impl Settings {
             public_port: self.public_port.or(base.public_port),
             admin_token_file: self.admin_token_file.or(base.admin_token_file),
             max_connections: self.max_connections.or(base.max_connections),
+            max_startups_per_source: self
+                .max_startups_per_source
+                .or(base.max_startups_per_source),
+            max_connections_per_source: self
+                .max_connections_per_source
+                .or(base.max_connections_per_source),
+            connection_rate_per_source: self
+                .connection_rate_per_source
+                .or(base.connection_rate_per_source),
+            max_sessions_per_request: self
+                .max_sessions_per_request
+                .or(base.max_sessions_per_request),
             login_grace_secs: self.login_grace_secs.or(base.login_grace_secs),
             idle_timeout_secs: self.idle_timeout_secs.or(base.idle_timeout_secs),
             access_ttl: self.access_ttl.or(base.access_ttl),
@@ -149,6 +173,7 @@ impl Settings {
     /// Fills in the embedded defaults.
     pub fn resolve(self) -> Config {
         let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from("data"));
+        let max_connections = self.max_connections.unwrap_or(1024).max(1);
         Config {
             listen: self.listen.unwrap_or_else(|| ([0, 0, 0, 0], 2200).into()),
             admin_listen: self
@@ -161,7 +186,15 @@ impl Settings {
             host_key_dir: self.host_key_dir.unwrap_or_else(|| PathBuf::from("keys")),
             public_host: self.public_host.unwrap_or_else(machine_hostname),
             public_port: self.public_port,
-            max_connections: self.max_connections.unwrap_or(1024).max(1),
+            max_connections,
+            // Half of the global cap by default: one address can never fill it alone.
+            max_startups_per_source: self.max_startups_per_source.unwrap_or(10).max(1),
+            max_connections_per_source: self
+                .max_connections_per_source
+                .unwrap_or((max_connections / 2).max(1) as u32)
+                .max(1),
+            connection_rate_per_source: self.connection_rate_per_source.unwrap_or(10),
+            max_sessions_per_request: self.max_sessions_per_request.unwrap_or(10).max(1),
             login_grace: Duration::from_secs(self.login_grace_secs.unwrap_or(30).max(1)),
             idle_timeout: Duration::from_secs(self.idle_timeout_secs.unwrap_or(600).max(1)),
             access_ttl: self.access_ttl.unwrap_or(Duration::from_secs(24 * 3600)),
@@ -187,6 +220,10 @@ pub struct Config {
     pub public_port: Option<u16>,
     pub admin_token_file: PathBuf,
     pub max_connections: usize,
+    pub max_startups_per_source: u32,
+    pub max_connections_per_source: u32,
+    pub connection_rate_per_source: u32,
+    pub max_sessions_per_request: usize,
     pub login_grace: Duration,
     pub idle_timeout: Duration,
     pub access_ttl: Duration,

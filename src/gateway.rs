@@ -49,6 +49,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     hook: Option<Hook>,
     max_upload_size: Option<u64>,
+    /// Live sessions one request may have (like SFTPGo's max_sessions).
+    max_sessions_per_request: usize,
     /// Parsed keys per request, with the text they were parsed from.
     keys: Mutex<HashMap<u64, ParsedKeys>>,
     live: Mutex<HashMap<u64, Live>>,
@@ -85,12 +87,14 @@ impl Gateway {
         store: Arc<dyn Store>,
         hook: Option<Hook>,
         max_upload_size: Option<u64>,
+        max_sessions_per_request: usize,
     ) -> Arc<Gateway> {
         Arc::new(Gateway {
             store,
             metrics: Metrics::default(),
             hook,
             max_upload_size,
+            max_sessions_per_request,
             keys: Mutex::default(),
             live: Mutex::default(),
             next_session: AtomicU64::new(1),
@@ -285,19 +289,30 @@ impl Gateway {
     }
 
     /// Registers an authenticated connection; `kick` is cancelled when its grant ends.
+    /// `None` when the request already has as many live sessions as it may.
     pub fn register(
         self: &Arc<Self>,
         session: u64,
         grant: &Grant,
         peer: SocketAddr,
         kick: CancellationToken,
-    ) -> LiveGuard {
+    ) -> Option<LiveGuard> {
         let filename = self
             .store
             .get(grant.request_id)
             .map(|r| r.filename)
             .unwrap_or_default();
-        self.lock_live().insert(
+        let mut live = self.lock_live();
+        // Counted and inserted under one lock, so that logins racing each other cannot
+        // pass the cap together.
+        let sessions = live
+            .values()
+            .filter(|l| l.request_id == grant.request_id)
+            .count();
+        if sessions >= self.max_sessions_per_request {
+            return None;
+        }
+        live.insert(
             session,
             Live {
                 request_id: grant.request_id,
@@ -308,10 +323,11 @@ impl Gateway {
                 kick,
             },
         );
-        LiveGuard {
+        drop(live);
+        Some(LiveGuard {
             gateway: self.clone(),
             session,
-        }
+        })
     }
 
     /// Client addresses of the live sessions of a request.
@@ -387,7 +403,7 @@ mod tests {
     fn a_deleted_request_leaves_its_totals_and_nothing_else() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Arc::new(FileStore::open(dir.path()).expect("store"));
-        let g = Gateway::new(store, None, None);
+        let g = Gateway::new(store, None, None, 10);
         let held = g.activity(7);
         held.bytes_written.store(1000, Ordering::Relaxed);
         g.activity(8).bytes_written.store(234, Ordering::Relaxed);

@@ -12,6 +12,7 @@ pub mod hook;
 pub mod http;
 pub mod keys;
 pub mod metrics;
+pub mod ratelog;
 pub mod server;
 pub mod sftp;
 pub mod shutdown;

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::hook::Hook;
 use crate::keys::{fingerprint, load_or_generate_host_key};
-use crate::ssh::{PenaltyPolicy, SshServer, SshSettings};
+use crate::ssh::{PenaltyPolicy, SourcePolicy, SshServer, SshSettings};
 use crate::store::FileStore;
 
 /// How long shutdown waits for sessions to flush and close.
@@ -121,12 +121,22 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         );
     }
     let hook = cfg.on_upload_closed.clone().map(Hook::start);
-    let gateway = Gateway::new(Arc::new(store), hook, cfg.max_upload_size);
+    let gateway = Gateway::new(
+        Arc::new(store),
+        hook,
+        cfg.max_upload_size,
+        cfg.max_sessions_per_request,
+    );
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let settings = SshSettings {
         host_key,
         max_connections: cfg.max_connections,
+        sources: SourcePolicy {
+            max_unauthenticated: cfg.max_startups_per_source,
+            max_connections: cfg.max_connections_per_source,
+            rate: cfg.connection_rate_per_source,
+        },
         login_grace: cfg.login_grace,
         idle_timeout: cfg.idle_timeout,
         penalties: PenaltyPolicy {

@@ -14,7 +14,8 @@ use common::*;
 
 #[test]
 fn three_hundred_concurrent_sessions_all_upload() {
-    let g = Gateway::start();
+    // All from 127.0.0.1, all logging in at once.
+    let g = Gateway::start_with(&["--max-startups-per-source", "300"]);
     let work = g.dir.path();
     let key = ClientKey::new(work, "many");
     // More sessions than tokio's default pool of 512 blocking threads can serve at two
@@ -61,7 +62,14 @@ fn connection_floods_are_dropped_and_a_real_upload_still_works() {
     g.stop("TERM");
     // Penalties are off here: from one address, this flood would (rightly) get 127.0.0.1
     // refused, legitimate client included; they have their own test below.
-    g.launch(&["--login-grace-secs", "2", "--penalty-failures", "0"]);
+    g.launch(&[
+        "--login-grace-secs",
+        "2",
+        "--penalty-failures",
+        "0",
+        "--max-startups-per-source",
+        "1000",
+    ]);
     let work = g.dir.path().to_path_buf();
     let key = ClientKey::new(&work, "legit");
     g.provision(7, "db.dump", &key);

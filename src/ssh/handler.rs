@@ -20,6 +20,7 @@ use super::Conn;
 use crate::gateway::{Gateway, Grant, LiveGuard};
 use crate::keys::fingerprint;
 use crate::metrics::Metrics;
+use crate::ratelog::{LogBudget, Verdict};
 
 pub struct SshHandler {
     gateway: Arc<Gateway>,
@@ -31,6 +32,16 @@ pub struct SshHandler {
     /// The one session channel, until its subsystem starts.
     pending: Option<(ChannelId, oneshot::Sender<Start>)>,
     channel_opened: bool,
+    refusals: LogBudget,
+}
+
+impl Drop for SshHandler {
+    fn drop(&mut self) {
+        let suppressed = self.refusals.pending();
+        if suppressed > 0 {
+            tracing::info!(target: "audit", event = "refusals-suppressed", session = self.session, peer = %self.peer, suppressed, "refusals not logged one by one");
+        }
+    }
 }
 
 fn reject() -> Auth {
@@ -58,6 +69,7 @@ impl SshHandler {
             _live: None,
             pending: None,
             channel_opened: false,
+            refusals: LogBudget::default(),
         }
     }
 
@@ -68,17 +80,23 @@ impl SshHandler {
         reject()
     }
 
-    fn refuse_channel(&self, kind: &str) {
-        tracing::info!(target: "audit", event = "channel-refused", session = self.session, peer = %self.peer, kind, "refused");
+    /// Refused channels and requests cost a client nothing to repeat: a few are logged per
+    /// window, the rest counted into the next line (or the last, when the client goes).
+    fn refuse_channel(&mut self, kind: &str) {
+        if let Verdict::Log { suppressed } = self.refusals.check() {
+            tracing::info!(target: "audit", event = "channel-refused", session = self.session, peer = %self.peer, kind, suppressed, "refused");
+        }
     }
 
     fn refuse_request(
-        &self,
+        &mut self,
         kind: &str,
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), russh::Error> {
-        tracing::info!(target: "audit", event = "request-refused", session = self.session, peer = %self.peer, kind, "refused");
+        if let Verdict::Log { suppressed } = self.refusals.check() {
+            tracing::info!(target: "audit", event = "request-refused", session = self.session, peer = %self.peer, kind, suppressed, "refused");
+        }
         session.channel_failure(channel)
     }
 }
@@ -149,6 +167,22 @@ impl russh::server::Handler for SshHandler {
         else {
             return Ok(reject());
         };
+        let Some(live) =
+            self.gateway
+                .register(self.session, &grant, self.peer, self.conn.kick.clone())
+        else {
+            tracing::warn!(
+                target: "audit",
+                event = "login-refused",
+                session = self.session,
+                peer = %self.peer,
+                user,
+                request = grant.request_id,
+                key = %fingerprint(key.public_key),
+                "the request has as many live sessions as it may"
+            );
+            return Ok(reject());
+        };
         tracing::info!(
             target: "audit",
             event = "login",
@@ -160,11 +194,8 @@ impl russh::server::Handler for SshHandler {
             key = %fingerprint(key.public_key),
             "accepted"
         );
-        self._live =
-            Some(
-                self.gateway
-                    .register(self.session, &grant, self.peer, self.conn.kick.clone()),
-            );
+        self._live = Some(live);
+        self.conn.source.logged_in();
         self.grant = Some(grant);
         self.conn.authenticated.store(true, Ordering::Release);
         Metrics::inc(&self.gateway.metrics.auth_success_total);

@@ -5,9 +5,11 @@ mod channel;
 mod handler;
 mod hangup;
 mod penalty;
+mod sources;
 mod watchdog;
 
 pub use penalty::PenaltyPolicy;
+pub use sources::SourcePolicy;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -27,9 +29,11 @@ use tracing::Instrument;
 
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
+use crate::ratelog::{LogBudget, Verdict};
 use crate::sftp::HangupProbe;
 use handler::SshHandler;
 use penalty::Penalties;
+use sources::{SourceGuard, Sources};
 use watchdog::{Progress, Watched};
 
 /// Largest SSH packet a client may send us: 64 KiB carries a 32 KiB SFTP write and its
@@ -52,6 +56,7 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct SshSettings {
     pub host_key: PrivateKey,
     pub max_connections: usize,
+    pub sources: SourcePolicy,
     pub login_grace: Duration,
     pub idle_timeout: Duration,
     pub penalties: PenaltyPolicy,
@@ -146,12 +151,17 @@ pub struct SshServer {
     pub idle_timeout: Duration,
     pub connections: Arc<Semaphore>,
     penalties: Penalties,
+    sources: Arc<Sources>,
+    /// Refusals at the global cap are logged a few per window, not one line each.
+    cap_log: Mutex<LogBudget>,
 }
 
 /// Per-connection state shared between the accept loop's task and the russh handler.
 pub(crate) struct Conn {
     /// Cancelled to end the connection (shutdown or revoked grant).
     pub kick: CancellationToken,
+    /// Its place among its source's connections.
+    pub source: SourceGuard,
     pub authenticated: AtomicBool,
     /// Whether the client tried to authenticate at all.
     pub auth_attempted: AtomicBool,
@@ -170,6 +180,8 @@ impl SshServer {
             idle_timeout: settings.idle_timeout,
             connections: Arc::new(Semaphore::new(settings.max_connections)),
             penalties: Penalties::new(settings.penalties),
+            sources: Sources::new(settings.sources),
+            cap_log: Mutex::default(),
         })
     }
 
@@ -198,8 +210,21 @@ impl SshServer {
                 drop(socket);
                 continue;
             }
+            let source = match self.sources.admit(peer.ip()) {
+                Ok(source) => source,
+                Err((refusal, verdict)) => {
+                    if let Verdict::Log { suppressed } = verdict {
+                        tracing::warn!(target: "audit", event = "refused", %peer, reason = refusal.reason(), suppressed, "connection refused");
+                    }
+                    drop(socket);
+                    continue;
+                }
+            };
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
-                tracing::warn!(target: "audit", event = "refused", %peer, "connection limit reached");
+                let verdict = self.cap_log.lock().map(|mut l| l.check());
+                if let Ok(Verdict::Log { suppressed }) = verdict {
+                    tracing::warn!(target: "audit", event = "refused", %peer, suppressed, "connection limit reached");
+                }
                 drop(socket);
                 continue;
             };
@@ -212,7 +237,7 @@ impl SshServer {
             let kick = shutdown.child_token();
             tracker.spawn(
                 async move {
-                    server.connection(socket, peer, session, kick).await;
+                    server.connection(socket, peer, session, kick, source).await;
                     Metrics::dec(&server.gateway.metrics.connections_current);
                     drop(permit);
                 }
@@ -227,9 +252,11 @@ impl SshServer {
         peer: SocketAddr,
         session: u64,
         kick: CancellationToken,
+        source: SourceGuard,
     ) {
         let conn = Arc::new(Conn {
             kick,
+            source,
             authenticated: AtomicBool::new(false),
             auth_attempted: AtomicBool::new(false),
             sftp: Mutex::new(None),

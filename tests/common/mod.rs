@@ -44,6 +44,14 @@ impl Gateway {
         g
     }
 
+    /// Starts it on 127.0.0.1 with `extra` flags.
+    pub fn start_with(extra: &[&str]) -> Gateway {
+        let mut g = Gateway::start();
+        g.stop("TERM");
+        g.launch(extra);
+        g
+    }
+
     pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -66,6 +74,14 @@ impl Gateway {
             .arg("--host-key-dir")
             .arg(self.dir.path().join("hostkeys"))
             .args(extra)
+            // Tests connect from 127.0.0.1 one after another, faster than the default
+            // per-source rate allows; the tests of that limit set it.
+            .args(
+                (!extra.contains(&"--connection-rate-per-source"))
+                    .then_some(["--connection-rate-per-source", "0"])
+                    .into_iter()
+                    .flatten(),
+            )
             .env("SFTPGATE_ADMIN_TOKEN", TOKEN)
             .env("SFTPGATE_LOG", "info,russh=warn")
             .envs(env.iter().copied())
