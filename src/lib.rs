@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod hook;
 pub mod http;
 pub mod keys;
+pub mod limits;
 pub mod metrics;
 pub mod ratelog;
 pub mod server;

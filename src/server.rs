@@ -19,7 +19,7 @@ use crate::gateway::Gateway;
 use crate::hook::Hook;
 use crate::keys::{fingerprint, load_or_generate_host_key};
 use crate::ssh::{PenaltyPolicy, SourcePolicy, SshServer, SshSettings};
-use crate::store::FileStore;
+use crate::store::{private, FileStore};
 
 /// How long shutdown waits for sessions to flush and close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
@@ -60,6 +60,8 @@ fn admin_token(path: &Path) -> anyhow::Result<String> {
                 "admin token file {} is empty",
                 path.display()
             );
+            // One written readable by an older version, or by hand.
+            private::tighten(path);
             return Ok(t.trim().to_string());
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -72,7 +74,7 @@ fn admin_token(path: &Path) -> anyhow::Result<String> {
     rand::rngs::OsRng.fill_bytes(&mut raw);
     let token = hex::encode(raw);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        private::create_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -88,7 +90,7 @@ fn admin_token(path: &Path) -> anyhow::Result<String> {
 
 /// Starts everything; returns once both listeners are bound.
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
-    std::fs::create_dir_all(&cfg.data_dir)
+    private::create_dir(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
     let store = FileStore::open(&cfg.data_dir).context("cannot open the request store")?;
     let (host_key, generated) = load_or_generate_host_key(&cfg.host_key_dir)?;
@@ -162,6 +164,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let app = admin::router(state);
     let stop = shutdown.clone();
     tracker.spawn(async move {
+        // With the peer's address, which the customers' key throttle counts failures by.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let server = axum::serve(admin_listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await });
         if let Err(e) = server.await {

@@ -233,15 +233,6 @@ fn access(g: &Gateway, form: &[(&str, &str)], query: &str) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
 }
 
-fn reasons(v: &Value) -> Vec<String> {
-    v["failures"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["reason"].as_str().unwrap().to_string())
-        .collect()
-}
-
 /// The reference's curl sample pastes the key into the URL unencoded, so a `+` in it
 /// arrives as a space.
 #[test]

@@ -4,11 +4,11 @@
 //! Like the reference, it always answers 200 with a JSON body whose `failures` list is
 //! empty on success.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{FromRequest, Multipart, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, Multipart, Request, State};
 use axum::http::header;
 use axum::Json;
 use serde_json::{json, Value};
@@ -18,44 +18,72 @@ use time::OffsetDateTime;
 use super::requests::{keys_failures, save};
 use super::{AdminState, Failure};
 use crate::keys::{parse_authorized_keys, MAX_BYTES};
+use crate::limits::{source_of, FailureCounter, FailurePolicy};
 use crate::store::{hash_key, Access, Record, State as ReqState};
 
-/// Wrong keys allowed per request within `WINDOW` before further attempts are refused.
-const MAX_FAILURES: u32 = 5;
-const WINDOW: Duration = Duration::from_secs(60);
-/// Tracked requests at most; beyond that the oldest entries are forgotten.
-const MAX_TRACKED: usize = 10_000;
+/// Wrong keys allowed per request from one source within `WINDOW`; the source is then
+/// refused for that request for `BLOCK`. Counted per source so that strangers cannot lock
+/// the owner out.
+pub const MAX_FAILURES_PER_REQUEST: u32 = 5;
+/// Wrong keys allowed from one source across all requests within `WINDOW`, so that one
+/// client cannot guess at every request in turn.
+pub const MAX_FAILURES_PER_SOURCE: u32 = 20;
+pub const WINDOW: Duration = Duration::from_secs(60);
+pub const BLOCK: Duration = Duration::from_secs(60);
+/// (request, source) pairs and sources tracked at most each; the oldest are forgotten.
+pub const MAX_TRACKED: usize = 16_384;
 
-/// Counts wrong keys per request id, to slow down guessing.
-#[derive(Default)]
+/// Why a call is refused before its key is looked at.
+enum Throttled {
+    Request,
+    Source,
+}
+
+/// Counts wrong keys per (request, source) and per source, to slow down guessing without
+/// letting anyone else's guesses count against the owner's address. A source is the
+/// client's address (an IPv6 one cut to its /64, see [`source_of`]).
 pub struct Throttle {
-    failures: Mutex<HashMap<u64, (u32, Instant)>>,
+    pairs: FailureCounter<(u64, IpAddr)>,
+    sources: FailureCounter<IpAddr>,
+}
+
+impl Default for Throttle {
+    fn default() -> Throttle {
+        let policy = |max_failures| FailurePolicy {
+            max_failures,
+            window: WINDOW,
+            block: BLOCK,
+            capacity: MAX_TRACKED,
+        };
+        Throttle {
+            pairs: FailureCounter::new(policy(MAX_FAILURES_PER_REQUEST)),
+            sources: FailureCounter::new(policy(MAX_FAILURES_PER_SOURCE)),
+        }
+    }
 }
 
 impl Throttle {
-    fn blocked(&self, id: u64) -> bool {
-        let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&id)
-            .is_some_and(|(n, since)| *n >= MAX_FAILURES && since.elapsed() < WINDOW)
+    fn blocked(&self, id: u64, ip: IpAddr) -> Option<Throttled> {
+        let src = source_of(ip);
+        if self.sources.blocked(&src) {
+            Some(Throttled::Source)
+        } else if self.pairs.blocked(&(id, src)) {
+            Some(Throttled::Request)
+        } else {
+            None
+        }
     }
 
-    fn failed(&self, id: u64) {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_TRACKED {
-            map.retain(|_, (_, since)| since.elapsed() < WINDOW);
-        }
-        let entry = map.entry(id).or_insert((0, Instant::now()));
-        if entry.1.elapsed() >= WINDOW {
-            *entry = (0, Instant::now());
-        }
-        entry.0 += 1;
+    fn failed(&self, id: u64, ip: IpAddr) {
+        let src = source_of(ip);
+        self.pairs.failed((id, src));
+        self.sources.failed(src);
     }
 
-    fn succeeded(&self, id: u64) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+    /// The right key clears the source's count for that request only: a client holding one
+    /// request's key must not be able to reset its count across requests with it.
+    fn succeeded(&self, id: u64, ip: IpAddr) {
+        self.pairs.clear(&(id, source_of(ip)));
     }
 }
 
@@ -129,6 +157,12 @@ pub async fn request_sftp_access(
     State(state): State<Arc<AdminState>>,
     req: Request,
 ) -> Json<Value> {
+    // The listener is served with its peer addresses; without one (never in `serve`) all
+    // callers share one source, which only makes the throttle stricter.
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
     let p = match params(&state, req).await {
         Ok(p) => p,
         Err(e) => return malformed(e),
@@ -161,11 +195,16 @@ pub async fn request_sftp_access(
         )
         .value(raw_id.chars().take(40).collect::<String>())]);
     };
-    if state.throttle.blocked(id) {
-        return reply(vec![Failure::new(
-            "KEY:THROTTLED",
-            "too many wrong keys for this request: try again in a minute",
-        )]);
+    if let Some(why) = state.throttle.blocked(id, ip) {
+        let message = match why {
+            Throttled::Request => {
+                "too many wrong keys for this request from your address: try again in a minute"
+            }
+            Throttled::Source => "too many wrong keys from your address: try again in a minute",
+        };
+        // Debug only: a throttled client may call as often as it likes.
+        tracing::debug!(request = id, ip = %ip, "access call throttled");
+        return reply(vec![Failure::new("KEY:THROTTLED", message)]);
     }
     let record = match state.gateway.store.get(id) {
         Some(r) if r.key_matches(&key) => r,
@@ -175,15 +214,15 @@ pub async fn request_sftp_access(
             if found.is_none() {
                 let _ = hash_key(&key);
             }
-            state.throttle.failed(id);
-            tracing::info!(target: "audit", event = "access-refused", request = id, "wrong key or unknown request");
+            state.throttle.failed(id, ip);
+            tracing::info!(target: "audit", event = "access-refused", request = id, ip = %ip, "wrong key or unknown request");
             return reply(vec![Failure::new(
                 "KEY:INVALID",
                 "unknown request or wrong key",
             )]);
         }
     };
-    state.throttle.succeeded(id);
+    state.throttle.succeeded(id, ip);
     let access = match record.state {
         ReqState::Draft | ReqState::Done => record.state,
         other => {
@@ -226,7 +265,17 @@ pub async fn request_sftp_access(
         })
         .collect();
     let now = OffsetDateTime::now_utc();
-    let expires_at = now + state.access_ttl;
+    let Some(expires_at) = record.customer_expiry(now, state.access_ttl) else {
+        return reply(vec![Failure::new(
+            "ACCESS:EXPIRED",
+            "the operator closed SFTP access to this request; only the operator can reopen it",
+        )
+        .value(
+            record
+                .operator_expires_at
+                .and_then(|t| t.format(&Rfc3339).ok()),
+        )]);
+    };
     let mut updated = record.clone();
     updated.ssh_keys = text;
     updated.expires_at = Some(expires_at);
@@ -250,4 +299,53 @@ pub async fn request_sftp_access(
             "expires_at": expires_at.format(&Rfc3339).ok(),
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("an address")
+    }
+
+    #[test]
+    fn strangers_do_not_count_against_the_owner() {
+        let t = Throttle::default();
+        for _ in 0..MAX_FAILURES_PER_REQUEST {
+            t.failed(7, ip("127.0.0.1"));
+        }
+        assert!(matches!(
+            t.blocked(7, ip("127.0.0.1")),
+            Some(Throttled::Request)
+        ));
+        assert!(t.blocked(7, ip("127.0.0.2")).is_none());
+        assert!(t.blocked(8, ip("127.0.0.1")).is_none());
+        // One source guessing across requests hits the per-source cap.
+        for id in 100..100 + u64::from(MAX_FAILURES_PER_SOURCE) {
+            t.failed(id, ip("10.0.0.1"));
+        }
+        assert!(matches!(
+            t.blocked(9, ip("10.0.0.1")),
+            Some(Throttled::Source)
+        ));
+        // An IPv6 client cannot rotate through its /64 to escape it.
+        for n in 0..MAX_FAILURES_PER_SOURCE {
+            t.failed(7, ip(&format!("2001:db8::{n:x}")));
+        }
+        assert!(t.blocked(1, ip("2001:db8::ffff")).is_some());
+        assert!(t.blocked(1, ip("2001:db8:0:1::1")).is_none());
+    }
+
+    #[test]
+    fn a_hundred_thousand_failures_with_fresh_ids_stay_bounded() {
+        let t = Throttle::default();
+        for n in 0..100_000u64 {
+            // A few thousand sources, each guessing at fresh ids.
+            let src = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + (n % 4096) as u32));
+            t.failed(n + 1, src);
+        }
+        assert!(t.pairs.tracked() <= MAX_TRACKED, "{}", t.pairs.tracked());
+        assert!(t.sources.tracked() <= 4096);
+    }
 }

@@ -16,7 +16,7 @@ use tokio_util::io::ReaderStream;
 
 use super::requests::view;
 use super::{parse_id, AdminState, ApiError, ApiResult, Failure};
-use crate::store::sync_dir_io;
+use crate::store::{private, sync_dir_io};
 
 pub async fn put_upgraded(
     State(state): State<Arc<AdminState>>,
@@ -34,13 +34,12 @@ pub async fn put_upgraded(
         .parent()
         .map(|p| p.to_path_buf())
         .ok_or_else(|| ApiError::storage("no request directory"))?;
-    tokio::fs::create_dir_all(&dir)
-        .await
-        .map_err(ApiError::storage)?;
+    private::create_dir(&dir).map_err(ApiError::storage)?;
     // Stream into a temporary file and rename it into place: a download never sees a
     // half-written upgraded dump, and a failed upload leaves the old one.
     let tmp = tempfile::Builder::new()
         .prefix(".upgraded.")
+        .permissions(private::file_permissions())
         .tempfile_in(&dir)
         .map_err(ApiError::storage)?;
     let (std_file, tmp_path) = tmp.into_parts();

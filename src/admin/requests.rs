@@ -84,6 +84,7 @@ pub(crate) fn view(state: &AdminState, r: &Record) -> Value {
         "sftp_port": state.public_port,
         "sample_command": format!("sftp -P {} {}@{}", state.public_port, user, state.public_host),
         "expires_at": r.expires_at.map(rfc3339),
+        "operator_expires_at": r.operator_expires_at.map(rfc3339),
         "ssh_keys": keys,
         "filesize": size(g.store.upload_path(r.id)).unwrap_or(0),
         "upgraded_filesize": size(g.store.upgraded_path(r.id)),
@@ -247,11 +248,15 @@ pub async fn put(
             .map(|r| r.ssh_keys.clone())
             .unwrap_or_default(),
     };
-    let expires_at = match body.expires_at {
-        None => existing.as_ref().and_then(|r| r.expires_at),
-        Some(None) => None,
+    // An expiry the operator sets is also the ceiling for the customer's own calls; one the
+    // operator leaves alone keeps both as they were (a customer's expiry included).
+    let (expires_at, operator_expires_at) = match body.expires_at {
+        None => existing
+            .as_ref()
+            .map_or((None, None), |r| (r.expires_at, r.operator_expires_at)),
+        Some(None) => (None, None),
         Some(Some(t)) => match OffsetDateTime::parse(&t, &Rfc3339) {
-            Ok(t) => Some(t),
+            Ok(t) => (Some(t), Some(t)),
             Err(_) => {
                 failures.push(
                     Failure::new(
@@ -260,7 +265,7 @@ pub async fn put(
                     )
                     .value(t),
                 );
-                None
+                (None, None)
             }
         },
     };
@@ -283,6 +288,7 @@ pub async fn put(
         key_sha256: key_sha256.unwrap_or_default(),
         ssh_keys,
         expires_at,
+        operator_expires_at,
         created_at: existing.as_ref().map_or(now, |r| r.created_at),
         updated_at: now,
     };
@@ -353,12 +359,13 @@ pub async fn delete(
     let id = parse_id(&raw)?;
     let Query(q) =
         query.map_err(|_| ApiError::bad("QUERY:INVALID", "purge must be true or false"))?;
-    let record = state
-        .gateway
-        .store
-        .get(id)
-        .ok_or_else(|| ApiError::not_found(id))?;
-    let view = view(&state, &record);
+    // Without a record, a purge still removes what a delete without purge left behind
+    // (the answer's `request` is then null).
+    let record = state.gateway.store.get(id);
+    if record.is_none() && !q.purge {
+        return Err(ApiError::not_found(id));
+    }
+    let view = record.map(|r| view(&state, &r));
     let store = state.gateway.store.clone();
     let deleted = tokio::task::spawn_blocking(move || store.delete(id, q.purge))
         .await

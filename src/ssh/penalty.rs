@@ -2,12 +2,12 @@
 //! keep ending without a successful login is refused for a while, so a password- or
 //! key-guessing client cannot hammer the gateway, while other addresses are unaffected.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Addresses tracked at most; beyond that, entries without a penalty are forgotten.
+use crate::limits::{FailureCounter, FailurePolicy};
+
+/// Addresses tracked at most; beyond that, the oldest entries are forgotten.
 const MAX_TRACKED: usize = 65_536;
 
 #[derive(Clone, Copy, Debug)]
@@ -19,72 +19,36 @@ pub struct PenaltyPolicy {
     pub penalty: Duration,
 }
 
-struct Entry {
-    failures: u32,
-    since: Instant,
-    blocked_until: Option<Instant>,
-}
-
 pub struct Penalties {
-    policy: PenaltyPolicy,
-    map: Mutex<HashMap<IpAddr, Entry>>,
+    counter: FailureCounter<IpAddr>,
 }
 
 impl Penalties {
     pub fn new(policy: PenaltyPolicy) -> Penalties {
         Penalties {
-            policy,
-            map: Mutex::default(),
+            counter: FailureCounter::new(FailurePolicy {
+                max_failures: policy.max_failures,
+                window: policy.window,
+                block: policy.penalty,
+                capacity: MAX_TRACKED,
+            }),
         }
     }
 
     /// Whether `ip` is being refused right now.
     pub fn blocked(&self, ip: IpAddr) -> bool {
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&ip)
-            .and_then(|e| e.blocked_until)
-            .is_some_and(|t| Instant::now() < t)
+        self.counter.blocked(&ip)
     }
 
     /// Records a connection from `ip` that ended without logging in. Returns true when this
     /// failure starts a penalty.
     pub fn failed(&self, ip: IpAddr) -> bool {
-        if self.policy.max_failures == 0 {
-            return false;
-        }
-        let now = Instant::now();
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_TRACKED {
-            map.retain(|_, e| e.blocked_until.is_some_and(|t| now < t));
-        }
-        let e = map.entry(ip).or_insert(Entry {
-            failures: 0,
-            since: now,
-            blocked_until: None,
-        });
-        if now.duration_since(e.since) > self.policy.window
-            || e.blocked_until.is_some_and(|t| now >= t)
-        {
-            *e = Entry {
-                failures: 0,
-                since: now,
-                blocked_until: None,
-            };
-        }
-        e.failures += 1;
-        if e.failures >= self.policy.max_failures && e.blocked_until.is_none() {
-            e.blocked_until = Some(now + self.policy.penalty);
-            return true;
-        }
-        false
+        self.counter.failed(ip)
     }
 
     /// A successful login clears the address's record.
     pub fn succeeded(&self, ip: IpAddr) {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&ip);
+        self.counter.clear(&ip);
     }
 }
 

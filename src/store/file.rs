@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-use super::{Record, Store, StoreError};
+use super::{private, Record, Store, StoreError};
 
 const RECORD: &str = "request.json";
 
@@ -30,7 +30,9 @@ impl FileStore {
     /// a customer's access.
     pub fn open(data_dir: &Path) -> Result<FileStore, StoreError> {
         let root = data_dir.join("requests");
-        fs::create_dir_all(&root).map_err(io_err(&root))?;
+        private::create_dir(&root).map_err(io_err(&root))?;
+        private::tighten(data_dir);
+        private::tighten(&root);
         let mut cache = BTreeMap::new();
         for entry in fs::read_dir(&root).map_err(io_err(&root))? {
             let entry = entry.map_err(io_err(&root))?;
@@ -41,6 +43,7 @@ impl FileStore {
             else {
                 continue;
             };
+            private::tighten_dir(&entry.path());
             let path = entry.path().join(RECORD);
             let bytes = match fs::read(&path) {
                 Ok(b) => b,
@@ -67,10 +70,17 @@ impl FileStore {
         self.root.join(id.to_string())
     }
 
-    fn write_record(&self, record: &Record) -> Result<(), StoreError> {
+    /// Writes `record`; `fresh` when no record of its id exists, in which case files an
+    /// earlier record of that id left behind are removed first.
+    fn write_record(&self, record: &Record, fresh: bool) -> Result<(), StoreError> {
         let dir = self.dir(record.id);
+        if fresh && dir.exists() {
+            fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+            tracing::info!(target: "audit", event = "leftovers-removed", request = record.id,
+                "files left by a deleted request with this id were removed");
+        }
         if !dir.exists() {
-            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            private::create_dir(&dir).map_err(io_err(&dir))?;
             sync_dir(&self.root)?;
         }
         let json = serde_json::to_vec_pretty(record).map_err(|source| StoreError::Corrupt {
@@ -80,6 +90,7 @@ impl FileStore {
         let mut tmp = tempfile::Builder::new()
             .prefix(".request.")
             .suffix(".tmp")
+            .permissions(private::file_permissions())
             .tempfile_in(&dir)
             .map_err(io_err(&dir))?;
         tmp.write_all(&json).map_err(io_err(tmp.path()))?;
@@ -124,29 +135,33 @@ impl Store for FileStore {
     fn put(&self, record: Record) -> Result<(), StoreError> {
         // Hold the write lock across the disk write so two writers cannot interleave.
         let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
-        self.write_record(&record)?;
+        self.write_record(&record, !cache.contains_key(&record.id))?;
         cache.insert(record.id, record);
         Ok(())
     }
 
     fn delete(&self, id: u64, purge: bool) -> Result<bool, StoreError> {
         let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
-        if cache.remove(&id).is_none() {
+        let had = cache.remove(&id).is_some();
+        let dir = self.dir(id);
+        if purge {
+            // Also after a delete without purge: the files are still there to remove.
+            return match fs::remove_dir_all(&dir) {
+                Ok(()) => sync_dir(&self.root).map(|()| true),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(had),
+                Err(e) => Err(io_err(&dir)(e)),
+            };
+        }
+        if !had {
             return Ok(false);
         }
-        let dir = self.dir(id);
         let path = dir.join(RECORD);
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(&path)(e)),
         }
-        if purge {
-            fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
-            sync_dir(&self.root)?;
-        } else {
-            sync_dir(&dir)?;
-        }
+        sync_dir(&dir)?;
         Ok(true)
     }
 
@@ -174,6 +189,7 @@ mod tests {
             key_sha256: hash_key("k"),
             ssh_keys: String::new(),
             expires_at: None,
+            operator_expires_at: None,
             created_at: now,
             updated_at: now,
         }
@@ -219,6 +235,27 @@ mod tests {
         assert!(!dir.path().join("requests/2").exists());
         let store = FileStore::open(dir.path()).unwrap();
         assert!(store.list().is_empty());
+        // A purge after a delete without purge removes the files it kept.
+        assert!(!store.delete(1, false).unwrap());
+        assert!(store.delete(1, true).unwrap());
+        assert!(!dir.path().join("requests/1").exists());
+    }
+
+    #[test]
+    fn a_new_record_under_a_used_id_starts_without_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        store.put(record(4)).unwrap();
+        fs::write(store.upload_path(4), b"first customer").unwrap();
+        fs::write(store.upgraded_path(4), b"first upgraded").unwrap();
+        assert!(store.delete(4, false).unwrap());
+        store.put(record(4)).unwrap();
+        assert!(!store.upload_path(4).exists());
+        assert!(!store.upgraded_path(4).exists());
+        // Replacing an existing record keeps its files.
+        fs::write(store.upload_path(4), b"second").unwrap();
+        store.put(record(4)).unwrap();
+        assert_eq!(fs::read(store.upload_path(4)).unwrap(), b"second");
     }
 
     #[test]

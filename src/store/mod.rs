@@ -3,6 +3,7 @@
 //! [`FileStore`] is the embedded default.
 
 mod file;
+pub mod private;
 mod record;
 
 pub use file::{sync_dir_io, FileStore};
@@ -35,9 +36,13 @@ pub trait Store: Send + Sync + 'static {
     fn get(&self, id: u64) -> Option<Record>;
     /// All records, ordered by id.
     fn list(&self) -> Vec<Record>;
-    /// Creates or replaces a record atomically.
+    /// Creates or replaces a record atomically. A record created under an id that is not
+    /// in the store starts with no files: whatever an earlier record of that id left behind
+    /// (deleted without purge) is removed first, so it can never reach the new customer.
     fn put(&self, record: Record) -> Result<(), StoreError>;
-    /// Removes a record (and with `purge` its files); `false` if there was none.
+    /// Removes a record; with `purge` also its files, including those an earlier delete
+    /// without purge left behind. `false` if there was neither a record nor (with `purge`)
+    /// files.
     fn delete(&self, id: u64, purge: bool) -> Result<bool, StoreError>;
     /// Where the customer's upload of request `id` lives.
     fn upload_path(&self, id: u64) -> PathBuf;

@@ -74,6 +74,15 @@ pub struct Record {
     pub ssh_keys: String,
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub expires_at: Option<OffsetDateTime>,
+    /// The expiry the operator set, if any: a ceiling that the customer's
+    /// `request_sftp_access` never opens access past (see [`Record::customer_expiry`]).
+    /// Records written before this field existed have none.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub operator_expires_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -104,6 +113,22 @@ impl Record {
             return None;
         }
         self.state.access()
+    }
+
+    /// Until when a customer's `request_sftp_access` at `now` opens access: `ttl` from now,
+    /// but never past the operator's expiry. `None` once the operator's expiry has passed:
+    /// the operator closed access and only the operator can reopen it.
+    pub fn customer_expiry(
+        &self,
+        now: OffsetDateTime,
+        ttl: time::Duration,
+    ) -> Option<OffsetDateTime> {
+        let wanted = now + ttl;
+        match self.operator_expires_at {
+            Some(ceiling) if now >= ceiling => None,
+            Some(ceiling) => Some(wanted.min(ceiling)),
+            None => Some(wanted),
+        }
     }
 
     /// The one file name an SFTP user sees in the given access mode.
@@ -197,9 +222,41 @@ mod tests {
             key_sha256: hash_key("Aw7pItGVKFuZ_FOR3U8VFQ=="),
             ssh_keys: String::new(),
             expires_at,
+            operator_expires_at: expires_at,
             created_at: now,
             updated_at: now,
         }
+    }
+
+    #[test]
+    fn the_operators_expiry_is_a_ceiling_for_the_customer() {
+        let now = OffsetDateTime::now_utc();
+        let day = time::Duration::DAY;
+        let hour = time::Duration::hours(1);
+        assert_eq!(
+            record(State::Draft, None).customer_expiry(now, day),
+            Some(now + day)
+        );
+        let soon = record(State::Draft, Some(now + hour));
+        assert_eq!(soon.customer_expiry(now, day), Some(now + hour));
+        let late = record(State::Draft, Some(now + 2 * day));
+        assert_eq!(late.customer_expiry(now, day), Some(now + day));
+        let past = record(State::Draft, Some(now - hour));
+        assert_eq!(past.customer_expiry(now, day), None);
+        assert_eq!(
+            record(State::Draft, Some(now)).customer_expiry(now, day),
+            None
+        );
+    }
+
+    #[test]
+    fn records_without_a_ceiling_still_load() {
+        let old = r#"{"id": 3, "filename": "f", "state": "draft", "key_sha256": "00",
+            "expires_at": "2026-01-01T00:00:00Z",
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"}"#;
+        let r: Record = serde_json::from_str(old).expect("an old record");
+        assert_eq!(r.operator_expires_at, None);
+        assert!(r.expires_at.is_some());
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct Gateway {
     pub admin: String,
     /// The loopback address it listens on, as clients write it (`127.0.0.1`, `[::1]`).
     pub host: String,
+    /// The umask the next launch runs under (`None`: the test process's own).
+    pub umask: Option<u32>,
     stderr: PathBuf,
 }
 
@@ -38,6 +40,7 @@ impl Gateway {
             ssh_port: 0,
             admin: String::new(),
             host: host.to_string(),
+            umask: None,
             stderr: PathBuf::new(),
         };
         g.launch(&[]);
@@ -64,7 +67,18 @@ impl Gateway {
     pub fn launch_env(&mut self, extra: &[&str], env: &[(&str, &str)]) {
         self.stderr = self.dir.path().join(format!("stderr-{}.log", rand_u64()));
         let err = std::fs::File::create(&self.stderr).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sftpgate"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sftpgate"));
+        if let Some(mask) = self.umask {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: umask(2) is async-signal-safe and touches only the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::umask(mask as libc::mode_t);
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
             .arg("serve")
             .args(["--listen", &format!("{}:0", self.host)])
             .args(["--admin-listen", &format!("{}:0", self.host)])
@@ -448,6 +462,16 @@ pub fn truncate(path: &Path, len: u64) {
         .unwrap()
         .set_len(len)
         .unwrap();
+}
+
+/// The `reason` of each failure in a response body, in order.
+pub fn reasons(v: &Value) -> Vec<String> {
+    v["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["reason"].as_str().unwrap().to_string())
+        .collect()
 }
 
 pub fn text(b: &[u8]) -> String {
