@@ -296,8 +296,8 @@ fn files_are_private_whatever_the_umask() {
     );
 }
 
-/// The upload is created by the SFTP layer (`src/sftp/session.rs`), which must open it
-/// with mode 0600 too; until it does, this fails.
+/// The upload is created by the SFTP layer (`src/sftp/session.rs`), which opens it with
+/// mode 0600 too.
 #[test]
 fn the_upload_is_private_whatever_the_umask() {
     let (g, _key) = under_umask_022();
