@@ -150,14 +150,18 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         samples: Default::default(),
     });
     let app = admin::router(state);
-    let stop = shutdown.clone();
-    tracker.spawn(async move {
-        let server = axum::serve(admin_listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await });
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "admin API stopped");
-        }
-    });
+    let limits = admin::HttpLimits {
+        max_connections: cfg.http_max_connections,
+        header_timeout: cfg.http_header_timeout,
+        body_timeout: cfg.http_body_timeout,
+    };
+    tracker.spawn(admin::serve(
+        admin_listener,
+        app,
+        limits,
+        shutdown.clone(),
+        tracker.clone(),
+    ));
     tracing::info!(ssh = %ssh_addr, admin = %admin_addr, "listening");
     Ok(Running {
         ssh: ssh_addr,

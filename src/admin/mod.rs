@@ -4,6 +4,7 @@
 mod access;
 mod error;
 mod files;
+mod listener;
 mod page;
 mod requests;
 
@@ -18,6 +19,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 pub use error::{ApiError, ApiResult, Failure};
+pub use listener::{serve, HttpLimits};
 
 use crate::gateway::Gateway;
 use crate::store::constant_time_eq;
