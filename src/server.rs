@@ -148,6 +148,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         throttle: Default::default(),
         data_dir: cfg.data_dir.clone(),
         samples: Default::default(),
+        sessions: admin::Sessions::new(cfg.page_session_ttl),
+        logins: Default::default(),
+        page_https: cfg.page_https,
     });
     let app = admin::router(state);
     let limits = admin::HttpLimits {
