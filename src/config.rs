@@ -66,7 +66,8 @@ pub struct Settings {
     /// [default: 10]
     #[arg(long, value_name = "SECONDS")]
     pub http_header_timeout_secs: Option<u64>,
-    /// Seconds a request body may send nothing while the server waits for it [default: 30]
+    /// Seconds a request body may send nothing while the server waits for it, and a client
+    /// may take nothing of a response it is sent [default: 30]
     #[arg(long, value_name = "SECONDS")]
     pub http_body_timeout_secs: Option<u64>,
     /// How long a status page login lasts, e.g. 12h, 30m [default: 12h]

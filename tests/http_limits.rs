@@ -192,3 +192,38 @@ fn connections_past_the_cap_are_refused() {
         g.api_raw("GET", "/healthz", None, None).0 == 200
     }));
 }
+
+#[test]
+fn a_client_that_stops_reading_a_download_is_cut_off() {
+    let g = short_timeouts();
+    let key = ClientKey::new(g.dir.path(), "k");
+    g.provision(9, "db.dump", &key);
+    const LEN: u64 = 256 * 1024 * 1024;
+    std::fs::File::create(g.upload_path(9))
+        .unwrap()
+        .set_len(LEN)
+        .unwrap();
+    let mut s = TcpStream::connect(&g.admin).unwrap();
+    write!(
+        s,
+        "GET /v1/requests/9/original HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    // The stall under test: the client takes nothing for twice the 2 s timeout.
+    std::thread::sleep(Duration::from_secs(4));
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    s.set_read_timeout(Some(BOUND)).unwrap();
+    let end = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break "eof",
+            Ok(n) => total += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break "reset",
+            Err(e) => panic!("read after {total} bytes: {e}"),
+        }
+    };
+    // What the socket buffers held when the server gave up, not the 256 MiB.
+    assert!(total > 0 && total < LEN / 4, "{total} bytes, then {end}");
+    healthz_works(&g);
+}

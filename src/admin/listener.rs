@@ -4,7 +4,8 @@
 //! HTTP/1 builder with a header-read deadline (hyper starts that clock whenever it waits for
 //! a request head, so it also ends idle keep-alive connections), each request body gets a
 //! progress timeout (no bytes for N seconds; never a total deadline, since the operator
-//! streams large dumps), and a semaphore caps the open connections: the one past the cap is
+//! streams large dumps), so does each response (write_stall.rs: a client that reads
+//! nothing of a download for N seconds is cut off), and a semaphore caps the open connections: the one past the cap is
 //! answered 503 and closed at once, so that callers see an explicit reason and can retry,
 //! rather than hang in the kernel's backlog.
 
@@ -22,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tower_http::timeout::TimeoutBody;
+
+use super::write_stall::WriteStall;
 
 /// The bounds on every connection to the listener (see `--http-*` in the README).
 #[derive(Clone, Copy, Debug)]
@@ -109,7 +112,8 @@ async fn connection(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let io = TokioIo::new(WriteStall::new(stream, limits.body_timeout));
+    let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,

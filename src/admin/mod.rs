@@ -9,6 +9,7 @@ mod login_throttle;
 mod page;
 mod requests;
 mod session;
+mod write_stall;
 
 use std::sync::Arc;
 
