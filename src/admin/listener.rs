@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
 use axum::Router;
@@ -60,6 +60,7 @@ pub async fn serve(
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let refusal = refusal();
+    let (mut refused, mut last_logged) = (0u64, None);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -76,7 +77,13 @@ pub async fn serve(
         };
         // Taken here, in accept order, so that the cap is exact.
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(peer = %peer, max = limits.max_connections, "admin API connection refused: too many open");
+            // One line a second at most, however fast they come (a flood must not fill the log).
+            refused += 1;
+            if last_logged.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(1)) {
+                tracing::warn!(peer = %peer, max = limits.max_connections, refused, "admin API connections refused: too many open");
+                last_logged = Some(Instant::now());
+                refused = 0;
+            }
             // A fresh socket's send buffer always holds these few bytes: this never blocks.
             let _ = stream.try_write(&refusal);
             continue;
