@@ -69,6 +69,27 @@ pub struct Settings {
     /// How long a penalized address is refused, in seconds [default: 60]
     #[arg(long, value_name = "SECONDS")]
     pub penalty_secs: Option<u64>,
+    /// Most concurrent connections to the operator HTTP listener; one more is answered 503
+    /// and closed [default: 256]
+    #[arg(long, value_name = "N")]
+    pub http_max_connections: Option<usize>,
+    /// Seconds an HTTP connection may take to send a whole request head, counted from when
+    /// the server starts waiting for it (so it also bounds an idle keep-alive connection)
+    /// [default: 10]
+    #[arg(long, value_name = "SECONDS")]
+    pub http_header_timeout_secs: Option<u64>,
+    /// Seconds a request body may send nothing while the server waits for it, and a client
+    /// may take nothing of a response it is sent [default: 30]
+    #[arg(long, value_name = "SECONDS")]
+    pub http_body_timeout_secs: Option<u64>,
+    /// How long a status page login lasts, e.g. 12h, 30m [default: 12h]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration_opt")]
+    pub page_session_ttl: Option<Duration>,
+    /// The status page is reached over https (a TLS proxy in front): its cookie is Secure
+    #[arg(long)]
+    #[serde(default)]
+    pub page_https: bool,
     /// Allow the operator API to listen on a non-loopback address
     #[arg(long)]
     #[serde(default)]
@@ -165,6 +186,13 @@ impl Settings {
             max_upload_size: self.max_upload_size.or(base.max_upload_size),
             penalty_failures: self.penalty_failures.or(base.penalty_failures),
             penalty_secs: self.penalty_secs.or(base.penalty_secs),
+            http_max_connections: self.http_max_connections.or(base.http_max_connections),
+            http_header_timeout_secs: self
+                .http_header_timeout_secs
+                .or(base.http_header_timeout_secs),
+            http_body_timeout_secs: self.http_body_timeout_secs.or(base.http_body_timeout_secs),
+            page_session_ttl: self.page_session_ttl.or(base.page_session_ttl),
+            page_https: self.page_https || base.page_https,
             admin_allow_remote: self.admin_allow_remote || base.admin_allow_remote,
             log_format: self.log_format.or(base.log_format),
         }
@@ -202,6 +230,17 @@ impl Settings {
             max_upload_size: self.max_upload_size,
             penalty_failures: self.penalty_failures.unwrap_or(100),
             penalty: Duration::from_secs(self.penalty_secs.unwrap_or(60)),
+            http_max_connections: self.http_max_connections.unwrap_or(256).max(1),
+            http_header_timeout: Duration::from_secs(
+                self.http_header_timeout_secs.unwrap_or(10).max(1),
+            ),
+            http_body_timeout: Duration::from_secs(
+                self.http_body_timeout_secs.unwrap_or(30).max(1),
+            ),
+            page_session_ttl: self
+                .page_session_ttl
+                .unwrap_or(Duration::from_secs(12 * 3600)),
+            page_https: self.page_https,
             admin_allow_remote: self.admin_allow_remote,
             log_json: self.log_format == Some(LogFormat::Json),
         }
@@ -231,6 +270,11 @@ pub struct Config {
     pub max_upload_size: Option<u64>,
     pub penalty_failures: u32,
     pub penalty: Duration,
+    pub http_max_connections: usize,
+    pub http_header_timeout: Duration,
+    pub http_body_timeout: Duration,
+    pub page_session_ttl: Duration,
+    pub page_https: bool,
     pub admin_allow_remote: bool,
     pub log_json: bool,
 }

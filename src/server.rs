@@ -160,18 +160,23 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         throttle: Default::default(),
         data_dir: cfg.data_dir.clone(),
         samples: Default::default(),
+        sessions: admin::Sessions::new(cfg.page_session_ttl),
+        logins: Default::default(),
+        page_https: cfg.page_https,
     });
     let app = admin::router(state);
-    let stop = shutdown.clone();
-    tracker.spawn(async move {
-        // With the peer's address, which the customers' key throttle counts failures by.
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        let server = axum::serve(admin_listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await });
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "admin API stopped");
-        }
-    });
+    let limits = admin::HttpLimits {
+        max_connections: cfg.http_max_connections,
+        header_timeout: cfg.http_header_timeout,
+        body_timeout: cfg.http_body_timeout,
+    };
+    tracker.spawn(admin::serve(
+        admin_listener,
+        app,
+        limits,
+        shutdown.clone(),
+        tracker.clone(),
+    ));
     tracing::info!(ssh = %ssh_addr, admin = %admin_addr, "listening");
     Ok(Running {
         ssh: ssh_addr,

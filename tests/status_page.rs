@@ -130,3 +130,167 @@ fn status_page_shows_requests_and_an_upload_in_progress() {
         .unwrap();
     assert_eq!(text(&out.stdout), "401");
 }
+
+/// One page request with curl: (status, headers as received, body).
+fn page(
+    g: &Gateway,
+    path: &str,
+    cookie: Option<&str>,
+    form: Option<&str>,
+    from: &str,
+) -> (u16, String, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-i", "--interface", from]);
+    if let Some(c) = cookie {
+        cmd.args(["-H", &format!("Cookie: {c}")]);
+    }
+    if let Some(f) = form {
+        cmd.args(["--data", f]);
+    }
+    let out = cmd
+        .arg(format!("http://{}{path}", g.admin))
+        .output()
+        .unwrap();
+    let all = text(&out.stdout);
+    let (head, body) = all
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("{all:?}"));
+    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (code, head.to_ascii_lowercase(), body.to_string())
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Vec<&'a str> {
+    head.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+        .map(str::trim)
+        .collect()
+}
+
+/// POSTs the login form with `token` from address `from`.
+fn login_from(g: &Gateway, token: &str, from: &str) -> (u16, String, String) {
+    page(g, "/login", None, Some(&format!("token={token}")), from)
+}
+
+/// Logs in from 127.0.0.1; returns the `name=value` of the cookie and its whole Set-Cookie.
+fn log_in(g: &Gateway) -> (String, String) {
+    let (code, head, _) = login_from(g, TOKEN, "127.0.0.1");
+    assert_eq!(code, 303, "{head}");
+    let set = header(&head, "set-cookie");
+    assert_eq!(set.len(), 1, "{head}");
+    let cookie = set[0].split(';').next().unwrap().to_string();
+    (cookie, set[0].to_string())
+}
+
+fn shows_requests(g: &Gateway, cookie: &str) -> bool {
+    let (code, _, body) = page(g, "/", Some(cookie), None, "127.0.0.1");
+    assert_eq!(code, 200);
+    body.contains("id=\"requests\"")
+}
+
+const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+#[test]
+fn login_gives_a_session_that_logout_revokes() {
+    let g = Gateway::start();
+    let (cookie, set) = log_in(&g);
+    assert!(!set.contains(&TOKEN.to_ascii_lowercase()), "{set}");
+    let id = cookie.strip_prefix("sftpgate_session=").unwrap();
+    assert!(
+        id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{cookie}"
+    );
+    assert_eq!(
+        set,
+        format!("{cookie}; httponly; samesite=strict; path=/; max-age=43200"),
+        "plain http: no Secure"
+    );
+    assert!(shows_requests(&g, &cookie));
+    // The token itself is not a cookie that logs in.
+    assert!(!shows_requests(&g, &format!("sftpgate_session={TOKEN}")));
+    assert!(!shows_requests(&g, &format!("sftpgate_token={TOKEN}")));
+    // A second login is another session.
+    let (other, _) = log_in(&g);
+    assert_ne!(other, cookie);
+
+    let (code, head, _) = page(&g, "/logout", Some(&cookie), Some(""), "127.0.0.1");
+    assert_eq!(code, 303);
+    assert_eq!(
+        header(&head, "set-cookie"),
+        ["sftpgate_session=; httponly; samesite=strict; path=/; max-age=0"]
+    );
+    assert!(
+        !shows_requests(&g, &cookie),
+        "a copy of the cookie outlived logout"
+    );
+    assert!(
+        shows_requests(&g, &other),
+        "logout ends only its own session"
+    );
+}
+
+#[test]
+fn page_responses_forbid_framing_and_foreign_content() {
+    let g = Gateway::start();
+    let (cookie, _) = log_in(&g);
+    for (path, cookie, form) in [
+        ("/", None, None),
+        ("/", Some(cookie.as_str()), None),
+        ("/login", None, Some("token=wrong")),
+        ("/logout", Some(cookie.as_str()), Some("")),
+    ] {
+        let (_, head, _) = page(&g, path, cookie, form, "127.0.0.1");
+        assert_eq!(header(&head, "x-frame-options"), ["deny"], "{path}: {head}");
+        assert_eq!(
+            header(&head, "content-security-policy"),
+            [CSP.to_ascii_lowercase()],
+            "{path}: {head}"
+        );
+        assert_eq!(
+            header(&head, "cache-control"),
+            ["no-store"],
+            "{path}: {head}"
+        );
+    }
+}
+
+#[test]
+fn sessions_expire_and_https_cookies_are_secure() {
+    let mut g = Gateway::start();
+    g.stop("TERM");
+    g.launch(&["--page-session-ttl", "2s", "--page-https"]);
+    let (cookie, set) = log_in(&g);
+    assert_eq!(
+        set,
+        format!("{cookie}; httponly; samesite=strict; path=/; max-age=2; secure")
+    );
+    assert!(shows_requests(&g, &cookie));
+    assert!(
+        wait_until(Duration::from_secs(10), || !shows_requests(&g, &cookie)),
+        "the session outlived its 2 s"
+    );
+}
+
+#[test]
+fn failed_logins_are_throttled_per_source() {
+    let g = Gateway::start();
+    for _ in 0..5 {
+        let (code, _, body) = login_from(&g, "wrong", "127.0.0.1");
+        assert_eq!(code, 401);
+        assert!(body.contains("that token is not valid"), "{body}");
+    }
+    for token in ["wrong", TOKEN] {
+        let (code, head, body) = login_from(&g, token, "127.0.0.1");
+        assert_eq!(code, 429, "{head}");
+        assert!(
+            body.contains("too many failed logins from this address: try again later"),
+            "{body}"
+        );
+        assert!(header(&head, "set-cookie").is_empty(), "{head}");
+        let wait: u64 = header(&head, "retry-after")[0].parse().unwrap();
+        assert!((1..=60).contains(&wait), "{head}");
+    }
+    // Another address is not affected.
+    let (code, head, _) = login_from(&g, TOKEN, "127.0.0.2");
+    assert_eq!(code, 303, "{head}");
+    assert!(g.wait_log("page-login-throttled", 2));
+}

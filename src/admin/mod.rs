@@ -4,8 +4,12 @@
 mod access;
 mod error;
 mod files;
+mod listener;
+mod login_throttle;
 mod page;
 mod requests;
+mod session;
+mod write_stall;
 
 use std::sync::Arc;
 
@@ -16,11 +20,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
+use subtle::ConstantTimeEq;
 
 pub use error::{ApiError, ApiResult, Failure};
+pub use listener::{serve, HttpLimits};
+pub use session::Sessions;
 
 use crate::gateway::Gateway;
-use crate::store::constant_time_eq;
 
 /// JSON bodies larger than this are refused; dumps go through the streaming routes.
 const MAX_JSON_BODY: usize = 1024 * 1024;
@@ -36,6 +42,11 @@ pub struct AdminState {
     pub throttle: access::Throttle,
     pub data_dir: std::path::PathBuf,
     pub samples: page::Samples,
+    /// Status page logins, and failed ones per source.
+    pub sessions: Sessions,
+    pub logins: login_throttle::LoginThrottle,
+    /// The page is served over https by a proxy: its cookie gets `Secure`.
+    pub page_https: bool,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -57,9 +68,13 @@ pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route("/", get(page::index))
-        .route("/login", post(page::login))
-        .route("/logout", post(page::logout))
+        .merge(
+            Router::new()
+                .route("/", get(page::index))
+                .route("/login", post(page::login))
+                .route("/logout", post(page::logout))
+                .layer(middleware::map_response(page::security_headers)),
+        )
         .route(
             "/database/v1/request_sftp_access",
             post(access::request_sftp_access),
@@ -124,7 +139,7 @@ async fn require_token(State(state): State<Arc<AdminState>>, req: Request, next:
             ),
         )
         .into_response(),
-        Some(t) if !constant_time_eq(t.trim().as_bytes(), state.token.as_bytes()) => ApiError::new(
+        Some(t) if !bool::from(t.trim().as_bytes().ct_eq(state.token.as_bytes())) => ApiError::new(
             StatusCode::UNAUTHORIZED,
             Failure::new("AUTH:INVALID", "the admin token is not valid"),
         )

@@ -1,24 +1,48 @@
 //! A small operator status page at `/`: server-rendered HTML, no build step. The admin token
-//! is entered once in a login form and kept in an HttpOnly cookie; the page refreshes
+//! is entered once in a login form, which answers with a session cookie (never the token:
+//! see session.rs); failed logins are throttled per source (login_throttle.rs). Every page
+//! response forbids framing and everything but its own inline style. The page refreshes
 //! itself every few seconds to show uploads in progress.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::Form;
+use axum::{Extension, Form};
 use serde::Deserialize;
+use subtle::ConstantTimeEq;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::AdminState;
-use crate::store::{constant_time_eq, Record};
+use crate::store::Record;
 
-const COOKIE: &str = "sftpgate_token";
+const COOKIE: &str = "sftpgate_session";
+
+/// What the page needs: its inline `<style>`, and forms posted back to itself.
+const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; \
+                   frame-ancestors 'none'; base-uri 'none'";
+
+/// Added to every status page response (`/`, `/login`, `/logout`).
+pub async fn security_headers(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
+}
 
 /// The last byte count seen per request, to show a transfer rate between refreshes.
 #[derive(Default)]
@@ -39,14 +63,18 @@ fn escape(s: &str) -> String {
     out
 }
 
-fn logged_in(state: &AdminState, headers: &HeaderMap) -> bool {
+/// The session ids the request's cookies carry.
+fn cookies(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().strip_prefix(COOKIE)?.strip_prefix('='))
-        .any(|t| constant_time_eq(t.as_bytes(), state.token.as_bytes()))
+}
+
+fn logged_in(state: &AdminState, headers: &HeaderMap) -> bool {
+    cookies(headers).any(|id| state.sessions.valid(id))
 }
 
 const STYLE: &str =
@@ -147,10 +175,36 @@ pub struct Login {
     token: String,
 }
 
+/// Where the request came from; the listener always says (unspecified only if not).
+type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
+
+fn source(peer: Peer) -> IpAddr {
+    peer.map(|Extension(ConnectInfo(a))| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
 pub async fn login(
     State(state): State<Arc<AdminState>>,
+    peer: Peer,
     form: Result<Form<Login>, axum::extract::rejection::FormRejection>,
 ) -> Response {
+    let ip = source(peer);
+    let now = Instant::now();
+    if let Some(wait) = state.logins.blocked(ip, now) {
+        tracing::warn!(target: "audit", event = "page-login-throttled", peer = %ip);
+        let mut resp = (
+            StatusCode::TOO_MANY_REQUESTS,
+            login_form(Some(
+                "too many failed logins from this address: try again later",
+            )),
+        )
+            .into_response();
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(wait.as_secs().max(1)),
+        );
+        return resp;
+    }
     let Ok(Form(form)) = form else {
         return (
             StatusCode::BAD_REQUEST,
@@ -158,16 +212,22 @@ pub async fn login(
         )
             .into_response();
     };
-    if !constant_time_eq(form.token.trim().as_bytes(), state.token.as_bytes()) {
+    if !bool::from(form.token.trim().as_bytes().ct_eq(state.token.as_bytes())) {
+        state.logins.failed(ip, now);
+        tracing::warn!(target: "audit", event = "page-login-failed", peer = %ip);
         return (
             StatusCode::UNAUTHORIZED,
             login_form(Some("that token is not valid")),
         )
             .into_response();
     }
+    state.logins.succeeded(ip);
+    tracing::info!(target: "audit", event = "page-login", peer = %ip);
+    let secure = if state.page_https { "; Secure" } else { "" };
     let cookie = format!(
-        "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
-        state.token
+        "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}",
+        state.sessions.create(),
+        state.sessions.ttl().as_secs(),
     );
     (
         StatusCode::SEE_OTHER,
@@ -179,8 +239,13 @@ pub async fn login(
         .into_response()
 }
 
-pub async fn logout() -> Response {
-    let cookie = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+/// Revokes the session server-side (a copy of the cookie stops working too) and clears it.
+pub async fn logout(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+    for id in cookies(&headers) {
+        state.sessions.revoke(id);
+    }
+    let secure = if state.page_https { "; Secure" } else { "" };
+    let cookie = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{secure}");
     (
         StatusCode::SEE_OTHER,
         [
