@@ -20,6 +20,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once at start: the size of the `serve` variant (all its settings) costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run the SSH server and the operator HTTP API.
     Serve {
