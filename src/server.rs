@@ -163,6 +163,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         sessions: admin::Sessions::new(cfg.page_session_ttl),
         logins: Default::default(),
         page_https: cfg.page_https,
+        throttled_log: Default::default(),
     });
     let app = admin::router(state);
     let limits = admin::HttpLimits {

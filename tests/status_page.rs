@@ -293,4 +293,13 @@ fn failed_logins_are_throttled_per_source() {
     let (code, head, _) = login_from(&g, TOKEN, "127.0.0.2");
     assert_eq!(code, 303, "{head}");
     assert!(g.wait_log("page-login-throttled", 2));
+    // Throttled attempts cannot flood the log: a few lines per window, the rest counted.
+    for _ in 0..30 {
+        assert_eq!(login_from(&g, "wrong", "127.0.0.1").0, 429);
+    }
+    let lines = g.log().matches("page-login-throttled").count();
+    assert!(
+        (2..=5).contains(&lines),
+        "{lines} log lines for 32 throttled logins"
+    );
 }

@@ -47,6 +47,9 @@ pub struct AdminState {
     pub logins: login_throttle::LoginThrottle,
     /// The page is served over https by a proxy: its cookie gets `Secure`.
     pub page_https: bool,
+    /// Throttled attempts cost a client nothing to repeat: a few are logged per window,
+    /// the rest counted into the next line.
+    pub throttled_log: std::sync::Mutex<crate::ratelog::LogBudget>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {

@@ -4,6 +4,7 @@
 //! response forbids framing and everything but its own inline style. The page refreshes
 //! itself every few seconds to show uploads in progress.
 
+use crate::ratelog::Verdict;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -191,7 +192,10 @@ pub async fn login(
     let ip = source(peer);
     let now = Instant::now();
     if let Some(wait) = state.logins.blocked(ip, now) {
-        tracing::warn!(target: "audit", event = "page-login-throttled", peer = %ip);
+        let verdict = state.throttled_log.lock().map(|mut b| b.check());
+        if let Ok(Verdict::Log { suppressed }) = verdict {
+            tracing::warn!(target: "audit", event = "page-login-throttled", peer = %ip, suppressed);
+        }
         let mut resp = (
             StatusCode::TOO_MANY_REQUESTS,
             login_form(Some(
