@@ -4,6 +4,7 @@
 mod access;
 mod error;
 mod files;
+mod form;
 mod page;
 mod requests;
 
@@ -18,6 +19,11 @@ use axum::{Json, Router};
 use serde_json::json;
 
 pub use error::{ApiError, ApiResult, Failure};
+// Pure parsers, public only for the fuzz targets (see `crate::fuzzing`).
+#[doc(hidden)]
+pub use files::parse_range;
+#[doc(hidden)]
+pub use form::{parse_access_form, AccessParams};
 
 use crate::gateway::Gateway;
 use crate::store::constant_time_eq;
