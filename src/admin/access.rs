@@ -8,13 +8,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, FromRequest, Multipart, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::header;
 use axum::Json;
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use super::form::{parse_access_form, AccessParams as Params};
 use super::requests::{keys_failures, save};
 use super::{AdminState, Failure};
 use crate::keys::{parse_authorized_keys, MAX_BYTES};
@@ -87,25 +88,6 @@ impl Throttle {
     }
 }
 
-/// The call's parameters, wherever the client put them.
-#[derive(Default)]
-struct Params {
-    request: Option<String>,
-    key: Option<String>,
-    ssh_keys: Option<Vec<u8>>,
-}
-
-impl Params {
-    fn set(&mut self, name: &str, value: Vec<u8>) {
-        match name {
-            "request" => self.request = Some(String::from_utf8_lossy(&value).trim().to_string()),
-            "key" => self.key = Some(String::from_utf8_lossy(&value).trim().to_string()),
-            "ssh_keys" => self.ssh_keys = Some(value),
-            _ => {}
-        }
-    }
-}
-
 fn reply(failures: Vec<Failure>) -> Json<Value> {
     Json(json!({ "failures": failures }))
 }
@@ -114,43 +96,20 @@ fn malformed(message: impl Into<String>) -> Json<Value> {
     reply(vec![Failure::new("REQUEST:MALFORMED", message)])
 }
 
-/// Reads `request`, `key` and `ssh_keys` from the query string, then from a multipart or
-/// URL-encoded form body (form fields win).
+/// Reads the whole body (within the router's body limit) and parses it with the query
+/// string (see [`parse_access_form`]).
 async fn params(state: &Arc<AdminState>, req: Request) -> Result<Params, String> {
-    let mut p = Params::default();
-    if let Some(q) = req.uri().query() {
-        let pairs: Vec<(String, String)> =
-            serde_urlencoded::from_str(q).map_err(|e| format!("bad query string: {e}"))?;
-        for (k, v) in pairs {
-            p.set(&k, v.into_bytes());
-        }
-    }
+    let query = req.uri().query().map(str::to_owned);
     let ctype = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
-        .to_ascii_lowercase();
-    if ctype.starts_with("multipart/form-data") {
-        let mut form = Multipart::from_request(req, state)
-            .await
-            .map_err(|e| e.body_text())?;
-        while let Some(field) = form.next_field().await.map_err(|e| e.body_text())? {
-            let name = field.name().unwrap_or_default().to_string();
-            let value = field.bytes().await.map_err(|e| e.body_text())?;
-            p.set(&name, value.to_vec());
-        }
-    } else if ctype.starts_with("application/x-www-form-urlencoded") {
-        let body = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| e.body_text())?;
-        let pairs: Vec<(String, String)> =
-            serde_urlencoded::from_bytes(&body).map_err(|e| format!("bad form body: {e}"))?;
-        for (k, v) in pairs {
-            p.set(&k, v.into_bytes());
-        }
-    }
-    Ok(p)
+        .to_owned();
+    let body = axum::body::Bytes::from_request(req, state)
+        .await
+        .map_err(|e| e.body_text())?;
+    parse_access_form(query.as_deref(), &ctype, body).await
 }
 
 pub async fn request_sftp_access(

@@ -72,7 +72,7 @@ pub async fn put_upgraded(
 }
 
 /// A single byte range `start..=end` resolved against a file of `len` bytes.
-fn parse_range(h: &str, len: u64) -> Option<(u64, u64)> {
+pub fn parse_range(h: &str, len: u64) -> Option<(u64, u64)> {
     let spec = h.trim().strip_prefix("bytes=")?;
     if spec.contains(',') {
         return None;

@@ -4,6 +4,7 @@
 mod access;
 mod error;
 mod files;
+mod form;
 mod listener;
 mod login_throttle;
 mod page;
@@ -25,6 +26,11 @@ use subtle::ConstantTimeEq;
 pub use error::{ApiError, ApiResult, Failure};
 pub use listener::{serve, HttpLimits};
 pub use session::Sessions;
+// Pure parsers, public only for the fuzz targets (see `crate::fuzzing`).
+#[doc(hidden)]
+pub use files::parse_range;
+#[doc(hidden)]
+pub use form::{parse_access_form, AccessParams};
 
 use crate::gateway::Gateway;
 
