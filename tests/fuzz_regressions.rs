@@ -6,7 +6,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use sftpgate::sftp::{serve, Activity, IoInbound, IoOutbound, SharedFile};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,7 +38,7 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOC: Counting = Counting;
 
 /// Peak memory is process-wide: one replay at a time.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// What one replay saw.
 struct Replay {
@@ -135,7 +135,7 @@ fn input(name: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "fails until the session's byte budget lands (issue 12, item 1): it holds ~160 MiB"]
 async fn pipelined_reads_then_a_write_stay_under_16_mib() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let r = replay(&input("amplification-400-reads-then-write"), dir.path()).await;
     assert!(r.peak <= 16 << 20, "the session held {} KiB", r.peak >> 10);
@@ -148,7 +148,7 @@ async fn pipelined_reads_then_a_write_stay_under_16_mib() {
 /// answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_packet_is_answered_when_the_client_reads_late() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let data = input("lost-replies-lazy-client");
     for round in 0..200 {
