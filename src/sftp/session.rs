@@ -436,10 +436,7 @@ impl Session {
     }
 
     fn file_handle(&mut self, handle: &[u8]) -> Option<&mut OpenFile> {
-        match self.handles.get_mut(&parse_handle(handle)?) {
-            Some(Handle::File(f)) => Some(f),
-            _ => None,
-        }
+        file_of(&mut self.handles, handle)
     }
 
     fn handle(&mut self, req: Request) {
@@ -629,7 +626,7 @@ impl Session {
         let max_size = self.shared.max_size;
         // Everything that can refuse the write is checked before queued reads are settled:
         // a refused write must cost nothing.
-        let Some(f) = self.file_handle(handle) else {
+        let Some(f) = file_of(&mut self.handles, handle) else {
             return self.status(id, StatusCode::Failure, "invalid handle");
         };
         if !f.write {
@@ -660,10 +657,8 @@ impl Session {
             self.activity.write_errors.fetch_add(1, Ordering::Relaxed);
             return self.status(id, StatusCode::Failure, &msg);
         }
+        // The handle is looked up once: settling borrows only the queue.
         self.queue.settle_reads();
-        let Some(f) = self.file_handle(handle) else {
-            return self.status(id, StatusCode::Failure, "invalid handle");
-        };
         let len = len as usize;
         match write_pieces(&f.file, f.append, offset, data) {
             Ok(()) => {
@@ -974,6 +969,15 @@ fn wire_attrs(data: Bytes) -> Option<Attrs> {
     p.extend_from_slice(&data);
     match wire::decode(p.freeze()) {
         Ok(Request::SetStat { attrs, .. }) => Some(attrs),
+        _ => None,
+    }
+}
+
+/// The open file a handle names. A free function, so that a caller can hold it while it
+/// uses the session's other fields (the reply queue).
+fn file_of<'a>(handles: &'a mut HashMap<u32, Handle>, handle: &[u8]) -> Option<&'a mut OpenFile> {
+    match handles.get_mut(&parse_handle(handle)?) {
+        Some(Handle::File(f)) => Some(f),
         _ => None,
     }
 }
