@@ -421,3 +421,64 @@ async fn writes_far_past_the_end_are_refused() {
     assert_eq!((id_of(&r), status_of(&r)), (5, 0));
     assert_eq!(std::fs::metadata(&path).unwrap().len(), (1 << 20) + 1);
 }
+
+/// A client that has ended its input and then reads its replies slowly but steadily gets
+/// every one of them: replies are dropped only when one batch has waited 5 s for the
+/// client, never because the session as a whole took longer than that. (Before, 5 s after
+/// the input ended the writer was stopped whatever the client did: under load the session
+/// fuzz target saw every reply of a session lost.)
+#[tokio::test]
+async fn a_slow_but_steady_reader_gets_every_reply_after_its_input_ends() {
+    use common::wire::{read_packet, DATA, HANDLE, OPEN, READ};
+    use sftpgate::sftp::{serve, IoInbound, IoOutbound};
+    use sha2::{Digest, Sha256};
+    use tokio::io::AsyncWriteExt;
+
+    const READS: u64 = 5;
+    const LEN: u32 = 261_120;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("upload");
+    let content: Vec<u8> = (0..READS * u64::from(LEN))
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    std::fs::write(&path, &content).unwrap();
+    // A small pipe: each READ's reply waits for the client to read it.
+    let (mut client, server) = tokio::io::duplex(16 * 1024);
+    let (r, w) = tokio::io::split(server);
+    let session = tokio::spawn(serve(
+        common::wire::shared_file("db.dump", &path, false),
+        Default::default(),
+        None,
+        IoInbound(r),
+        IoOutbound(w),
+        std::future::pending(),
+    ));
+    client.write_all(&framed(&[1, 0, 0, 0, 3])).await.unwrap();
+    assert_eq!(read_packet(&mut client).await[0], 2);
+    let open = [&s(b"db.dump")[..], &1u32.to_be_bytes(), &0u32.to_be_bytes()].concat();
+    client
+        .write_all(&framed(&req(OPEN, 1, &[&open])))
+        .await
+        .unwrap();
+    let reply = read_packet(&mut client).await;
+    assert_eq!(reply[0], HANDLE);
+    let handle = reply[5..].to_vec();
+    for i in 0..READS {
+        let at = (i * u64::from(LEN)).to_be_bytes();
+        let body = req(READ, 10 + i as u32, &[&handle, &at, &LEN.to_be_bytes()]);
+        client.write_all(&framed(&body)).await.unwrap();
+    }
+    client.shutdown().await.unwrap();
+    // 1.5 s between replies: 6 s in all, longer than any one batch may wait.
+    let mut got = Vec::new();
+    for i in 0..READS {
+        if i > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        }
+        let reply = read_packet(&mut client).await;
+        assert_eq!((reply[0], id_of(&reply)), (DATA, 10 + i as u32));
+        got.extend_from_slice(&reply[9..]);
+    }
+    assert_eq!(Sha256::digest(&got), Sha256::digest(&content));
+    session.await.unwrap();
+}

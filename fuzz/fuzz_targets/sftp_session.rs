@@ -232,8 +232,9 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(
         replies.first().map(|r| r[0]),
         Some(2),
-        "no VERSION first ({} replies, {summary:?})",
-        replies.len()
+        "no VERSION first ({} replies in {:?}, {summary:?})",
+        replies.len(),
+        started.elapsed()
     );
     // A session whose client has not read its replies for a few seconds after its input
     // ended may drop them (sftp::serve's drain timeouts): only on a machine loaded enough

@@ -6,6 +6,7 @@
 mod activity;
 mod queue;
 mod rope;
+mod serve;
 mod session;
 pub mod vfs;
 pub mod wire;
@@ -17,7 +18,8 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub use activity::Activity;
-pub use session::{serve, SessionSummary, WriteClosed, WriteSummary};
+pub use serve::serve;
+pub use session::{SessionSummary, WriteClosed, WriteSummary};
 
 /// The largest READ or WRITE payload served, as OpenSSH's sftp-server: its client aborts on
 /// replies above 256 KiB, so longer reads are clamped.

@@ -1,4 +1,4 @@
-//! One SFTP session: the request loop and the reply writer.
+//! One SFTP session's request loop (run by [`super::serve`]).
 //!
 //! Requests are handled strictly in arrival order by one loop, so writes to a handle land
 //! in the order the client sent them and the file is always a contiguous prefix of what
@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::future::Future;
 use std::io::{IoSlice, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -20,27 +19,18 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Buf, Bytes, BytesMut};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
-use super::queue::{Buffers, Item, PendingRead, ReplyQueue};
+use super::queue::{PendingRead, ReplyQueue};
 use super::rope::{Pieces, Rope};
 use super::vfs::{self, Resolved};
 use super::wire::{
     self, Attrs, DecodeError, Request, StatusCode, FXF_APPEND, FXF_CREAT, FXF_READ, FXF_TRUNC,
     FXF_WRITE,
 };
-use super::{
-    Activity, Inbound, Outbound, SharedFile, MAX_HANDLES, MAX_IO_LEN, MAX_PACKET_LEN, MAX_WRITE_GAP,
-};
+use super::{Activity, SharedFile, MAX_HANDLES, MAX_IO_LEN, MAX_PACKET_LEN, MAX_WRITE_GAP};
 
 /// Enough of a WRITE to decode what precedes its data with any handle this server issues.
 const WRITE_HEAD_MAX: usize = 128;
-/// Received chunks waiting for the request thread.
-const PUMP_QUEUE: usize = 16;
-/// How long pending replies may take to drain when the session ends.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long replies may hold up a session the server is closing.
-const SHUTDOWN_REPLY_WAIT: Duration = Duration::from_secs(1);
 /// How long a request waits for what an ended session received to be written.
 const OTHER_SESSIONS_WAIT: Duration = Duration::from_secs(30);
 
@@ -98,7 +88,7 @@ enum Handle {
     Dir { listed: bool },
 }
 
-struct Session {
+pub(super) struct Session {
     /// This session's number among the request's sessions.
     number: u64,
     shared: SharedFile,
@@ -112,144 +102,6 @@ struct Session {
     /// Bytes still to discard of an oversized packet.
     skip: usize,
     summary: SessionSummary,
-}
-
-/// Serves SFTP on `input`/`output` until the client ends the stream or `shutdown` fires.
-/// Open write handles are fsynced before it returns.
-pub async fn serve<I: Inbound, O: Outbound>(
-    shared: SharedFile,
-    activity: Arc<Activity>,
-    on_write_closed: Option<WriteClosed>,
-    mut input: I,
-    output: O,
-    shutdown: impl Future<Output = ()> + Send,
-) -> SessionSummary {
-    let queue = Arc::new(ReplyQueue::new(activity.clone()));
-    // Replies are sent from a blocking thread as well: a READ's data is read from the file
-    // when its reply is sent, and a file that is not in the page cache (a dump of many GiB
-    // read once) would otherwise hold a runtime worker on the disk.
-    let stop_writer = CancellationToken::new();
-    // Returning, or being dropped (a runtime shutting down), ends that thread as well.
-    let _writer_stops_with_us = stop_writer.clone().drop_guard();
-    let mut writer = tokio::task::spawn_blocking({
-        let runtime = tokio::runtime::Handle::current();
-        let (queue, stop) = (queue.clone(), stop_writer.clone());
-        move || {
-            runtime.block_on(async move {
-                tokio::select! {
-                    _ = write_replies(queue.clone(), output) => {}
-                    _ = stop.cancelled() => {}
-                }
-                // However it ended, nothing more is sent: a request loop waiting for room
-                // in the queue must not wait for it.
-                queue.abandon();
-            })
-        }
-    });
-    let membership = activity.join(input.hangup_probe());
-    let number = membership.number;
-    let session = Session {
-        number,
-        shared,
-        activity: activity.clone(),
-        on_write_closed,
-        queue: queue.clone(),
-        handles: HashMap::new(),
-        next_handle: 1,
-        pending: Rope::default(),
-        skip: 0,
-        summary: SessionSummary::default(),
-    };
-    // Requests are handled on a blocking thread: file I/O can stall for a long time (dirty
-    // page throttling, a slow disk, fsync) and must not stall the runtime's workers, which
-    // run every other connection's crypto. This task only pumps bytes to it.
-    let (tx, rx) = mpsc::channel::<Bytes>(PUMP_QUEUE);
-    let span = tracing::Span::current();
-    let mut worker = tokio::task::spawn_blocking(move || span.in_scope(|| session.run(rx)));
-    tokio::pin!(shutdown);
-    // How long the replies to what was received may hold the request loop once input has
-    // ended: a while for a client that ended its input, little when the server ends it.
-    let mut reply_wait = DRAIN_TIMEOUT;
-    loop {
-        let chunk = tokio::select! {
-            chunk = input.recv() => chunk,
-            _ = &mut shutdown => {
-                reply_wait = SHUTDOWN_REPLY_WAIT;
-                None
-            }
-            _ = &mut writer => None,
-        };
-        let Some(chunk) = chunk else { break };
-        // The request loop stops taking chunks while its reply queue is full, and this
-        // then stops reading the channel: that is the backpressure on a client that does
-        // not read its replies. Shutdown is still heard meanwhile.
-        let sent = tokio::select! {
-            sent = tx.send(chunk) => sent.is_ok(),
-            _ = &mut shutdown => {
-                reply_wait = SHUTDOWN_REPLY_WAIT;
-                false
-            }
-            _ = &mut writer => false,
-        };
-        if !sent {
-            break;
-        }
-    }
-    membership.draining();
-    drop(tx);
-    // What was received is still handled (its writes are what a resume starts from), but
-    // its replies may wait only so long for a client that does not read them.
-    let summary = match tokio::time::timeout(reply_wait, &mut worker).await {
-        Ok(summary) => summary.unwrap_or_default(),
-        Err(_) => {
-            queue.abandon();
-            worker.await.unwrap_or_default()
-        }
-    };
-    drop(membership);
-    queue.close();
-    if !writer.is_finished() {
-        // A writer still blocked after this is stopped by the guard as we return.
-        let _ = tokio::time::timeout(DRAIN_TIMEOUT, &mut writer).await;
-    }
-    summary
-}
-
-/// Replies are gathered up to this many bytes before they are handed to the transport, so
-/// that many small replies, or a read's data and the next read's header, share messages.
-const WRITE_BATCH: usize = 256 * 1024;
-
-async fn write_replies<O: Outbound>(queue: Arc<ReplyQueue>, mut out: O) {
-    let mut buffers = Buffers::new(WRITE_BATCH + MAX_IO_LEN as usize + 64);
-    loop {
-        let first = match queue.try_pop() {
-            Some(item) => item,
-            None => {
-                buffers.trim();
-                match queue.pop().await {
-                    Some(item) => item,
-                    None => break,
-                }
-            }
-        };
-        let mut buf = buffers.get();
-        let mut item = Some(first);
-        while let Some(it) = item {
-            match it {
-                Item::Encoded(b) => buf.extend_from_slice(&b),
-                Item::Read(r) => queue.encode_read(&mut buf, &r),
-            }
-            item = if buf.len() < WRITE_BATCH {
-                queue.try_pop()
-            } else {
-                None
-            };
-        }
-        if out.send(buffers.lend(buf)).await.is_err() {
-            return;
-        }
-    }
-    out.finish().await;
 }
 
 /// Writes `data` at `offset`, or at the end if the file is O_APPEND (APPEND handles are),
@@ -288,9 +140,30 @@ fn io_status(e: &std::io::Error) -> (StatusCode, String) {
 }
 
 impl Session {
+    pub(super) fn new(
+        number: u64,
+        shared: SharedFile,
+        activity: Arc<Activity>,
+        on_write_closed: Option<WriteClosed>,
+        queue: Arc<ReplyQueue>,
+    ) -> Session {
+        Session {
+            number,
+            shared,
+            activity,
+            on_write_closed,
+            queue,
+            handles: HashMap::new(),
+            next_handle: 1,
+            pending: Rope::default(),
+            skip: 0,
+            summary: SessionSummary::default(),
+        }
+    }
+
     /// The request loop: runs on a blocking thread until the pump closes the channel, then
     /// syncs and closes whatever the client left open.
-    fn run(mut self, mut rx: mpsc::Receiver<Bytes>) -> SessionSummary {
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Bytes>) -> SessionSummary {
         while let Some(chunk) = rx.blocking_recv() {
             self.feed(chunk);
         }
