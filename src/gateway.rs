@@ -1,8 +1,13 @@
 //! The gateway's shared state: the store, the parsed keys of each request, and the live
 //! SSH sessions. It turns a login attempt into a grant (which file, which mode) and closes
 //! sessions whose grant no longer holds.
+//!
+//! It is also the only way to change a record: [`Gateway::change`] runs the store's
+//! serialised read-modify-write and then, in the same call, ends the live sessions the
+//! change revoked, so that no writer (operator or customer) can race another one or
+//! forget the re-check. The store itself is private to this module.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,14 +15,13 @@ use std::time::Duration;
 
 use russh::keys::ssh_key::PublicKey;
 use time::OffsetDateTime;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::hook::Hook;
 use crate::keys::{fingerprint, parse_authorized_keys, AuthorizedKey};
 use crate::metrics::{Derived, Metrics};
 use crate::sftp::{Activity, SharedFile, WriteClosed};
-use crate::store::{Access, Record, State, Store};
+use crate::store::{update_with, Access, Decision, Record, State, Store, StoreError, Updated};
 
 /// How often live sessions are checked against their request (expiry is noticed this fast).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -45,7 +49,9 @@ struct Live {
 }
 
 pub struct Gateway {
-    pub store: Arc<dyn Store>,
+    /// Private: reads go through [`record`](Self::record) and [`records`](Self::records),
+    /// changes through [`change`](Self::change).
+    store: Arc<dyn Store>,
     pub metrics: Metrics,
     hook: Option<Hook>,
     max_upload_size: Option<u64>,
@@ -59,7 +65,6 @@ pub struct Gateway {
     /// Deleted requests whose counters are still to be folded into `retired`.
     forgotten: Mutex<Vec<u64>>,
     retired: Retired,
-    recheck: Notify,
 }
 
 /// The counters of deleted requests, so that the metrics' totals never go back.
@@ -101,12 +106,51 @@ impl Gateway {
             activity: Mutex::default(),
             forgotten: Mutex::default(),
             retired: Retired::default(),
-            recheck: Notify::new(),
         })
     }
 
     fn lock_live(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Live>> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The record of request `id`, if any.
+    pub async fn record(&self, id: u64) -> Result<Option<Record>, StoreError> {
+        self.store.get(id).await
+    }
+
+    /// All records, ordered by id.
+    pub async fn records(&self) -> Result<Vec<Record>, StoreError> {
+        self.store.list().await
+    }
+
+    /// Where the customer's upload of request `id` lives.
+    pub fn upload_path(&self, id: u64) -> std::path::PathBuf {
+        self.store.upload_path(id)
+    }
+
+    /// Where the upgraded dump of request `id` lives.
+    pub fn upgraded_path(&self, id: u64) -> std::path::PathBuf {
+        self.store.upgraded_path(id)
+    }
+
+    /// Changes record `id`: `decide` sees the record as it is (no other change of `id`
+    /// runs meanwhile) and returns what becomes of it, with a value for the caller (a
+    /// refusal, or what it saw). Once the decision is durable, the live sessions of the
+    /// request are checked against the new record and those it no longer grants are
+    /// closed, and a deleted request is forgotten.
+    pub async fn change<T: Send>(
+        &self,
+        id: u64,
+        decide: impl FnOnce(Option<&Record>) -> (Decision, T) + Send,
+    ) -> Result<(Updated, T), StoreError> {
+        let (updated, value) = update_with(self.store.as_ref(), id, decide).await?;
+        if updated.deleted() {
+            self.forget(id);
+        }
+        if updated.before != updated.after {
+            self.revoke_unless_granted(id, updated.after.as_ref(), OffsetDateTime::now_utc());
+        }
+        Ok((updated, value))
     }
 
     pub fn next_session_id(&self) -> u64 {
@@ -130,15 +174,31 @@ impl Gateway {
 
     /// The grant `key` gets as `user` from `ip` right now, or `None`. Unknown user, unknown
     /// key, wrong state and expiry all look the same to the caller.
-    pub fn authorize(&self, user: &str, key: &PublicKey, ip: Option<IpAddr>) -> Option<Grant> {
+    pub async fn authorize(
+        &self,
+        user: &str,
+        key: &PublicKey,
+        ip: Option<IpAddr>,
+    ) -> Option<Grant> {
         let id = Record::parse_user(user)?;
-        let record = self.store.get(id)?;
+        let record = self.read_or_log(id).await?;
         let access = self.check(&record, key, ip, OffsetDateTime::now_utc())?;
         Some(Grant {
             request_id: id,
             access,
             key: key.clone(),
         })
+    }
+
+    /// The record of `id` for the SSH side, which has no one to report a store failure
+    /// to: it is logged, and nothing is granted.
+    async fn read_or_log(&self, id: u64) -> Option<Record> {
+        self.store
+            .get(id)
+            .await
+            .inspect_err(|e| tracing::error!(request = id, error = %e, "cannot read the record"))
+            .ok()
+            .flatten()
     }
 
     fn check(
@@ -157,8 +217,8 @@ impl Gateway {
     }
 
     /// The file a grant's SFTP session serves.
-    pub fn shared_file(&self, grant: &Grant) -> Option<SharedFile> {
-        let record = self.store.get(grant.request_id)?;
+    pub async fn shared_file(&self, grant: &Grant) -> Option<SharedFile> {
+        let record = self.read_or_log(grant.request_id).await?;
         Some(match grant.access {
             Access::Upload => SharedFile {
                 name: record.visible_name(Access::Upload),
@@ -206,7 +266,8 @@ impl Gateway {
     }
 
     /// The metrics page, with totals summed over every request's activity.
-    pub fn render_metrics(&self) -> String {
+    pub async fn render_metrics(&self) -> Result<String, StoreError> {
+        let records = self.store.list().await?;
         let r = &self.retired;
         let (mut received, mut sent, mut errors) = (
             r.received.load(Ordering::Relaxed),
@@ -223,7 +284,6 @@ impl Gateway {
             sent += a.bytes_read.load(Ordering::Relaxed);
             errors += a.write_errors.load(Ordering::Relaxed);
         }
-        let records = self.store.list();
         let requests = State::ALL
             .iter()
             .map(|st| {
@@ -233,12 +293,12 @@ impl Gateway {
                 )
             })
             .collect();
-        self.metrics.render(&Derived {
+        Ok(self.metrics.render(&Derived {
             bytes_received: received,
             bytes_sent: sent,
             transfer_errors: errors,
             requests,
-        })
+        }))
     }
 
     pub fn activity(&self, request_id: u64) -> Arc<Activity> {
@@ -248,7 +308,7 @@ impl Gateway {
 
     /// Drops what is kept about a deleted request: its parsed keys now, its counters once
     /// no session holds them (see [`retire`](Self::retire)).
-    pub fn forget(&self, request_id: u64) {
+    fn forget(&self, request_id: u64) {
         self.keys
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -261,16 +321,28 @@ impl Gateway {
 
     /// Folds the counters of deleted requests into the retired totals once their last
     /// session has ended (sessions are closed by the sweep that follows a delete).
-    fn retire(&self) {
-        let mut forgotten = self.forgotten.lock().unwrap_or_else(|p| p.into_inner());
-        if forgotten.is_empty() {
-            return;
+    async fn retire(&self) {
+        let ids = self
+            .forgotten
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        // Read without the locks held (a store read may wait on the network); an id whose
+        // read failed, or forgotten since, is looked at again next time.
+        let mut exists = HashMap::new();
+        for id in ids {
+            if let Ok(r) = self.store.get(id).await {
+                exists.insert(id, r.is_some());
+            }
         }
+        let mut forgotten = self.forgotten.lock().unwrap_or_else(|p| p.into_inner());
         let mut activity = self.activity.lock().unwrap_or_else(|p| p.into_inner());
         forgotten.retain(|id| {
-            if self.store.get(*id).is_some() {
+            match exists.get(id) {
+                None => return true,
                 // Created again under the same id: the counters carry on with it.
-                return false;
+                Some(true) => return false,
+                Some(false) => {}
             }
             if activity.get(id).is_some_and(|a| Arc::strong_count(a) > 1) {
                 return true;
@@ -290,7 +362,7 @@ impl Gateway {
 
     /// Registers an authenticated connection; `kick` is cancelled when its grant ends.
     /// `None` when the request already has as many live sessions as it may.
-    pub fn register(
+    pub async fn register(
         self: &Arc<Self>,
         session: u64,
         grant: &Grant,
@@ -298,8 +370,8 @@ impl Gateway {
         kick: CancellationToken,
     ) -> Option<LiveGuard> {
         let filename = self
-            .store
-            .get(grant.request_id)
+            .read_or_log(grant.request_id)
+            .await
             .map(|r| r.filename)
             .unwrap_or_default();
         let mut live = self.lock_live();
@@ -339,23 +411,15 @@ impl Gateway {
             .collect()
     }
 
-    /// Asks the sweeper to check live sessions now (after a record changed).
-    pub fn recheck_now(&self) {
-        self.recheck.notify_one();
-    }
-
-    /// Closes every live session whose grant no longer holds: request deleted, state
-    /// changed, access expired, or its key removed or no longer allowed.
-    pub fn sweep(&self) {
-        self.retire();
-        let now = OffsetDateTime::now_utc();
+    /// Closes the live sessions of request `id` that `record` (its record now, `None` if
+    /// deleted) no longer grants: state changed, access expired, file renamed, or key
+    /// removed or no longer allowed. The one check behind both a change and the sweep.
+    fn revoke_unless_granted(&self, id: u64, record: Option<&Record>, now: OffsetDateTime) {
         let live = self.lock_live();
-        for (session, l) in live.iter() {
-            let still = self
-                .store
-                .get(l.request_id)
+        for (session, l) in live.iter().filter(|(_, l)| l.request_id == id) {
+            let still = record
                 .filter(|r| r.filename == l.filename)
-                .and_then(|r| self.check(&r, &l.key, Some(l.peer.ip()), now));
+                .and_then(|r| self.check(r, &l.key, Some(l.peer.ip()), now));
             if still != Some(l.access) && !l.kick.is_cancelled() {
                 tracing::info!(
                     target: "audit",
@@ -371,17 +435,34 @@ impl Gateway {
         }
     }
 
-    /// Runs the sweep every second, and at once when asked, until `shutdown`.
+    /// Closes every live session whose grant no longer holds. Changes re-check their own
+    /// request at once (see [`change`](Self::change)); this catches what time alone ends:
+    /// an expiry passing, a key's `expiry-time`.
+    pub async fn sweep(&self) {
+        self.retire().await;
+        let now = OffsetDateTime::now_utc();
+        // The records are read without the live set locked: a store read may wait.
+        let ids: BTreeSet<u64> = self.lock_live().values().map(|l| l.request_id).collect();
+        for id in ids {
+            match self.store.get(id).await {
+                Ok(record) => self.revoke_unless_granted(id, record.as_ref(), now),
+                // Sessions are left alone while their record cannot be read; new logins
+                // are refused meanwhile.
+                Err(e) => tracing::error!(request = id, error = %e, "cannot re-check sessions"),
+            }
+        }
+    }
+
+    /// Runs the sweep every second until `shutdown`.
     pub async fn run_sweeper(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(SWEEP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = self.recheck.notified() => {}
                 _ = shutdown.cancelled() => return,
             }
-            self.sweep();
+            self.sweep().await;
         }
     }
 }
@@ -389,34 +470,101 @@ impl Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::FileStore;
+    use crate::store::{hash_key, FileStore};
 
-    fn received_total(g: &Gateway) -> String {
-        let metrics = g.render_metrics();
+    const ED: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKbk4EHF3X5miABPFC3UVX+U9igZJxLC2U169zVW+L4W alice@laptop";
+
+    async fn received_total(g: &Gateway) -> String {
+        let metrics = g.render_metrics().await.expect("metrics");
         let line = metrics
             .lines()
             .find(|l| l.starts_with("sftpgate_bytes_received_total"));
         line.unwrap_or_default().to_string()
     }
 
-    #[test]
-    fn a_deleted_request_leaves_its_totals_and_nothing_else() {
+    fn gateway(dir: &std::path::Path) -> Arc<Gateway> {
+        let store = Arc::new(FileStore::open(dir).expect("store"));
+        Gateway::new(store, None, None, 10)
+    }
+
+    #[tokio::test]
+    async fn a_deleted_request_leaves_its_totals_and_nothing_else() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(FileStore::open(dir.path()).expect("store"));
-        let g = Gateway::new(store, None, None, 10);
+        let g = gateway(dir.path());
         let held = g.activity(7);
         held.bytes_written.store(1000, Ordering::Relaxed);
         g.activity(8).bytes_written.store(234, Ordering::Relaxed);
-        let before = received_total(&g);
+        let before = received_total(&g).await;
         assert!(before.ends_with(" 1234"), "{before}");
         // Request 7 is not in the store, as after a delete; a session still holds it.
         g.forget(7);
-        g.sweep();
+        g.sweep().await;
         assert!(g.activity.lock().unwrap().contains_key(&7));
         drop(held);
-        g.sweep();
+        g.sweep().await;
         assert!(!g.activity.lock().unwrap().contains_key(&7));
         assert!(g.forgotten.lock().unwrap().is_empty());
-        assert_eq!(received_total(&g), before);
+        assert_eq!(received_total(&g).await, before);
+    }
+
+    /// A change ends the sessions it revokes by itself, without waiting for the sweep; one
+    /// that changes nothing, or changes another request, ends none.
+    #[tokio::test]
+    async fn a_change_closes_the_sessions_it_revokes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let g = gateway(dir.path());
+        let now = OffsetDateTime::now_utc();
+        let record = |id| Record {
+            id,
+            filename: "db.dump".into(),
+            state: State::Draft,
+            key_sha256: hash_key("k"),
+            ssh_keys: ED.into(),
+            expires_at: None,
+            operator_expires_at: None,
+            created_at: now,
+            updated_at: now,
+        };
+        for id in [1, 2] {
+            g.change(id, |_| (Decision::Put(record(id)), ()))
+                .await
+                .expect("created");
+        }
+        let key = PublicKey::from_openssh(ED).expect("key");
+        let peer: SocketAddr = "127.0.0.1:2222".parse().expect("address");
+        let mut sessions = Vec::new();
+        for id in [1, 2] {
+            let grant = g
+                .authorize(&Record::user_name(id), &key, Some(peer.ip()))
+                .await
+                .expect("granted");
+            let kick = CancellationToken::new();
+            let live = g.register(id, &grant, peer, kick.clone()).await;
+            sessions.push((kick, live.expect("registered")));
+        }
+        let kicked = |n: usize| sessions[n].0.is_cancelled();
+
+        g.change(1, |_| (Decision::Keep, ())).await.expect("kept");
+        g.change(1, |r| (Decision::Put(r.cloned().expect("record")), ()))
+            .await
+            .expect("rewritten");
+        assert!(!kicked(0) && !kicked(1));
+        let (_, saw) = g
+            .change(1, |r| {
+                let mut r = r.cloned().expect("record");
+                r.state = State::Cancelled;
+                let saw = r.id;
+                (Decision::Put(r), saw)
+            })
+            .await
+            .expect("cancelled");
+        assert_eq!(saw, 1);
+        assert!(kicked(0) && !kicked(1));
+        let (updated, ()) = g
+            .change(2, |_| (Decision::Delete { purge: false }, ()))
+            .await
+            .expect("deleted");
+        assert!(updated.deleted() && kicked(1));
+        assert!(g.authorize("user_2", &key, Some(peer.ip())).await.is_none());
     }
 }

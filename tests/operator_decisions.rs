@@ -1,7 +1,8 @@
 //! What the operator decided sticks, whatever customers do: an operator's expiry is a
-//! ceiling for `request_sftp_access`, a deleted request hands nothing to the next one with
-//! its id, strangers' wrong keys cannot lock an owner out, and the files on disk are
-//! private whatever the umask.
+//! ceiling for `request_sftp_access`, a cancel or a delete is not undone by customer calls
+//! racing it, a deleted request hands nothing to the next one with its id, strangers'
+//! wrong keys cannot lock an owner out, and the files on disk are private whatever the
+//! umask.
 
 mod common;
 
@@ -9,6 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use common::*;
 use serde_json::{json, Value};
@@ -302,4 +304,118 @@ fn files_are_private_whatever_the_umask() {
 fn the_upload_is_private_whatever_the_umask() {
     let (g, _key) = under_umask_022();
     assert_eq!(mode(&g.upload_path(31)), 0o600);
+}
+
+/// Customer threads calling `request_sftp_access` at once, and rounds of the race.
+const HAMMERS: usize = 4;
+const ROUNDS: u64 = 24;
+
+/// An authorized_keys file near the size limits (100 keys, the most allowed, each with a
+/// long comment: some 60 KiB), so that each call spends a while between reading the
+/// record and writing it.
+fn large_keys_file(g: &Gateway, key: &ClientKey) -> std::path::PathBuf {
+    let line = format!("{} {}\n", key.public().trim(), "c".repeat(500));
+    let p = g.dir.path().join("large-keys");
+    std::fs::write(&p, line.repeat(100)).unwrap();
+    p
+}
+
+/// Runs `ROUNDS` rounds in which `HAMMERS` customers call `request_sftp_access` on a fresh
+/// draft request while the operator does `decide` to it once some calls have been granted;
+/// each customer then makes two more calls, so that every call that was in flight when
+/// `decide` was answered has been answered too. `stuck` tells whether the decision is
+/// still what the operator sees afterwards. Returns the rounds where it was not.
+fn race_customers_against(
+    base_id: u64,
+    decide: impl Fn(&Gateway, u64),
+    stuck: impl Fn(&Gateway, u64) -> Result<(), String>,
+) -> Vec<String> {
+    let g = Gateway::start();
+    let key = ClientKey::new(g.dir.path(), "c");
+    let keys = large_keys_file(&g, &key);
+    let mut lost = Vec::new();
+    for round in 0..ROUNDS {
+        let id = base_id + round;
+        g.provision(id, "db.dump", &key);
+        let granted = AtomicUsize::new(0);
+        let decided = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for t in 0..HAMMERS {
+                let (g, keys, granted, decided) = (&g, &keys, &granted, &decided);
+                // A source of its own per customer and round: calls after a delete count
+                // as wrong keys, and must not throttle later rounds.
+                let source = format!("127.{}.{}.{}", base_id % 200, round + 1, t + 1);
+                s.spawn(move || {
+                    let mut after = 0;
+                    while after < 2 {
+                        if decided.load(Ordering::SeqCst) {
+                            after += 1;
+                        }
+                        let v = access_from(g, &source, id, &format!("secret-{id}"), keys);
+                        if reasons(&v).is_empty() {
+                            granted.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                });
+            }
+            assert!(
+                wait_until(std::time::Duration::from_secs(20), || granted
+                    .load(Ordering::SeqCst)
+                    >= HAMMERS),
+                "customers got no access in round {round}"
+            );
+            decide(&g, id);
+            decided.store(true, Ordering::SeqCst);
+        });
+        if let Err(e) = stuck(&g, id) {
+            lost.push(format!("round {round}: {e}"));
+        }
+    }
+    lost
+}
+
+#[test]
+fn a_cancel_sticks_while_customers_ask_for_access() {
+    let lost = race_customers_against(
+        100,
+        |g, id| {
+            let (code, v) = g.set_state(id, "cancelled");
+            assert_eq!(code, 200, "{v}");
+        },
+        |g, id| {
+            let (code, v) = g.api("GET", &format!("/v1/requests/{id}"), None);
+            match (code, v["request"]["state"].as_str()) {
+                (200, Some("cancelled")) => Ok(()),
+                _ => Err(format!("{code} {}", v["request"]["state"])),
+            }
+        },
+    );
+    assert!(
+        lost.is_empty(),
+        "the cancel was lost in {} of {ROUNDS} rounds: {lost:?}",
+        lost.len()
+    );
+}
+
+#[test]
+fn a_delete_sticks_while_customers_ask_for_access() {
+    let lost = race_customers_against(
+        150,
+        |g, id| {
+            let (code, v) = g.api("DELETE", &format!("/v1/requests/{id}"), None);
+            assert_eq!(code, 200, "{v}");
+        },
+        |g, id| {
+            let (code, v) = g.api("GET", &format!("/v1/requests/{id}"), None);
+            match code {
+                404 => Ok(()),
+                _ => Err(format!("{code} {}", v["request"]["state"])),
+            }
+        },
+    );
+    assert!(
+        lost.is_empty(),
+        "the delete was undone in {} of {ROUNDS} rounds: {lost:?}",
+        lost.len()
+    );
 }

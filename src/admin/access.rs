@@ -3,6 +3,10 @@
 //! request's authorized keys with the uploaded file and opens SFTP access for a while.
 //! Like the reference, it always answers 200 with a JSON body whose `failures` list is
 //! empty on success.
+//!
+//! The whole decision (key, state, keys file, expiry) is taken in one `Gateway::change`,
+//! from the record as it is then: a call racing an operator's cancel or delete either
+//! comes before it (and is undone by it) or sees its result, never writes over it.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -16,11 +20,11 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::form::{parse_access_form, AccessParams as Params};
-use super::requests::{keys_failures, save};
-use super::{AdminState, Failure};
+use super::requests::keys_failures;
+use super::{AdminState, ApiError, Failure};
 use crate::keys::{parse_authorized_keys, MAX_BYTES};
 use crate::limits::{source_of, FailureCounter, FailurePolicy};
-use crate::store::{hash_key, Access, Record, State as ReqState};
+use crate::store::{hash_key, Access, Decision, Record, State as ReqState};
 
 /// Wrong keys allowed per request from one source within `WINDOW`; the source is then
 /// refused for that request for `BLOCK`. Counted per source so that strangers cannot lock
@@ -165,14 +169,24 @@ pub async fn request_sftp_access(
         tracing::debug!(request = id, ip = %ip, "access call throttled");
         return reply(vec![Failure::new("KEY:THROTTLED", message)]);
     }
-    let record = match state.gateway.store.get(id) {
-        Some(r) if r.key_matches(&key) => r,
+    let (now, ttl) = (OffsetDateTime::now_utc(), state.access_ttl);
+    let change = state.gateway.change(id, |record| match record {
+        Some(r) if r.key_matches(&key) => match grant(r, keys_file, now, ttl) {
+            Ok((updated, granted)) => (Decision::Put(updated), Outcome::Granted(granted)),
+            Err(failures) => (Decision::Keep, Outcome::Refused(failures)),
+        },
         found => {
             // Unknown request and wrong key look the same, and cost the same hash, so
             // neither can be probed.
             if found.is_none() {
                 let _ = hash_key(&key);
             }
+            (Decision::Keep, Outcome::WrongKey)
+        }
+    });
+    let granted = match change.await {
+        Err(e) => return reply(ApiError::storage(e).failures),
+        Ok((_, Outcome::WrongKey)) => {
             state.throttle.failed(id, ip);
             tracing::info!(target: "audit", event = "access-refused", request = id, ip = %ip, "wrong key or unknown request");
             return reply(vec![Failure::new(
@@ -180,12 +194,60 @@ pub async fn request_sftp_access(
                 "unknown request or wrong key",
             )]);
         }
+        Ok((_, Outcome::Refused(failures))) => {
+            state.throttle.succeeded(id, ip);
+            return reply(failures);
+        }
+        Ok((_, Outcome::Granted(granted))) => {
+            state.throttle.succeeded(id, ip);
+            granted
+        }
     };
-    state.throttle.succeeded(id, ip);
+    let user = Record::user_name(id);
+    tracing::info!(target: "audit", event = "access-granted", request = id, keys = granted.keys, "sftp access opened");
+    Json(json!({
+        "failures": [],
+        "warnings": granted.warnings,
+        "request": {
+            "hostname": state.public_host,
+            "sftp_port": state.public_port,
+            "sftp_user": user,
+            "shared_file": granted.shared_file,
+            "request_id": id,
+            "sample_command": format!("sftp -P {} {}@{}", state.public_port, user, state.public_host),
+            "expires_at": granted.expires_at.format(&Rfc3339).ok(),
+        }
+    }))
+}
+
+/// What a call decided, taken out of the change.
+enum Outcome {
+    WrongKey,
+    /// The right key, but no access: the failures to answer.
+    Refused(Vec<Failure>),
+    Granted(Granted),
+}
+
+/// What the answer to a granted call tells.
+struct Granted {
+    shared_file: String,
+    expires_at: OffsetDateTime,
+    keys: usize,
+    warnings: Vec<Value>,
+}
+
+/// The record that opening access to `record` (whose key matched) with `keys_file` at
+/// `now` makes, or why access is not opened, checked in the order the reference does.
+fn grant(
+    record: &Record,
+    keys_file: Vec<u8>,
+    now: OffsetDateTime,
+    ttl: time::Duration,
+) -> Result<(Record, Granted), Vec<Failure>> {
     let access = match record.state {
         ReqState::Draft | ReqState::Done => record.state,
         other => {
-            return reply(vec![Failure::new(
+            return Err(vec![Failure::new(
                 "STATE:INVALID",
                 format!(
                     "SFTP access needs the request in draft or done, it is {}",
@@ -197,7 +259,7 @@ pub async fn request_sftp_access(
         }
     };
     if keys_file.len() > MAX_BYTES {
-        return reply(vec![Failure::new(
+        return Err(vec![Failure::new(
             "SSH_KEYS:TOO_LARGE",
             format!(
                 "{} bytes, at most {MAX_BYTES} are accepted",
@@ -206,15 +268,12 @@ pub async fn request_sftp_access(
         )]);
     }
     let Ok(text) = String::from_utf8(keys_file) else {
-        return reply(vec![Failure::new(
+        return Err(vec![Failure::new(
             "SSH_KEYS:INVALID",
             "the SSH keys file is not UTF-8 text",
         )]);
     };
-    let keys = match parse_authorized_keys(&text) {
-        Ok(k) => k,
-        Err(e) => return reply(keys_failures(e)),
-    };
+    let keys = parse_authorized_keys(&text).map_err(keys_failures)?;
     let warnings: Vec<Value> = keys
         .iter()
         .flat_map(|k| {
@@ -223,9 +282,8 @@ pub async fn request_sftp_access(
             })
         })
         .collect();
-    let now = OffsetDateTime::now_utc();
-    let Some(expires_at) = record.customer_expiry(now, state.access_ttl) else {
-        return reply(vec![Failure::new(
+    let Some(expires_at) = record.customer_expiry(now, ttl) else {
+        return Err(vec![Failure::new(
             "ACCESS:EXPIRED",
             "the operator closed SFTP access to this request; only the operator can reopen it",
         )
@@ -239,25 +297,13 @@ pub async fn request_sftp_access(
     updated.ssh_keys = text;
     updated.expires_at = Some(expires_at);
     updated.updated_at = now;
-    if let Err(e) = save(&state, updated).await {
-        return reply(e.failures);
-    }
-    let user = Record::user_name(id);
-    let shared = record.visible_name(access.access().unwrap_or(Access::Upload));
-    tracing::info!(target: "audit", event = "access-granted", request = id, keys = keys.len(), "sftp access opened");
-    Json(json!({
-        "failures": [],
-        "warnings": warnings,
-        "request": {
-            "hostname": state.public_host,
-            "sftp_port": state.public_port,
-            "sftp_user": user,
-            "shared_file": shared,
-            "request_id": id,
-            "sample_command": format!("sftp -P {} {}@{}", state.public_port, user, state.public_host),
-            "expires_at": expires_at.format(&Rfc3339).ok(),
-        }
-    }))
+    let granted = Granted {
+        shared_file: record.visible_name(access.access().unwrap_or(Access::Upload)),
+        expires_at,
+        keys: keys.len(),
+        warnings,
+    };
+    Ok((updated, granted))
 }
 
 #[cfg(test)]

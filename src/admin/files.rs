@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
-use super::requests::view;
+use super::requests::{existing, view};
 use super::{parse_id, AdminState, ApiError, ApiResult, Failure};
 use crate::store::{private, sync_dir_io};
 
@@ -24,12 +24,8 @@ pub async fn put_upgraded(
     body: Body,
 ) -> ApiResult<Json<Value>> {
     let id = parse_id(&raw)?;
-    let record = state
-        .gateway
-        .store
-        .get(id)
-        .ok_or_else(|| ApiError::not_found(id))?;
-    let path = state.gateway.store.upgraded_path(id);
+    let record = existing(&state, id).await?;
+    let path = state.gateway.upgraded_path(id);
     let dir = path
         .parent()
         .map(|p| p.to_path_buf())
@@ -103,12 +99,8 @@ pub async fn get_original(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let id = parse_id(&raw)?;
-    state
-        .gateway
-        .store
-        .get(id)
-        .ok_or_else(|| ApiError::not_found(id))?;
-    let path = state.gateway.store.upload_path(id);
+    existing(&state, id).await?;
+    let path = state.gateway.upload_path(id);
     let mut file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

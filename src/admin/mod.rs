@@ -126,11 +126,10 @@ async fn healthz(State(state): State<Arc<AdminState>>) -> Response {
 
 /// Prometheus text format; like /healthz it needs no token (it holds no secret).
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.gateway.render_metrics(),
-    )
-        .into_response()
+    match state.gateway.render_metrics().await {
+        Ok(page) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], page).into_response(),
+        Err(e) => ApiError::storage(e).into_response(),
+    }
 }
 
 async fn require_token(State(state): State<Arc<AdminState>>, req: Request, next: Next) -> Response {

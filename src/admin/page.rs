@@ -20,7 +20,7 @@ use subtle::ConstantTimeEq;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::AdminState;
+use super::{AdminState, ApiError};
 use crate::store::Record;
 
 const COOKIE: &str = "sftpgate_session";
@@ -106,7 +106,10 @@ pub async fn index(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> 
     let g = &state.gateway;
     let now = OffsetDateTime::now_utc();
     let mut rows = String::new();
-    let records = g.store.list();
+    let records = match g.records().await {
+        Ok(records) => records,
+        Err(e) => return ApiError::storage(e).into_response(),
+    };
     for r in &records {
         rows.push_str(&row(&state, r, now));
     }
@@ -129,7 +132,7 @@ pub async fn index(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> 
 
 fn row(state: &AdminState, r: &Record, now: OffsetDateTime) -> String {
     let g = &state.gateway;
-    let size = std::fs::metadata(g.store.upload_path(r.id))
+    let size = std::fs::metadata(g.upload_path(r.id))
         .map(|m| m.len())
         .unwrap_or(0);
     let activity = g.activity(r.id);

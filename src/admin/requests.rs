@@ -1,5 +1,8 @@
-//! Request records: create/update, show, list, state changes, delete.
+//! Request records: create/update, show, list, state changes, delete. Each change is one
+//! `Gateway::change`: what it decides is decided from the record as it is at that moment,
+//! so that a customer's `request_sftp_access` racing it cannot undo it.
 
+use std::path::Path as FsPath;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -13,8 +16,11 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::{parse_id, AdminState, ApiError, ApiResult, Failure};
+use crate::gateway::Gateway;
 use crate::keys::{fingerprint, parse_authorized_keys, KeysError};
-use crate::store::{hash_key, validate_filename, validate_key, Record, State as ReqState};
+use crate::store::{
+    hash_key, validate_filename, validate_key, Decision, Record, State as ReqState, Updated,
+};
 
 /// Turns an authorized_keys problem into the reference's failures.
 pub(crate) fn keys_failures(e: KeysError) -> Vec<Failure> {
@@ -86,8 +92,8 @@ pub(crate) fn view(state: &AdminState, r: &Record) -> Value {
         "expires_at": r.expires_at.map(rfc3339),
         "operator_expires_at": r.operator_expires_at.map(rfc3339),
         "ssh_keys": keys,
-        "filesize": size(g.store.upload_path(r.id)).unwrap_or(0),
-        "upgraded_filesize": size(g.store.upgraded_path(r.id)),
+        "filesize": size(g.upload_path(r.id)).unwrap_or(0),
+        "upgraded_filesize": size(g.upgraded_path(r.id)),
         "last_write_at": (last_write > 0).then(|| OffsetDateTime::from_unix_timestamp(last_write).ok().map(rfc3339)),
         "writing": activity.writers.load(Ordering::Relaxed) > 0,
         "sessions": peers.len(),
@@ -101,15 +107,20 @@ fn ok_one(state: &AdminState, r: &Record) -> Json<Value> {
     Json(json!({"failures": [], "request": view(state, r)}))
 }
 
-pub async fn list(State(state): State<Arc<AdminState>>) -> Json<Value> {
-    let all: Vec<Value> = state
+pub async fn list(State(state): State<Arc<AdminState>>) -> ApiResult<Json<Value>> {
+    let records = state.gateway.records().await.map_err(ApiError::storage)?;
+    let all: Vec<Value> = records.iter().map(|r| view(&state, r)).collect();
+    Ok(Json(json!({"failures": [], "requests": all})))
+}
+
+/// The record of request `id`, or the 404 every route gives for an unknown request.
+pub(crate) async fn existing(state: &AdminState, id: u64) -> ApiResult<Record> {
+    state
         .gateway
-        .store
-        .list()
-        .iter()
-        .map(|r| view(&state, r))
-        .collect();
-    Json(json!({"failures": [], "requests": all}))
+        .record(id)
+        .await
+        .map_err(ApiError::storage)?
+        .ok_or_else(|| ApiError::not_found(id))
 }
 
 pub async fn show(
@@ -117,11 +128,7 @@ pub async fn show(
     Path(raw): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let id = parse_id(&raw)?;
-    let r = state
-        .gateway
-        .store
-        .get(id)
-        .ok_or_else(|| ApiError::not_found(id))?;
+    let r = existing(&state, id).await?;
     Ok(ok_one(&state, &r))
 }
 
@@ -163,19 +170,29 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: JsonBody) -> ApiResult<T> {
     })
 }
 
-/// Writes a record on a blocking thread (it fsyncs) and asks the sweeper to recheck.
-pub(crate) async fn save(state: &AdminState, record: Record) -> ApiResult<()> {
-    let store = state.gateway.store.clone();
-    tokio::task::spawn_blocking(move || store.put(record))
+/// Runs `decide` as a change of record `id`: a refusal it returns is the answer, a record
+/// it puts is audited and returned.
+async fn change(
+    g: &Gateway,
+    id: u64,
+    decide: impl FnOnce(Option<&Record>) -> ApiResult<Record> + Send,
+) -> ApiResult<Record> {
+    let (updated, outcome) = g
+        .change(id, |existing| match decide(existing) {
+            Ok(record) => (Decision::Put(record), Ok(())),
+            Err(refusal) => (Decision::Keep, Err(refusal)),
+        })
         .await
-        .map_err(ApiError::storage)?
         .map_err(ApiError::storage)?;
-    state.gateway.recheck_now();
-    Ok(())
+    outcome?;
+    let Updated { before, after, .. } = updated;
+    let record = after.ok_or_else(|| ApiError::storage("a put left no record"))?;
+    audit_change(&record, before.as_ref());
+    Ok(record)
 }
 
-fn check_transition(state: &AdminState, id: u64, to: ReqState) -> Result<(), Failure> {
-    if to == ReqState::Done && !state.gateway.store.upgraded_path(id).is_file() {
+fn check_transition(upgraded: &FsPath, to: ReqState) -> Result<(), Failure> {
+    if to == ReqState::Done && !upgraded.is_file() {
         return Err(Failure::new(
             "UPGRADED:MISSING",
             "a request can only be done once its upgraded file was uploaded (PUT /v1/requests/{id}/upgraded)",
@@ -190,13 +207,42 @@ pub async fn put(
     body: JsonBody,
 ) -> ApiResult<Json<Value>> {
     let id = parse_id(&raw)?;
-    let body: PutBody = parse_json(body)?;
-    let existing = state.gateway.store.get(id);
+    let mut body: PutBody = parse_json(body)?;
+    // Parsed before the change: it does not depend on the record, and the change holds
+    // up the record's other writers while it runs.
+    let ssh_keys = body.ssh_keys.take().map(|text| {
+        parse_authorized_keys(&text)
+            .map(|_| text)
+            .map_err(keys_failures)
+    });
+    let upgraded = state.gateway.upgraded_path(id);
+    let now = OffsetDateTime::now_utc();
+    let record = change(&state.gateway, id, |existing| {
+        merge(id, body, ssh_keys, existing, &upgraded, now).map_err(|failures| ApiError {
+            status: StatusCode::BAD_REQUEST,
+            failures,
+        })
+    })
+    .await?;
+    Ok(ok_one(&state, &record))
+}
+
+/// The record a PUT makes of `existing` (or creates), or every failure found in its body
+/// in the order the fields come. `ssh_keys` is the body's keys text, taken out of it and
+/// parsed.
+fn merge(
+    id: u64,
+    body: PutBody,
+    ssh_keys: Option<Result<String, Vec<Failure>>>,
+    existing: Option<&Record>,
+    upgraded: &FsPath,
+    now: OffsetDateTime,
+) -> Result<Record, Vec<Failure>> {
     let mut failures = Vec::new();
 
     let filename = body
         .filename
-        .or_else(|| existing.as_ref().map(|r| r.filename.clone()));
+        .or_else(|| existing.map(|r| r.filename.clone()));
     match &filename {
         None => failures.push(Failure::new(
             "FILENAME:REQUIRED",
@@ -211,7 +257,7 @@ pub async fn put(
             }
         }
     }
-    let key_sha256 = match (body.key.as_deref(), &existing) {
+    let key_sha256 = match (body.key.as_deref(), existing) {
         (Some(k), _) => match validate_key(k) {
             Ok(()) => Some(hash_key(k)),
             Err(e) => {
@@ -229,31 +275,24 @@ pub async fn put(
         }
     };
     let new_state = match body.state.as_deref() {
-        None => existing.as_ref().map_or(ReqState::Draft, |r| r.state),
+        None => existing.map_or(ReqState::Draft, |r| r.state),
         Some(s) => ReqState::parse(s).unwrap_or_else(|| {
             failures.push(state_failure(s));
             ReqState::Draft
         }),
     };
-    let ssh_keys = match body.ssh_keys {
-        Some(text) => match parse_authorized_keys(&text) {
-            Ok(_) => text,
-            Err(e) => {
-                failures.extend(keys_failures(e));
-                String::new()
-            }
-        },
-        None => existing
-            .as_ref()
-            .map(|r| r.ssh_keys.clone())
-            .unwrap_or_default(),
+    let ssh_keys = match ssh_keys {
+        Some(Ok(text)) => text,
+        Some(Err(e)) => {
+            failures.extend(e);
+            String::new()
+        }
+        None => existing.map(|r| r.ssh_keys.clone()).unwrap_or_default(),
     };
     // An expiry the operator sets is also the ceiling for the customer's own calls; one the
     // operator leaves alone keeps both as they were (a customer's expiry included).
     let (expires_at, operator_expires_at) = match body.expires_at {
-        None => existing
-            .as_ref()
-            .map_or((None, None), |r| (r.expires_at, r.operator_expires_at)),
+        None => existing.map_or((None, None), |r| (r.expires_at, r.operator_expires_at)),
         Some(None) => (None, None),
         Some(Some(t)) => match OffsetDateTime::parse(&t, &Rfc3339) {
             Ok(t) => (Some(t), Some(t)),
@@ -269,19 +308,15 @@ pub async fn put(
             }
         },
     };
-    if failures.is_empty() && existing.as_ref().is_none_or(|r| r.state != new_state) {
-        if let Err(f) = check_transition(&state, id, new_state) {
+    if failures.is_empty() && existing.is_none_or(|r| r.state != new_state) {
+        if let Err(f) = check_transition(upgraded, new_state) {
             failures.push(f);
         }
     }
     if !failures.is_empty() {
-        return Err(ApiError {
-            status: StatusCode::BAD_REQUEST,
-            failures,
-        });
+        return Err(failures);
     }
-    let now = OffsetDateTime::now_utc();
-    let record = Record {
+    Ok(Record {
         id,
         filename: filename.unwrap_or_default(),
         state: new_state,
@@ -289,12 +324,9 @@ pub async fn put(
         ssh_keys,
         expires_at,
         operator_expires_at,
-        created_at: existing.as_ref().map_or(now, |r| r.created_at),
+        created_at: existing.map_or(now, |r| r.created_at),
         updated_at: now,
-    };
-    audit_change(&record, existing.as_ref());
-    save(&state, record.clone()).await?;
-    Ok(ok_one(&state, &record))
+    })
 }
 
 fn audit_change(new: &Record, old: Option<&Record>) {
@@ -329,19 +361,21 @@ pub async fn set_state(
 ) -> ApiResult<Json<Value>> {
     let id = parse_id(&raw)?;
     let body: StateBody = parse_json(body)?;
-    let existing = state
-        .gateway
-        .store
-        .get(id)
-        .ok_or_else(|| ApiError::not_found(id))?;
-    let to = ReqState::parse(&body.state)
-        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, state_failure(&body.state)))?;
-    check_transition(&state, id, to).map_err(|f| ApiError::new(StatusCode::CONFLICT, f))?;
-    let mut record = existing.clone();
-    record.state = to;
-    record.updated_at = OffsetDateTime::now_utc();
-    audit_change(&record, Some(&existing));
-    save(&state, record.clone()).await?;
+    let to = ReqState::parse(&body.state);
+    let upgraded = state.gateway.upgraded_path(id);
+    let record = change(&state.gateway, id, |existing| {
+        // Refusals in the order they always came: unknown request, unknown state, then a
+        // transition the files do not allow.
+        let existing = existing.ok_or_else(|| ApiError::not_found(id))?;
+        let to =
+            to.ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, state_failure(&body.state)))?;
+        check_transition(&upgraded, to).map_err(|f| ApiError::new(StatusCode::CONFLICT, f))?;
+        let mut record = existing.clone();
+        record.state = to;
+        record.updated_at = OffsetDateTime::now_utc();
+        Ok(record)
+    })
+    .await?;
     Ok(ok_one(&state, &record))
 }
 
@@ -360,22 +394,21 @@ pub async fn delete(
     let Query(q) =
         query.map_err(|_| ApiError::bad("QUERY:INVALID", "purge must be true or false"))?;
     // Without a record, a purge still removes what a delete without purge left behind
-    // (the answer's `request` is then null).
-    let record = state.gateway.store.get(id);
-    if record.is_none() && !q.purge {
-        return Err(ApiError::not_found(id));
-    }
-    let view = record.map(|r| view(&state, &r));
-    let store = state.gateway.store.clone();
-    let deleted = tokio::task::spawn_blocking(move || store.delete(id, q.purge))
+    // (the answer's `request` is then null). The view is of the record being deleted.
+    let (updated, view) = state
+        .gateway
+        .change(id, |record| match record {
+            None if !q.purge => (Decision::Keep, None),
+            record => (
+                Decision::Delete { purge: q.purge },
+                record.map(|r| view(&state, r)),
+            ),
+        })
         .await
-        .map_err(ApiError::storage)?
         .map_err(ApiError::storage)?;
-    if !deleted {
+    if !updated.deleted() {
         return Err(ApiError::not_found(id));
     }
     tracing::info!(target: "audit", event = "request-deleted", request = id, purge = q.purge, "deleted");
-    state.gateway.forget(id);
-    state.gateway.recheck_now();
     Ok(Json(json!({"failures": [], "request": view})))
 }

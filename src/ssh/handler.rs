@@ -139,6 +139,7 @@ impl russh::server::Handler for SshHandler {
         if self
             .gateway
             .authorize(user, offer.public_key, Some(self.peer.ip()))
+            .await
             .is_some()
         {
             return Ok(Auth::Accept);
@@ -164,12 +165,14 @@ impl russh::server::Handler for SshHandler {
         let Some(grant) = self
             .gateway
             .authorize(user, key.public_key, Some(self.peer.ip()))
+            .await
         else {
             return Ok(reject());
         };
-        let Some(live) =
-            self.gateway
-                .register(self.session, &grant, self.peer, self.conn.kick.clone())
+        let Some(live) = self
+            .gateway
+            .register(self.session, &grant, self.peer, self.conn.kick.clone())
+            .await
         else {
             tracing::warn!(
                 target: "audit",
@@ -245,7 +248,7 @@ impl russh::server::Handler for SshHandler {
         let (Some(grant), Some((_, tx))) = (self.grant.as_ref(), self.pending.take()) else {
             return session.channel_failure(channel);
         };
-        let Some(file) = self.gateway.shared_file(grant) else {
+        let Some(file) = self.gateway.shared_file(grant).await else {
             return session.channel_failure(channel);
         };
         let activity = self.gateway.activity(grant.request_id);

@@ -1,20 +1,63 @@
 //! The embedded store: one directory per request under `DATA_DIR/requests/<id>/` holding
 //! `request.json`, `upload` and `upgraded`. Records are replaced atomically (temp file,
 //! fsync, rename, fsync of the directory) and cached in memory.
+//!
+//! Reads are answered from the cache, whose lock is only ever held to copy a record in or
+//! out: never across a disk write, so logins and the sweeper keep going while a slow disk
+//! syncs. Writers of one id take turns on an async lock of that id (kept only while some
+//! writer holds or waits for it, so the map stays as small as the writes in flight), read
+//! the record from the cache, decide, write it on a blocking thread and only then update
+//! the cache.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, Mutex, RwLock};
 
-use super::{private, Record, Store, StoreError};
+use tokio::sync::OwnedMutexGuard;
+
+use super::{private, Change, Decision, Record, Store, StoreError, Updated};
 
 const RECORD: &str = "request.json";
 
 pub struct FileStore {
+    inner: Arc<Inner>,
+}
+
+/// What the blocking writes share with the store (they outlive a caller that gave up).
+struct Inner {
     root: PathBuf,
     cache: RwLock<BTreeMap<u64, Record>>,
+    /// The writers' lock of each id that a writer holds or waits for.
+    turns: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    /// Test hook: runs in each write before its first fsync, e.g. to stand for a slow disk.
+    #[cfg(test)]
+    before_sync: Option<Box<dyn Fn(u64) + Send + Sync>>,
+}
+
+/// One writer's turn at an id: held from before the writer waits until its write is
+/// durable and cached. Dropping it lets the next writer of the id go, and removes the id's
+/// lock from the map when nobody else holds or waits for it.
+struct Turn {
+    inner: Arc<Inner>,
+    id: u64,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.guard.take();
+        let mut turns = self.inner.lock_turns();
+        // The map's own reference is the last one: no writer holds or waits for the lock
+        // (one that starts waiting takes its reference under this same map lock).
+        if turns
+            .get(&self.id)
+            .is_some_and(|lock| Arc::strong_count(lock) == 1)
+        {
+            turns.remove(&self.id);
+        }
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -61,13 +104,59 @@ impl FileStore {
             }
         }
         Ok(FileStore {
-            root,
-            cache: RwLock::new(cache),
+            inner: Arc::new(Inner {
+                root,
+                cache: RwLock::new(cache),
+                turns: Mutex::default(),
+                #[cfg(test)]
+                before_sync: None,
+            }),
         })
+    }
+
+    /// Waits for the turn of `id` among its writers.
+    async fn turn(&self, id: u64) -> Turn {
+        let mut turn = Turn {
+            inner: self.inner.clone(),
+            id,
+            guard: None,
+        };
+        let lock = turn.inner.lock_turns().entry(id).or_default().clone();
+        // A named local, so that a caller giving up while it waits drops it (and its
+        // reference to the lock) before `turn`, whose drop then sees the lock unused.
+        let acquire = lock.lock_owned();
+        turn.guard = Some(acquire.await);
+        turn
+    }
+}
+
+impl Inner {
+    fn lock_turns(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<tokio::sync::Mutex<()>>>> {
+        self.turns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cached(&self, id: u64) -> Option<Record> {
+        self.cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// Takes the cache's write lock only to change an entry, never across a disk write.
+    fn cache_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<u64, Record>> {
+        self.cache.write().unwrap_or_else(|p| p.into_inner())
     }
 
     fn dir(&self, id: u64) -> PathBuf {
         self.root.join(id.to_string())
+    }
+
+    fn before_sync(&self, _id: u64) {
+        #[cfg(test)]
+        if let Some(hook) = &self.before_sync {
+            hook(_id);
+        }
     }
 
     /// Writes `record`; `fresh` when no record of its id exists, in which case files an
@@ -79,6 +168,7 @@ impl FileStore {
             tracing::info!(target: "audit", event = "leftovers-removed", request = record.id,
                 "files left by a deleted request with this id were removed");
         }
+        self.before_sync(record.id);
         if !dir.exists() {
             private::create_dir(&dir).map_err(io_err(&dir))?;
             sync_dir(&self.root)?;
@@ -100,6 +190,50 @@ impl FileStore {
         tmp.persist(&path).map_err(|e| io_err(&path)(e.error))?;
         sync_dir(&dir)
     }
+
+    /// Removes the record of `id` (`had`: the cache holds one) and, with `purge`, its
+    /// directory; `true` if the purge found a directory to remove.
+    fn delete_record(&self, id: u64, had: bool, purge: bool) -> Result<bool, StoreError> {
+        let dir = self.dir(id);
+        self.before_sync(id);
+        if purge {
+            // Also after a delete without purge: the files are still there to remove.
+            return match fs::remove_dir_all(&dir) {
+                Ok(()) => sync_dir(&self.root).map(|()| true),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(io_err(&dir)(e)),
+            };
+        }
+        if !had {
+            return Ok(false);
+        }
+        let path = dir.join(RECORD);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        sync_dir(&dir)?;
+        Ok(false)
+    }
+
+    /// Applies a decision durably, then to the cache: a reader sees the new record only
+    /// once it would survive a crash.
+    fn apply(&self, id: u64, had: bool, decision: Decision) -> Result<bool, StoreError> {
+        match decision {
+            Decision::Keep => Ok(false),
+            Decision::Put(record) => {
+                self.write_record(&record, !had)?;
+                self.cache_mut().insert(id, record);
+                Ok(false)
+            }
+            Decision::Delete { purge } => {
+                let removed = self.delete_record(id, had, purge)?;
+                self.cache_mut().remove(&id);
+                Ok(removed)
+            }
+        }
+    }
 }
 
 /// Test hook: with `SFTPGATE_CRASH_AT=<point>` in the environment the process aborts at
@@ -120,57 +254,58 @@ pub fn sync_dir_io(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+#[async_trait::async_trait]
 impl Store for FileStore {
-    fn get(&self, id: u64) -> Option<Record> {
-        self.cache.read().ok()?.get(&id).cloned()
+    async fn get(&self, id: u64) -> Result<Option<Record>, StoreError> {
+        Ok(self.inner.cached(id))
     }
 
-    fn list(&self) -> Vec<Record> {
-        self.cache
-            .read()
-            .map(|c| c.values().cloned().collect())
-            .unwrap_or_default()
+    async fn list(&self) -> Result<Vec<Record>, StoreError> {
+        let cache = self.inner.cache.read().unwrap_or_else(|p| p.into_inner());
+        Ok(cache.values().cloned().collect())
     }
 
-    fn put(&self, record: Record) -> Result<(), StoreError> {
-        // Hold the write lock across the disk write so two writers cannot interleave.
-        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
-        self.write_record(&record, !cache.contains_key(&record.id))?;
-        cache.insert(record.id, record);
-        Ok(())
-    }
-
-    fn delete(&self, id: u64, purge: bool) -> Result<bool, StoreError> {
-        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
-        let had = cache.remove(&id).is_some();
-        let dir = self.dir(id);
-        if purge {
-            // Also after a delete without purge: the files are still there to remove.
-            return match fs::remove_dir_all(&dir) {
-                Ok(()) => sync_dir(&self.root).map(|()| true),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(had),
-                Err(e) => Err(io_err(&dir)(e)),
-            };
+    async fn update(&self, id: u64, change: Change<'_>) -> Result<Updated, StoreError> {
+        let turn = self.turn(id).await;
+        // Only writers change the cache, and this is the only writer of `id` now: what it
+        // holds for `id` is current until the turn ends.
+        let before = self.inner.cached(id);
+        let decision = change(before.as_ref());
+        let after = match &decision {
+            Decision::Keep => before.clone(),
+            Decision::Put(r) if r.id != id => return Err(StoreError::WrongId { id, got: r.id }),
+            Decision::Put(r) => Some(r.clone()),
+            Decision::Delete { .. } => None,
+        };
+        if matches!(decision, Decision::Keep) {
+            return Ok(Updated {
+                before,
+                after,
+                removed_files: false,
+            });
         }
-        if !had {
-            return Ok(false);
-        }
-        let path = dir.join(RECORD);
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(&path)(e)),
-        }
-        sync_dir(&dir)?;
-        Ok(true)
+        let inner = self.inner.clone();
+        let had = before.is_some();
+        // The turn goes with the write: a caller that gives up (its HTTP client left) does
+        // not let the next writer of `id` in before this write is on disk and cached.
+        let removed_files = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            inner.apply(id, had, decision)
+        })
+        .await??;
+        Ok(Updated {
+            before,
+            after,
+            removed_files,
+        })
     }
 
     fn upload_path(&self, id: u64) -> PathBuf {
-        self.dir(id).join("upload")
+        self.inner.dir(id).join("upload")
     }
 
     fn upgraded_path(&self, id: u64) -> PathBuf {
-        self.dir(id).join("upgraded")
+        self.inner.dir(id).join("upgraded")
     }
 }
 
@@ -178,6 +313,7 @@ impl Store for FileStore {
 mod tests {
     use super::*;
     use crate::store::{hash_key, State};
+    use std::time::Duration;
     use time::OffsetDateTime;
 
     fn record(id: u64) -> Record {
@@ -195,23 +331,52 @@ mod tests {
         }
     }
 
-    #[test]
-    fn records_survive_reopen() {
+    async fn put(store: &FileStore, r: Record) {
+        let id = r.id;
+        store
+            .update(id, Box::new(move |_| Decision::Put(r)))
+            .await
+            .unwrap();
+    }
+
+    /// The old `delete`'s answer: whether a record or (purging) files were removed.
+    async fn delete(store: &FileStore, id: u64, purge: bool) -> bool {
+        store
+            .update(id, Box::new(move |_| Decision::Delete { purge }))
+            .await
+            .unwrap()
+            .deleted()
+    }
+
+    /// An update of `id` on a task of its own.
+    fn spawn_update(
+        store: &Arc<FileStore>,
+        id: u64,
+        change: impl FnOnce(Option<&Record>) -> Decision + Send + 'static,
+    ) -> tokio::task::JoinHandle<Updated> {
+        let store = store.clone();
+        tokio::spawn(async move { store.update(id, Box::new(change)).await.unwrap() })
+    }
+
+    async fn get(store: &FileStore, id: u64) -> Option<Record> {
+        store.get(id).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn records_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path()).unwrap();
-        store.put(record(7)).unwrap();
-        store.put(record(3)).unwrap();
+        put(&store, record(7)).await;
+        put(&store, record(3)).await;
         let mut changed = record(7);
         changed.state = State::Done;
-        store.put(changed.clone()).unwrap();
+        put(&store, changed.clone()).await;
         drop(store);
 
         let store = FileStore::open(dir.path()).unwrap();
-        assert_eq!(
-            store.list().iter().map(|r| r.id).collect::<Vec<_>>(),
-            [3, 7]
-        );
-        assert_eq!(store.get(7), Some(changed));
+        let ids: Vec<_> = store.list().await.unwrap().iter().map(|r| r.id).collect();
+        assert_eq!(ids, [3, 7]);
+        assert_eq!(get(&store, 7).await, Some(changed));
         // No temp files are left behind.
         let names: Vec<_> = fs::read_dir(dir.path().join("requests/7"))
             .unwrap()
@@ -220,41 +385,41 @@ mod tests {
         assert_eq!(names, ["request.json"]);
     }
 
-    #[test]
-    fn delete_keeps_or_purges_files() {
+    #[tokio::test]
+    async fn delete_keeps_or_purges_files() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path()).unwrap();
-        store.put(record(1)).unwrap();
-        store.put(record(2)).unwrap();
+        put(&store, record(1)).await;
+        put(&store, record(2)).await;
         fs::write(store.upload_path(1), b"data").unwrap();
         fs::write(store.upload_path(2), b"data").unwrap();
-        assert!(store.delete(1, false).unwrap());
-        assert!(store.delete(2, true).unwrap());
-        assert!(!store.delete(2, true).unwrap());
+        assert!(delete(&store, 1, false).await);
+        assert!(delete(&store, 2, true).await);
+        assert!(!delete(&store, 2, true).await);
         assert!(store.upload_path(1).exists());
         assert!(!dir.path().join("requests/2").exists());
         let store = FileStore::open(dir.path()).unwrap();
-        assert!(store.list().is_empty());
+        assert!(store.list().await.unwrap().is_empty());
         // A purge after a delete without purge removes the files it kept.
-        assert!(!store.delete(1, false).unwrap());
-        assert!(store.delete(1, true).unwrap());
+        assert!(!delete(&store, 1, false).await);
+        assert!(delete(&store, 1, true).await);
         assert!(!dir.path().join("requests/1").exists());
     }
 
-    #[test]
-    fn a_new_record_under_a_used_id_starts_without_files() {
+    #[tokio::test]
+    async fn a_new_record_under_a_used_id_starts_without_files() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path()).unwrap();
-        store.put(record(4)).unwrap();
+        put(&store, record(4)).await;
         fs::write(store.upload_path(4), b"first customer").unwrap();
         fs::write(store.upgraded_path(4), b"first upgraded").unwrap();
-        assert!(store.delete(4, false).unwrap());
-        store.put(record(4)).unwrap();
+        assert!(delete(&store, 4, false).await);
+        put(&store, record(4)).await;
         assert!(!store.upload_path(4).exists());
         assert!(!store.upgraded_path(4).exists());
         // Replacing an existing record keeps its files.
         fs::write(store.upload_path(4), b"second").unwrap();
-        store.put(record(4)).unwrap();
+        put(&store, record(4)).await;
         assert_eq!(fs::read(store.upload_path(4)).unwrap(), b"second");
     }
 
@@ -267,5 +432,148 @@ mod tests {
             FileStore::open(dir.path()),
             Err(StoreError::Corrupt { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_change_sees_what_it_changes_and_keep_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        let u = store
+            .update(
+                9,
+                Box::new(|seen| {
+                    assert!(seen.is_none());
+                    Decision::Keep
+                }),
+            )
+            .await
+            .unwrap();
+        assert!(u.before.is_none() && u.after.is_none() && !u.deleted());
+        assert!(!dir.path().join("requests/9").exists());
+        put(&store, record(9)).await;
+        let u = store
+            .update(
+                9,
+                Box::new(|seen| {
+                    let mut r = seen.cloned().unwrap();
+                    r.state = State::Cancelled;
+                    Decision::Put(r)
+                }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(u.before.map(|r| r.state), Some(State::Draft));
+        assert_eq!(u.after.map(|r| r.state), Some(State::Cancelled));
+        // A change cannot write another id's record.
+        let wrong = store
+            .update(9, Box::new(|_| Decision::Put(record(10))))
+            .await;
+        assert!(matches!(wrong, Err(StoreError::WrongId { id: 9, got: 10 })));
+        assert_eq!(get(&store, 10).await, None);
+        assert!(store.inner.lock_turns().is_empty());
+    }
+
+    /// Read-modify-writes racing on one id from many tasks and threads: none is lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn updates_of_one_record_are_serialised() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FileStore::open(dir.path()).unwrap());
+        put(&store, record(1)).await;
+        let tasks: Vec<_> = (0..40)
+            .map(|_| {
+                spawn_update(&store, 1, |seen| {
+                    let mut r = seen.cloned().unwrap();
+                    r.ssh_keys.push('x');
+                    Decision::Put(r)
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(get(&store, 1).await.unwrap().ssh_keys, "x".repeat(40));
+        // What is on disk too.
+        drop(store);
+        let store = FileStore::open(dir.path()).unwrap();
+        assert_eq!(get(&store, 1).await.unwrap().ssh_keys.len(), 40);
+        assert!(store.inner.lock_turns().is_empty());
+    }
+
+    /// A store whose writes of `slow` stall until the returned sender sends (or is dropped).
+    fn stalling_store(dir: &Path, slow: u64) -> (Arc<FileStore>, std::sync::mpsc::SyncSender<()>) {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(0);
+        let rx = Mutex::new(rx);
+        let mut store = FileStore::open(dir).unwrap();
+        let inner = Arc::get_mut(&mut store.inner).unwrap();
+        inner.before_sync = Some(Box::new(move |id| {
+            if id == slow {
+                let _ = rx.lock().unwrap().recv();
+            }
+        }));
+        (Arc::new(store), tx)
+    }
+
+    /// While a write of one record waits for a slow disk, reads of it and of others, and
+    /// writes of other records, go on; the next writer of that record waits, and then sees
+    /// the stalled write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_and_other_records_do_not_wait_behind_a_slow_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, release) = stalling_store(dir.path(), 1);
+        put(&store, record(2)).await;
+        let slow = {
+            let store = store.clone();
+            tokio::spawn(async move { put(&store, record(1)).await })
+        };
+        let queued = spawn_update(&store, 1, |seen| {
+            let mut r = seen.cloned().expect("the stalled write came first");
+            r.state = State::Cancelled;
+            Decision::Put(r)
+        });
+        let quick = Duration::from_secs(5);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The stalled record is not visible yet (it is not durable), the others are.
+        assert_eq!(get(&store, 1).await, None);
+        assert!(get(&store, 2).await.is_some());
+        assert_eq!(store.list().await.unwrap().len(), 1);
+        let mut other = record(2);
+        other.state = State::Done;
+        tokio::time::timeout(quick, put(&store, other))
+            .await
+            .expect("a write of another record went on");
+        assert!(!queued.is_finished() && !slow.is_finished());
+        assert_eq!(store.inner.lock_turns().len(), 1);
+
+        release.send(()).unwrap();
+        drop(release);
+        tokio::time::timeout(quick, slow).await.unwrap().unwrap();
+        let u = tokio::time::timeout(quick, queued).await.unwrap().unwrap();
+        assert_eq!(u.after.map(|r| r.state), Some(State::Cancelled));
+        assert!(store.inner.lock_turns().is_empty());
+    }
+
+    /// A writer that gives up while it waits leaves no lock behind; one that gives up while
+    /// its write runs keeps the next writer out until the write is done.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writers_that_give_up_leave_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, release) = stalling_store(dir.path(), 1);
+        let short = Duration::from_millis(100);
+        assert!(tokio::time::timeout(short, put(&store, record(1)))
+            .await
+            .is_err());
+        assert!(tokio::time::timeout(short, put(&store, record(1)))
+            .await
+            .is_err());
+        assert_eq!(store.inner.lock_turns().len(), 1);
+        let next = spawn_update(&store, 1, |seen| {
+            assert!(seen.is_some(), "went in before the write it followed");
+            Decision::Keep
+        });
+        tokio::time::sleep(short).await;
+        assert!(!next.is_finished());
+        drop(release);
+        next.await.unwrap();
+        assert!(store.inner.lock_turns().is_empty());
     }
 }

@@ -26,26 +26,92 @@ pub enum StoreError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("a change of record {id} tried to write record {got}")]
+    WrongId { id: u64, got: u64 },
+    #[error("the store's writer thread failed: {0}")]
+    Worker(#[from] tokio::task::JoinError),
+    #[error("the store answered a change of record {id} without consulting it")]
+    NotConsulted { id: u64 },
+}
+
+/// What a change decides, given the record as it is.
+#[derive(Debug)]
+pub enum Decision {
+    /// Leave the record as it is (also: leave it absent).
+    Keep,
+    /// Create or replace the record (its `id` must be the one changed). A record created
+    /// under an id that is not in the store starts with no files: whatever an earlier
+    /// record of that id left behind (deleted without purge) is removed first, so it can
+    /// never reach the new customer.
+    Put(Record),
+    /// Remove the record; with `purge` also its files, including those an earlier delete
+    /// without purge left behind (so a purge does something even without a record).
+    Delete { purge: bool },
+}
+
+/// The closure of [`Store::update`]: sees the current record, decides what becomes of it.
+pub type Change<'a> = Box<dyn FnOnce(Option<&Record>) -> Decision + Send + 'a>;
+
+/// What an [`Store::update`] did.
+#[derive(Debug)]
+pub struct Updated {
+    /// The record the change saw.
+    pub before: Option<Record>,
+    /// The record now stored (`before` again after [`Decision::Keep`]).
+    pub after: Option<Record>,
+    /// A purge removed files (the request's directory was there).
+    pub removed_files: bool,
+}
+
+impl Updated {
+    /// Whether a delete removed anything: a record, or (purging) files.
+    pub fn deleted(&self) -> bool {
+        self.after.is_none() && (self.before.is_some() || self.removed_files)
+    }
 }
 
 /// Persistence of request records and the location of their files.
 ///
-/// Reads are served from memory and never block; writes are durable (fsynced) before they
-/// return, so they block and belong on a blocking thread.
+/// Reads never wait behind a write (the file store answers them from memory). Every change
+/// is one [`update`](Store::update): a read-modify-write that the store serialises per
+/// record (the file store with a lock per id, a database in a transaction), so that two
+/// writers of one record can never both decide from the same old version. Writes are
+/// durable before `update` returns. Callers go through `Gateway::change`, which also ends
+/// the live sessions a change revoked.
+#[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
-    fn get(&self, id: u64) -> Option<Record>;
+    async fn get(&self, id: u64) -> Result<Option<Record>, StoreError>;
     /// All records, ordered by id.
-    fn list(&self) -> Vec<Record>;
-    /// Creates or replaces a record atomically. A record created under an id that is not
-    /// in the store starts with no files: whatever an earlier record of that id left behind
-    /// (deleted without purge) is removed first, so it can never reach the new customer.
-    fn put(&self, record: Record) -> Result<(), StoreError>;
-    /// Removes a record; with `purge` also its files, including those an earlier delete
-    /// without purge left behind. `false` if there was neither a record nor (with `purge`)
-    /// files.
-    fn delete(&self, id: u64, purge: bool) -> Result<bool, StoreError>;
+    async fn list(&self) -> Result<Vec<Record>, StoreError>;
+    /// Calls `change` once with the current record of `id` (or `None`), while no other
+    /// update of `id` runs, and applies its decision durably. On `Ok` the change was called
+    /// exactly once; on `Err` maybe not, and nothing was applied (a failed write may have
+    /// left files, never a torn record).
+    async fn update(&self, id: u64, change: Change<'_>) -> Result<Updated, StoreError>;
     /// Where the customer's upload of request `id` lives.
     fn upload_path(&self, id: u64) -> PathBuf;
     /// Where the upgraded dump of request `id` lives.
     fn upgraded_path(&self, id: u64) -> PathBuf;
+}
+
+/// [`Store::update`] for a change that also hands its caller a value (a refusal, what it
+/// saw): the object-safe method cannot be generic, so the value goes through a slot.
+pub async fn update_with<T: Send>(
+    store: &dyn Store,
+    id: u64,
+    change: impl FnOnce(Option<&Record>) -> (Decision, T) + Send,
+) -> Result<(Updated, T), StoreError> {
+    let mut slot = None;
+    let updated = store
+        .update(
+            id,
+            Box::new(|record| {
+                let (decision, value) = change(record);
+                slot = Some(value);
+                decision
+            }),
+        )
+        .await?;
+    let value = slot.ok_or(StoreError::NotConsulted { id })?;
+    Ok((updated, value))
 }
