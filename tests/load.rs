@@ -69,6 +69,10 @@ fn connection_floods_are_dropped_and_a_real_upload_still_works() {
         "0",
         "--max-startups-per-source",
         "1000",
+        // 700 connections from one address: past the default half of --max-connections,
+        // the legitimate client would be refused until the grace time closed some.
+        "--max-connections-per-source",
+        "1000",
     ]);
     let work = g.dir.path().to_path_buf();
     let key = ClientKey::new(&work, "legit");

@@ -118,6 +118,10 @@ pub(crate) struct ReplyQueue {
     room: Condvar,
     /// Where the bytes sent by reads are counted, whichever path encodes them.
     activity: Arc<Activity>,
+    /// Runs once when the writer has found the queue empty and is about to wait: where the
+    /// race that lost every reply of a quick session happened.
+    #[cfg(test)]
+    after_empty_look: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl ReplyQueue {
@@ -127,6 +131,8 @@ impl ReplyQueue {
             ready: Notify::new(),
             room: Condvar::new(),
             activity,
+            #[cfg(test)]
+            after_empty_look: Mutex::default(),
         }
     }
 
@@ -266,13 +272,24 @@ impl ReplyQueue {
 
     /// The next reply if one is queued now: an encoded buffer, or a single READ.
     pub fn try_pop(&self) -> Option<Item> {
+        self.take().0
+    }
+
+    /// The next reply if one is queued now, and whether the queue is closed, both seen
+    /// under one lock: seen apart, a queue filled and closed in between looked closed and
+    /// empty, and every reply of a quick session was dropped unsent (found by the session
+    /// fuzz target).
+    fn take(&self) -> (Option<Item>, bool) {
         let mut inner = self.lock();
+        let closed = inner.closed;
         if let Some(Item::Read(run)) = inner.items.front_mut() {
             if let Some(first) = run.take_first() {
-                return Some(Item::Read(first));
+                return (Some(Item::Read(first)), closed);
             }
         }
-        let item = inner.items.pop_front()?;
+        let Some(item) = inner.items.pop_front() else {
+            return (None, closed);
+        };
         let cost = match &item {
             Item::Encoded(buf) => buf.len(),
             Item::Read(_) => {
@@ -285,7 +302,7 @@ impl ReplyQueue {
         if wake {
             self.room.notify_one();
         }
-        Some(item)
+        (Some(item), closed)
     }
 
     /// The next reply, or `None` once the queue is closed and empty.
@@ -294,13 +311,17 @@ impl ReplyQueue {
             // Register interest before checking, so a push between the check and the wait
             // is not missed.
             let notified = self.ready.notified();
-            if let Some(item) = self.try_pop() {
-                return Some(item);
+            match self.take() {
+                (Some(item), _) => return Some(item),
+                (None, true) => return None,
+                (None, false) => {
+                    #[cfg(test)]
+                    if let Some(f) = self.after_empty_look.lock().ok().and_then(|mut f| f.take()) {
+                        f();
+                    }
+                    notified.await
+                }
             }
-            if self.lock().closed {
-                return None;
-            }
-            notified.await;
         }
     }
 }
@@ -445,6 +466,24 @@ mod tests {
             at += 4 + len;
         }
         out
+    }
+
+    /// A reply pushed and the queue closed just after the writer found it empty is still
+    /// popped: the writer must never take the queue for closed without the replies queued
+    /// before it was closed.
+    #[test]
+    fn a_reply_queued_just_before_closing_is_never_lost() {
+        let q = Arc::new(ReplyQueue::new(Arc::default()));
+        let other = q.clone();
+        *q.after_empty_look.lock().unwrap() = Some(Box::new(move || {
+            other.push(|e| e.status(1, StatusCode::Ok, ""));
+            other.close();
+        }));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(runtime.block_on(q.pop()).is_some(), "the reply was lost");
+        assert!(runtime.block_on(q.pop()).is_none());
     }
 
     #[test]

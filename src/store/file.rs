@@ -499,18 +499,28 @@ mod tests {
         assert!(store.inner.lock_turns().is_empty());
     }
 
-    /// A store whose writes of `slow` stall until the returned sender sends (or is dropped).
-    fn stalling_store(dir: &Path, slow: u64) -> (Arc<FileStore>, std::sync::mpsc::SyncSender<()>) {
+    /// A store whose writes of `slow` stall until the returned sender sends (or is dropped),
+    /// and tell the returned receiver when they have begun to stall.
+    fn stalling_store(
+        dir: &Path,
+        slow: u64,
+    ) -> (
+        Arc<FileStore>,
+        std::sync::mpsc::SyncSender<()>,
+        tokio::sync::mpsc::UnboundedReceiver<()>,
+    ) {
         let (tx, rx) = std::sync::mpsc::sync_channel::<()>(0);
+        let (stalled_tx, stalled) = tokio::sync::mpsc::unbounded_channel();
         let rx = Mutex::new(rx);
         let mut store = FileStore::open(dir).unwrap();
         let inner = Arc::get_mut(&mut store.inner).unwrap();
         inner.before_sync = Some(Box::new(move |id| {
             if id == slow {
+                let _ = stalled_tx.send(());
                 let _ = rx.lock().unwrap().recv();
             }
         }));
-        (Arc::new(store), tx)
+        (Arc::new(store), tx, stalled)
     }
 
     /// While a write of one record waits for a slow disk, reads of it and of others, and
@@ -519,19 +529,20 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_and_other_records_do_not_wait_behind_a_slow_write() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, release) = stalling_store(dir.path(), 1);
+        let (store, release, mut stalled) = stalling_store(dir.path(), 1);
         put(&store, record(2)).await;
         let slow = {
             let store = store.clone();
             tokio::spawn(async move { put(&store, record(1)).await })
         };
+        // The next writer comes once the first holds its turn, stalled in its write.
+        stalled.recv().await.unwrap();
         let queued = spawn_update(&store, 1, |seen| {
             let mut r = seen.cloned().expect("the stalled write came first");
             r.state = State::Cancelled;
             Decision::Put(r)
         });
         let quick = Duration::from_secs(5);
-        tokio::time::sleep(Duration::from_millis(100)).await;
         // The stalled record is not visible yet (it is not durable), the others are.
         assert_eq!(get(&store, 1).await, None);
         assert!(get(&store, 2).await.is_some());
@@ -557,7 +568,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writers_that_give_up_leave_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, release) = stalling_store(dir.path(), 1);
+        let (store, release, _stalled) = stalling_store(dir.path(), 1);
         let short = Duration::from_millis(100);
         assert!(tokio::time::timeout(short, put(&store, record(1)))
             .await
