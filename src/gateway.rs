@@ -7,7 +7,7 @@
 //! change revoked, so that no writer (operator or customer) can race another one or
 //! forget the re-check. The store itself is private to this module.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,10 +21,16 @@ use crate::hook::Hook;
 use crate::keys::{fingerprint, parse_authorized_keys, AuthorizedKey};
 use crate::metrics::{Derived, Metrics};
 use crate::sftp::{Activity, SharedFile, WriteClosed};
-use crate::store::{update_with, Access, Decision, Record, State, Store, StoreError, Updated};
+use crate::store::{
+    update_with, Access, Changed, Decision, Record, State, Store, StoreError, Updated,
+};
 
 /// How often live sessions are checked against their request (expiry is noticed this fast).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How often the records of live sessions are read again from the store, whatever the
+/// change feed said: a shared store's notifications can be lost (a listener that
+/// reconnects misses what was sent meanwhile), so no change goes unnoticed longer.
+const REREAD_EVERY: Duration = Duration::from_secs(10);
 
 /// A request's authorized_keys text and what it parsed to.
 type ParsedKeys = (String, Arc<Vec<AuthorizedKey>>);
@@ -48,6 +54,22 @@ struct Live {
     kick: CancellationToken,
 }
 
+/// The live sessions, and the record of each request that has some, as last read: what
+/// the sweep checks them against. One lock for both, so that a session registered while
+/// its record changes is checked against the newer one either way.
+#[derive(Default)]
+struct LiveSet {
+    sessions: HashMap<u64, Live>,
+    /// `None`: the record is gone.
+    records: HashMap<u64, Option<Record>>,
+}
+
+impl LiveSet {
+    fn has_sessions(&self, request_id: u64) -> bool {
+        self.sessions.values().any(|l| l.request_id == request_id)
+    }
+}
+
 pub struct Gateway {
     /// Private: reads go through [`record`](Self::record) and [`records`](Self::records),
     /// changes through [`change`](Self::change).
@@ -59,7 +81,10 @@ pub struct Gateway {
     max_sessions_per_request: usize,
     /// Parsed keys per request, with the text they were parsed from.
     keys: Mutex<HashMap<u64, ParsedKeys>>,
-    live: Mutex<HashMap<u64, Live>>,
+    live: Mutex<LiveSet>,
+    /// Bumped by every change noted: a login whose record was read before a change that
+    /// it registers after reads its record again.
+    noted: AtomicU64,
     next_session: AtomicU64,
     activity: Mutex<HashMap<u64, Arc<Activity>>>,
     /// Deleted requests whose counters are still to be folded into `retired`.
@@ -83,7 +108,12 @@ pub struct LiveGuard {
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        self.gateway.lock_live().remove(&self.session);
+        let mut live = self.gateway.lock_live();
+        if let Some(gone) = live.sessions.remove(&self.session) {
+            if !live.has_sessions(gone.request_id) {
+                live.records.remove(&gone.request_id);
+            }
+        }
     }
 }
 
@@ -102,6 +132,7 @@ impl Gateway {
             max_sessions_per_request,
             keys: Mutex::default(),
             live: Mutex::default(),
+            noted: AtomicU64::new(0),
             next_session: AtomicU64::new(1),
             activity: Mutex::default(),
             forgotten: Mutex::default(),
@@ -109,7 +140,7 @@ impl Gateway {
         })
     }
 
-    fn lock_live(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Live>> {
+    fn lock_live(&self) -> std::sync::MutexGuard<'_, LiveSet> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -148,7 +179,7 @@ impl Gateway {
             self.forget(id);
         }
         if updated.before != updated.after {
-            self.revoke_unless_granted(id, updated.after.as_ref(), OffsetDateTime::now_utc());
+            self.note(id, updated.after.clone());
         }
         Ok((updated, value))
     }
@@ -369,42 +400,65 @@ impl Gateway {
         peer: SocketAddr,
         kick: CancellationToken,
     ) -> Option<LiveGuard> {
-        let filename = self
-            .read_or_log(grant.request_id)
-            .await
-            .map(|r| r.filename)
+        let noted = self.noted.load(Ordering::SeqCst);
+        let record = self.read_or_log(grant.request_id).await;
+        let filename = record
+            .as_ref()
+            .map(|r| r.filename.clone())
             .unwrap_or_default();
-        let mut live = self.lock_live();
-        // Counted and inserted under one lock, so that logins racing each other cannot
-        // pass the cap together.
-        let sessions = live
-            .values()
-            .filter(|l| l.request_id == grant.request_id)
-            .count();
-        if sessions >= self.max_sessions_per_request {
-            return None;
+        {
+            let mut live = self.lock_live();
+            // Counted and inserted under one lock, so that logins racing each other cannot
+            // pass the cap together.
+            let sessions = live
+                .sessions
+                .values()
+                .filter(|l| l.request_id == grant.request_id)
+                .count();
+            if sessions >= self.max_sessions_per_request {
+                return None;
+            }
+            live.sessions.insert(
+                session,
+                Live {
+                    request_id: grant.request_id,
+                    access: grant.access,
+                    filename,
+                    key: grant.key.clone(),
+                    peer,
+                    kick,
+                },
+            );
+            // A change that came between this login's read and now was noted under this lock:
+            // the session is checked against the newer record at once.
+            let record = live
+                .records
+                .entry(grant.request_id)
+                .or_insert(record)
+                .clone();
+            self.revoke_in(
+                &live,
+                grant.request_id,
+                record.as_ref(),
+                OffsetDateTime::now_utc(),
+            );
         }
-        live.insert(
-            session,
-            Live {
-                request_id: grant.request_id,
-                access: grant.access,
-                filename,
-                key: grant.key.clone(),
-                peer,
-                kick,
-            },
-        );
-        drop(live);
-        Some(LiveGuard {
+        let guard = LiveGuard {
             gateway: self.clone(),
             session,
-        })
+        };
+        if self.noted.load(Ordering::SeqCst) != noted {
+            // A change came after this login's read and may have found no session of this
+            // request to check: look again.
+            self.reread(Some(vec![grant.request_id])).await;
+        }
+        Some(guard)
     }
 
     /// Client addresses of the live sessions of a request.
     pub fn peers_of(&self, request_id: u64) -> Vec<SocketAddr> {
         self.lock_live()
+            .sessions
             .values()
             .filter(|l| l.request_id == request_id)
             .map(|l| l.peer)
@@ -414,9 +468,8 @@ impl Gateway {
     /// Closes the live sessions of request `id` that `record` (its record now, `None` if
     /// deleted) no longer grants: state changed, access expired, file renamed, or key
     /// removed or no longer allowed. The one check behind both a change and the sweep.
-    fn revoke_unless_granted(&self, id: u64, record: Option<&Record>, now: OffsetDateTime) {
-        let live = self.lock_live();
-        for (session, l) in live.iter().filter(|(_, l)| l.request_id == id) {
+    fn revoke_in(&self, live: &LiveSet, id: u64, record: Option<&Record>, now: OffsetDateTime) {
+        for (session, l) in live.sessions.iter().filter(|(_, l)| l.request_id == id) {
             let still = record
                 .filter(|r| r.filename == l.filename)
                 .and_then(|r| self.check(r, &l.key, Some(l.peer.ip()), now));
@@ -435,35 +488,84 @@ impl Gateway {
         }
     }
 
-    /// Closes every live session whose grant no longer holds. Changes re-check their own
-    /// request at once (see [`change`](Self::change)); this catches what time alone ends:
-    /// an expiry passing, a key's `expiry-time`.
-    pub async fn sweep(&self) {
-        self.retire().await;
-        let now = OffsetDateTime::now_utc();
-        // The records are read without the live set locked: a store read may wait.
-        let ids: BTreeSet<u64> = self.lock_live().values().map(|l| l.request_id).collect();
-        for id in ids {
-            match self.store.get(id).await {
-                Ok(record) => self.revoke_unless_granted(id, record.as_ref(), now),
-                // Sessions are left alone while their record cannot be read; new logins
-                // are refused meanwhile.
-                Err(e) => tracing::error!(request = id, error = %e, "cannot re-check sessions"),
+    /// Notes `record` as the record of request `id` now (`None`: deleted) and closes the
+    /// live sessions it no longer grants.
+    fn note(&self, id: u64, record: Option<Record>) {
+        self.noted.fetch_add(1, Ordering::SeqCst);
+        let mut live = self.lock_live();
+        if !live.has_sessions(id) {
+            return;
+        }
+        self.revoke_in(&live, id, record.as_ref(), OffsetDateTime::now_utc());
+        live.records.insert(id, record);
+    }
+
+    /// Reads the records of `ids` (those with live sessions, if `None`) again from the
+    /// store and re-checks their sessions.
+    async fn reread(&self, ids: Option<Vec<u64>>) {
+        let ids = ids.unwrap_or_else(|| self.lock_live().records.keys().copied().collect());
+        if ids.is_empty() {
+            return;
+        }
+        // Read without the live set locked: a store read may wait on the network.
+        match self.store.get_many(&ids).await {
+            Ok(found) => {
+                let mut found: HashMap<u64, Record> =
+                    found.into_iter().map(|r| (r.id, r)).collect();
+                for id in ids {
+                    self.note(id, found.remove(&id));
+                }
             }
+            // Sessions are left alone while their records cannot be read; new logins are
+            // refused meanwhile.
+            Err(e) => tracing::error!(error = %e, "cannot re-check live sessions"),
         }
     }
 
-    /// Runs the sweep every second until `shutdown`.
+    /// Closes every live session whose grant no longer holds, against the records as last
+    /// read. Changes re-check their own request at once (see [`change`](Self::change), and
+    /// the change feed in [`run_sweeper`](Self::run_sweeper)); this catches what time
+    /// alone ends: an expiry passing, a key's `expiry-time`.
+    pub async fn sweep(&self) {
+        self.retire().await;
+        let now = OffsetDateTime::now_utc();
+        let live = self.lock_live();
+        for (id, record) in &live.records {
+            self.revoke_in(&live, *id, record.as_ref(), now);
+        }
+    }
+
+    /// Runs the sweep every second, reads live records again every [`REREAD_EVERY`], and
+    /// follows the changes other nodes make (for a shared store) until `shutdown`.
     pub async fn run_sweeper(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(SWEEP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reread = tokio::time::interval(REREAD_EVERY);
+        reread.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut changes = self.store.changes();
         loop {
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tick.tick() => self.sweep().await,
+                _ = reread.tick() => self.reread(None).await,
+                changed = next_change(&mut changes) => match changed {
+                    Some(Changed::Record(id)) => self.reread(Some(vec![id])).await,
+                    Some(Changed::Unknown) => self.reread(None).await,
+                    None => {
+                        tracing::error!("the store's change feed ended; re-reading on a timer only");
+                        changes = None;
+                    }
+                },
                 _ = shutdown.cancelled() => return,
             }
-            self.sweep().await;
         }
+    }
+}
+
+/// The next change from the feed; never, without one.
+async fn next_change(feed: &mut Option<tokio::sync::mpsc::Receiver<Changed>>) -> Option<Changed> {
+    match feed {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

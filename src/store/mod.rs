@@ -92,6 +92,31 @@ pub trait Store: Send + Sync + 'static {
     fn upload_path(&self, id: u64) -> PathBuf;
     /// Where the upgraded dump of request `id` lives.
     fn upgraded_path(&self, id: u64) -> PathBuf;
+    /// The records of `ids` that exist, in one read where the store can (a database: one
+    /// query), for the periodic re-check of every live session.
+    async fn get_many(&self, ids: &[u64]) -> Result<Vec<Record>, StoreError> {
+        let mut found = Vec::with_capacity(ids.len());
+        for &id in ids {
+            found.extend(self.get(id).await?);
+        }
+        Ok(found)
+    }
+    /// Changes made by other nodes sharing this store, as they are made. `None` for a store
+    /// only this process writes (every change then goes through this node's
+    /// `Gateway::change`, which re-checks at once). Taken once, by the gateway.
+    fn changes(&self) -> Option<tokio::sync::mpsc::Receiver<Changed>> {
+        None
+    }
+}
+
+/// What another node changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Changed {
+    /// Record `id` changed (or was created or deleted).
+    Record(u64),
+    /// Changes may have been missed (the feed reconnected, or fell behind): every record
+    /// must be read again.
+    Unknown,
 }
 
 /// [`Store::update`] for a change that also hands its caller a value (a refusal, what it
