@@ -30,7 +30,7 @@ use super::{rand_u64, text};
 /// What the tests say when no server binaries are installed.
 const MISSING: &str = "the PostgreSQL tests need PostgreSQL 13 or later's server binaries \
     (initdb, postgres), found neither in /usr/lib/postgresql/<major>/bin nor on PATH: install \
-    Debian's `postgresql` package (apt-get install postgresql; the README's ./test does), or \
+    Debian's `postgresql` package (apt-get install postgresql; the README's ./run-tests does), or \
     point SFTPGATE_TEST_DATABASE_URL at a server";
 
 /// The line the postmaster logs once it accepts connections (messages are forced to
