@@ -51,7 +51,7 @@ const MIGRATIONS: &[Migration] = &[Migration {
 }];
 
 /// What the caller of [`PgStore::update`] decided, given the record as it is.
-// To be unified with store::Decision at merge.
+// To be unified with store::Decision at merge (the same variants).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decision {
     /// Change nothing.
@@ -64,16 +64,16 @@ pub enum Decision {
 }
 
 /// The outcome of an update.
-// To be unified with store::Updated at merge.
+// To be unified with store::Updated at merge (the same fields).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Updated {
     /// The record as it was when locked.
     pub before: Option<Record>,
     /// The record as stored now, read back (timestamps at PostgreSQL's microseconds).
     pub after: Option<Record>,
-    /// Whether files were removed: a purge's, or those an earlier record of the id left
-    /// behind when a record is created afresh.
-    pub files_removed: bool,
+    /// A purge removed files (the request's directory was there). Leftovers removed for
+    /// a record created afresh are audited, not reported here, as in the file store.
+    pub removed_files: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -222,7 +222,7 @@ impl PgStore {
                 Ok(Updated {
                     after: before.clone(),
                     before,
-                    files_removed: false,
+                    removed_files: false,
                 })
             }
             Decision::Put(record) => {
@@ -237,7 +237,9 @@ impl PgStore {
                 }
                 // Under the lock, so a concurrent purge cannot remove the new record's
                 // files; before commit, so the record never exists with old files.
-                let files_removed = before.is_none() && self.remove_files(id, true).await?;
+                if before.is_none() {
+                    self.remove_files(id, true).await?;
+                }
                 self.ensure_dir(id).await?;
                 write(&mut tx, &record, before.as_ref()).await?;
                 notify(&mut tx, id).await?;
@@ -246,7 +248,7 @@ impl PgStore {
                 Ok(Updated {
                     before,
                     after,
-                    files_removed,
+                    removed_files: false,
                 })
             }
             Decision::Delete { purge } => {
@@ -260,12 +262,12 @@ impl PgStore {
                 }
                 // Still under the lock: a record created right after must not lose its
                 // new files to this purge.
-                let files_removed = purge && self.remove_files(id, false).await?;
+                let removed_files = purge && self.remove_files(id, false).await?;
                 tx.commit().await?;
                 Ok(Updated {
                     before,
                     after: None,
-                    files_removed,
+                    removed_files,
                 })
             }
         }

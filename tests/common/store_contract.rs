@@ -5,7 +5,8 @@
 //! must live as long as it (its database, its data directory); `D` is the store's
 //! `Decision` enum (`Keep`, `Put(Record)`, `Delete { purge }`). The store is only called
 //! through method syntax (`get`, `list`, `update`, `upload_path`, `upgraded_path`), so
-//! inherent methods and trait methods in scope both work.
+//! inherent methods and the methods of a trait imported where the macro is invoked both
+//! work.
 //!
 //! Timestamps are whole seconds here: PostgreSQL keeps microseconds, the file store
 //! nanoseconds, and the contract is about what both keep.
@@ -14,10 +15,22 @@
 macro_rules! store_contract {
     ($suite:ident, fresh = $fresh:ident, decision = $decision:ident) => {
         mod $suite {
+            // The glob brings in the caller's imports, such as a store trait.
+            #[allow(unused_imports)]
+            use super::*;
             use super::{$decision as Decision, $fresh as fresh};
             use sftpgate::store::{hash_key, Record, State};
             use std::sync::Arc;
             use time::OffsetDateTime;
+
+            /// A change as the object-safe `Store::update` takes it; stores with a generic
+            /// `update` take it too. (The `impl FnOnce` argument is what gives a closure
+            /// its higher-ranked signature.)
+            fn change<'a>(
+                f: impl FnOnce(Option<&Record>) -> Decision + Send + 'a,
+            ) -> Box<dyn FnOnce(Option<&Record>) -> Decision + Send + 'a> {
+                Box::new(f)
+            }
 
             /// A draft record with whole-second timestamps.
             pub fn record(id: u64) -> Record {
@@ -59,15 +72,18 @@ macro_rules! store_contract {
                     r.operator_expires_at = (id == 7).then(|| r.created_at + 2 * day);
                     let put = r.clone();
                     let done = store
-                        .update(id, move |before| {
-                            assert!(before.is_none());
-                            Decision::Put(put)
-                        })
+                        .update(
+                            id,
+                            change(move |before| {
+                                assert!(before.is_none());
+                                Decision::Put(put)
+                            }),
+                        )
                         .await
                         .expect("put");
                     assert_eq!(done.before, None);
                     assert_eq!(done.after.as_ref(), Some(&r));
-                    assert!(!done.files_removed);
+                    assert!(!done.removed_files);
                     wanted.push(r);
                 }
                 for r in &wanted {
@@ -84,19 +100,25 @@ macro_rules! store_contract {
                 let r = record(11);
                 let put = r.clone();
                 store
-                    .update(11, move |_| Decision::Put(put))
+                    .update(11, change(move |_| Decision::Put(put)))
                     .await
                     .expect("put");
                 let kept = store
-                    .update(11, |before| {
-                        assert!(before.is_some());
-                        Decision::Keep
-                    })
+                    .update(
+                        11,
+                        change(|before| {
+                            assert!(before.is_some());
+                            Decision::Keep
+                        }),
+                    )
                     .await
                     .expect("keep");
                 assert_eq!(kept.before.as_ref(), Some(&r));
                 assert_eq!(kept.after.as_ref(), Some(&r));
-                let none = store.update(12, |_| Decision::Keep).await.expect("keep");
+                let none = store
+                    .update(12, change(|_| Decision::Keep))
+                    .await
+                    .expect("keep");
                 assert_eq!((none.before, none.after), (None, None));
                 assert_eq!(store.list().await.expect("list"), vec![r]);
             }
@@ -108,7 +130,7 @@ macro_rules! store_contract {
                 r.ssh_keys = "ssh-ed25519 AAAA first\n".into();
                 let put = r.clone();
                 store
-                    .update(5, move |_| Decision::Put(put))
+                    .update(5, change(move |_| Decision::Put(put)))
                     .await
                     .expect("put");
                 std::fs::write(store.upload_path(5), b"uploaded").expect("upload");
@@ -118,12 +140,12 @@ macro_rules! store_contract {
                 changed.updated_at += time::Duration::seconds(1);
                 let put = changed.clone();
                 let done = store
-                    .update(5, move |_| Decision::Put(put))
+                    .update(5, change(move |_| Decision::Put(put)))
                     .await
                     .expect("replace");
                 assert_eq!(done.before, Some(r));
                 assert_eq!(done.after.as_ref(), Some(&changed));
-                assert!(!done.files_removed);
+                assert!(!done.removed_files);
                 assert_eq!(
                     std::fs::read(store.upload_path(5)).expect("kept"),
                     b"uploaded"
@@ -132,7 +154,7 @@ macro_rules! store_contract {
                 no_keys.ssh_keys.clear();
                 let put = no_keys.clone();
                 store
-                    .update(5, move |_| Decision::Put(put))
+                    .update(5, change(move |_| Decision::Put(put)))
                     .await
                     .expect("replace");
                 assert_eq!(store.get(5).await.expect("get"), Some(no_keys));
@@ -144,40 +166,40 @@ macro_rules! store_contract {
                 for id in [1, 2] {
                     let put = record(id);
                     store
-                        .update(id, move |_| Decision::Put(put))
+                        .update(id, change(move |_| Decision::Put(put)))
                         .await
                         .expect("put");
                     std::fs::write(store.upload_path(id), b"data").expect("upload");
                     std::fs::write(store.upgraded_path(id), b"done").expect("upgraded");
                 }
                 let kept = store
-                    .update(1, |_| Decision::Delete { purge: false })
+                    .update(1, change(|_| Decision::Delete { purge: false }))
                     .await
                     .expect("delete");
                 assert_eq!(kept.before.map(|r| r.id), Some(1));
                 assert_eq!(kept.after, None);
-                assert!(!kept.files_removed);
+                assert!(!kept.removed_files);
                 assert!(store.upload_path(1).exists());
                 let purged = store
-                    .update(2, |_| Decision::Delete { purge: true })
+                    .update(2, change(|_| Decision::Delete { purge: true }))
                     .await
                     .expect("purge");
                 assert_eq!(purged.before.map(|r| r.id), Some(2));
-                assert!(purged.files_removed);
+                assert!(purged.removed_files);
                 assert!(!store.upload_path(2).exists());
                 assert!(!store.upgraded_path(2).exists());
                 let again = store
-                    .update(2, |_| Decision::Delete { purge: true })
+                    .update(2, change(|_| Decision::Delete { purge: true }))
                     .await
                     .expect("purge");
-                assert_eq!((again.before, again.files_removed), (None, false));
+                assert_eq!((again.before, again.removed_files), (None, false));
                 assert_eq!(store.list().await.expect("list"), vec![]);
                 // A purge after a delete without purge removes the files it kept.
                 let late = store
-                    .update(1, |_| Decision::Delete { purge: true })
+                    .update(1, change(|_| Decision::Delete { purge: true }))
                     .await
                     .expect("purge");
-                assert_eq!((late.before, late.files_removed), (None, true));
+                assert_eq!((late.before, late.removed_files), (None, true));
                 assert!(!store.upload_path(1).exists());
             }
 
@@ -186,21 +208,22 @@ macro_rules! store_contract {
                 let (store, _guard) = fresh().await;
                 let put = record(4);
                 store
-                    .update(4, move |_| Decision::Put(put))
+                    .update(4, change(move |_| Decision::Put(put)))
                     .await
                     .expect("put");
                 std::fs::write(store.upload_path(4), b"first customer").expect("upload");
                 std::fs::write(store.upgraded_path(4), b"first upgraded").expect("upgraded");
                 store
-                    .update(4, |_| Decision::Delete { purge: false })
+                    .update(4, change(|_| Decision::Delete { purge: false }))
                     .await
                     .expect("delete");
                 let put = record(4);
                 let fresh_one = store
-                    .update(4, move |_| Decision::Put(put))
+                    .update(4, change(move |_| Decision::Put(put)))
                     .await
                     .expect("put");
-                assert!(fresh_one.files_removed);
+                // Leftovers are audited, not reported: `removed_files` is a purge's.
+                assert!(!fresh_one.removed_files);
                 assert!(!store.upload_path(4).exists());
                 assert!(!store.upgraded_path(4).exists());
                 // Its directory is there for the new customer's upload.
@@ -215,7 +238,7 @@ macro_rules! store_contract {
                 let mut first = record(8);
                 first.filename = "0".into();
                 store
-                    .update(8, move |_| Decision::Put(first))
+                    .update(8, change(move |_| Decision::Put(first)))
                     .await
                     .expect("put");
                 let tasks: Vec<_> = (0..TASKS)
@@ -223,13 +246,16 @@ macro_rules! store_contract {
                         let store = store.clone();
                         tokio::spawn(async move {
                             store
-                                .update(8, move |before| {
-                                    let mut r = before.expect("record 8").clone();
-                                    let n: u64 = r.filename.parse().expect("a count");
-                                    r.filename = (n + 1).to_string();
-                                    r.ssh_keys.push_str(&format!("ssh-ed25519 AAAA k{i}\n"));
-                                    Decision::Put(r)
-                                })
+                                .update(
+                                    8,
+                                    change(move |before| {
+                                        let mut r = before.expect("record 8").clone();
+                                        let n: u64 = r.filename.parse().expect("a count");
+                                        r.filename = (n + 1).to_string();
+                                        r.ssh_keys.push_str(&format!("ssh-ed25519 AAAA k{i}\n"));
+                                        Decision::Put(r)
+                                    }),
+                                )
                                 .await
                                 .expect("update")
                         })
@@ -260,10 +286,13 @@ macro_rules! store_contract {
                             let mut r = record(9);
                             r.filename = format!("by-{i}");
                             store
-                                .update(9, move |before| match before {
-                                    None => Decision::Put(r),
-                                    Some(_) => Decision::Keep,
-                                })
+                                .update(
+                                    9,
+                                    change(move |before| match before {
+                                        None => Decision::Put(r),
+                                        Some(_) => Decision::Keep,
+                                    }),
+                                )
                                 .await
                                 .expect("update")
                         })
@@ -285,7 +314,7 @@ macro_rules! store_contract {
                 let (store, _guard) = fresh().await;
                 let other = record(6);
                 assert!(store
-                    .update(5, move |_| Decision::Put(other))
+                    .update(5, change(move |_| Decision::Put(other)))
                     .await
                     .is_err());
                 assert_eq!(store.list().await.expect("list"), vec![]);
