@@ -97,6 +97,73 @@ pub struct Settings {
     /// Log format on stderr [default: text]
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Where request records live: `file` (DATA_DIR/requests) or a shared PostgreSQL
+    /// database, `postgres://user@host:port/db`; files stay in DATA_DIR [default: file]
+    // The environment's value is not shown in --help: the URL may hold a password.
+    #[arg(long, value_name = "URL", env = "SFTPGATE_STORE", hide_env_values = true, value_parser = parse_store)]
+    #[serde(default, deserialize_with = "store_opt")]
+    pub store: Option<StoreSpec>,
+}
+
+/// Which store holds the records.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    /// The embedded file store.
+    File,
+    /// A PostgreSQL database several nodes share, by URL.
+    Postgres(String),
+}
+
+impl StoreSpec {
+    /// For logs and errors: the URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        match self {
+            StoreSpec::File => "file".into(),
+            StoreSpec::Postgres(url) => redact_password(url),
+        }
+    }
+}
+
+// Config is printed with {:?} in places; a URL's password must never be.
+impl std::fmt::Debug for StoreSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// `scheme://user:password@host/...` with the password replaced.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.into();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.into();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => url.into(),
+    }
+}
+
+/// `file`, or a `postgres://` / `postgresql://` URL.
+pub fn parse_store(s: &str) -> Result<StoreSpec, String> {
+    let s = s.trim();
+    if s == "file" {
+        Ok(StoreSpec::File)
+    } else if crate::store::postgres::is_postgres_url(s) {
+        Ok(StoreSpec::Postgres(s.to_string()))
+    } else {
+        Err(format!(
+            "\"{}\" is not a store: use file or postgres://user@host:port/db",
+            redact_password(s)
+        ))
+    }
+}
+
+fn store_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<StoreSpec>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_store(&s).map(Some).map_err(serde::de::Error::custom)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -195,6 +262,7 @@ impl Settings {
             page_https: self.page_https || base.page_https,
             admin_allow_remote: self.admin_allow_remote || base.admin_allow_remote,
             log_format: self.log_format.or(base.log_format),
+            store: self.store.or(base.store),
         }
     }
 
@@ -243,6 +311,7 @@ impl Settings {
             page_https: self.page_https,
             admin_allow_remote: self.admin_allow_remote,
             log_json: self.log_format == Some(LogFormat::Json),
+            store: self.store.unwrap_or(StoreSpec::File),
         }
     }
 }
@@ -277,6 +346,9 @@ pub struct Config {
     pub page_https: bool,
     pub admin_allow_remote: bool,
     pub log_json: bool,
+    /// Not used by `serve` yet: the PostgreSQL store is wired in once the `Store` trait is
+    /// async (issue 13).
+    pub store: StoreSpec,
 }
 
 fn machine_hostname() -> String {
@@ -328,6 +400,30 @@ mod tests {
         assert!(s.resolve().log_json);
         let err = toml::from_str::<Settings>("log-format = \"xml\"").unwrap_err();
         assert!(err.message().contains("xml"), "{}", err.message());
+    }
+
+    #[test]
+    fn stores() {
+        assert_eq!(Settings::default().resolve().store, StoreSpec::File);
+        let s: Settings = toml::from_str("store = \"postgresql://gw@db:5432/sftpgate\"").unwrap();
+        assert_eq!(
+            s.resolve().store,
+            StoreSpec::Postgres("postgresql://gw@db:5432/sftpgate".into())
+        );
+        assert_eq!(parse_store("file"), Ok(StoreSpec::File));
+        let err = toml::from_str::<Settings>("store = \"mysql://u:pw@h/db\"").unwrap_err();
+        assert!(err.message().contains("not a store"), "{}", err.message());
+        assert!(!err.message().contains("pw"), "{}", err.message());
+        let spec = parse_store("postgres://gw:s3cret@db:5432/x?sslmode=require").unwrap();
+        assert_eq!(
+            format!("{spec:?}"),
+            "postgres://gw:***@db:5432/x?sslmode=require"
+        );
+        assert_eq!(redact_password("postgres://gw@db/x"), "postgres://gw@db/x");
+        assert_eq!(
+            redact_password("postgres://db/x?u=a@b"),
+            "postgres://db/x?u=a@b"
+        );
     }
 
     #[test]

@@ -69,7 +69,7 @@ fn status_page_shows_requests_and_an_upload_in_progress() {
             .arg("--version")
             .output()
             .is_ok_and(|o| o.status.success()),
-        "the status page test needs Debian's chromium (apt-get install chromium; .ci/run does)"
+        "the status page test needs Debian's chromium (apt-get install chromium; the README's ./run-tests does)"
     );
     let g = Gateway::start();
     let work = g.dir.path().to_path_buf();

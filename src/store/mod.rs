@@ -3,6 +3,7 @@
 //! [`FileStore`] is the embedded default.
 
 mod file;
+pub mod postgres;
 pub mod private;
 mod record;
 

@@ -2,6 +2,9 @@
 //! with the real OpenSSH client and curl.
 #![allow(dead_code)]
 
+pub mod postgres;
+#[macro_use]
+pub mod store_contract;
 pub mod wire;
 
 use std::io::{BufRead, BufReader, Read};

@@ -1,0 +1,565 @@
+//! The PostgreSQL store, for several gateway nodes on one database (issue 13): records,
+//! their keys, state, expiry and key hash live in tables; every change is one transaction
+//! that locks the record, lets the caller decide, writes, and notifies the other nodes
+//! (`NOTIFY sftpgate_records, '<id>'`). The files stay on the data directory, which the
+//! nodes share, laid out as [`super::FileStore`] lays them out.
+//!
+//! The driver is sqlx (maintained, async on tokio, its own bounded pool, rustls). Queries
+//! are checked at run time, not with its compile-time macros, so building needs no
+//! database; and they are sent unnamed (`persistent(false)`) and the migration lock is
+//! transaction-scoped, so that a PgBouncer in transaction mode can sit in between (the
+//! change feed, [`PgStore::listen`], needs a direct connection: LISTEN is per session).
+//!
+//! Migrations are the SQL files beside this one, embedded, applied at start in one
+//! transaction under `pg_advisory_xact_lock`, so nodes starting at once apply each exactly
+//! once, and a failed one leaves nothing half done. They must only add (columns,
+//! tables): a node not yet upgraded keeps running on the newer schema.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+use time::OffsetDateTime;
+
+use super::{private, sync_dir_io, Record, State};
+
+/// The notification channel; the payload is the changed record's id.
+pub const CHANNEL: &str = "sftpgate_records";
+
+/// Connections per node unless configured: a few writers at once are plenty (each update
+/// is a handful of short statements), and ten nodes then fit in PostgreSQL's default
+/// `max_connections` of 100.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 8;
+
+/// Key of the transaction-scoped advisory lock that serializes migrations ("sftpgate" in
+/// ASCII). Per-record locks use the two-key form, a separate lock space.
+const MIGRATION_LOCK: i64 = 0x7366_7470_6761_7465;
+
+struct Migration {
+    version: i32,
+    name: &'static str,
+    sql: &'static str,
+}
+
+/// Every schema change, in order; applied ones are listed in `schema_version`.
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "records",
+    sql: include_str!("postgres/0001_records.sql"),
+}];
+
+/// What the caller of [`PgStore::update`] decided, given the record as it is.
+// To be unified with store::Decision at merge (the same variants).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Change nothing.
+    Keep,
+    /// Create or replace the record (its id must be the one updated).
+    Put(Record),
+    /// Remove the record; with `purge` also its files, including those an earlier delete
+    /// without purge left behind.
+    Delete { purge: bool },
+}
+
+/// The outcome of an update.
+// To be unified with store::Updated at merge (the same fields).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Updated {
+    /// The record as it was when locked.
+    pub before: Option<Record>,
+    /// The record as stored now, read back (timestamps at PostgreSQL's microseconds).
+    pub after: Option<Record>,
+    /// A purge removed files (the request's directory was there). Leftovers removed for
+    /// a record created afresh are audited, not reported here, as in the file store.
+    pub removed_files: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgStoreError {
+    #[error("invalid PostgreSQL store URL: {0}")]
+    Url(#[source] sqlx::Error),
+    #[error("PostgreSQL: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("PostgreSQL schema migration {version} ({name}): {source}")]
+    Migration {
+        version: i32,
+        name: &'static str,
+        source: sqlx::Error,
+    },
+    #[error("i/o error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("record {id} in PostgreSQL is not valid: {why}")]
+    Corrupt { id: String, why: String },
+    #[error("record {got} cannot be stored under id {id}")]
+    IdMismatch { id: u64, got: u64 },
+    #[error("record {0} holds a NUL character, which PostgreSQL text cannot store")]
+    Nul(u64),
+}
+
+/// Settings of a node's connection pool.
+#[derive(Clone, Debug)]
+pub struct PgStoreOptions {
+    /// At most this many connections to PostgreSQL [default: DEFAULT_MAX_CONNECTIONS].
+    pub max_connections: u32,
+    /// How long an operation waits for a free connection (or a new one) before it fails.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PgStoreOptions {
+    fn default() -> Self {
+        PgStoreOptions {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            acquire_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Whether `store` names a PostgreSQL store (`postgres://` or `postgresql://`).
+pub fn is_postgres_url(store: &str) -> bool {
+    store.starts_with("postgres://") || store.starts_with("postgresql://")
+}
+
+pub struct PgStore {
+    pool: PgPool,
+    /// `DATA_DIR/requests`, on storage every node shares.
+    root: PathBuf,
+}
+
+/// The record columns, and its key lines as an array (empty: no keys), of `records r`.
+const SELECT: &str = "SELECT r.id::text AS id, r.filename, r.state, r.key_sha256, \
+    r.expires_at, r.operator_expires_at, r.created_at, r.updated_at, \
+    ARRAY(SELECT k.line FROM record_keys k WHERE k.record_id = r.id ORDER BY k.position) AS keys \
+    FROM records r";
+
+/// A statement sent unnamed, so that no prepared statement outlives its transaction
+/// (PgBouncer in transaction mode hands the next one to another client).
+fn query(sql: &str) -> sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sql).persistent(false)
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user@host:port/db`, libpq's URL parameters such as
+    /// `sslmode` apply), applies pending migrations, and keeps files under
+    /// `data_dir/requests`.
+    pub async fn connect(url: &str, data_dir: &Path) -> Result<PgStore, PgStoreError> {
+        PgStore::connect_with(url, data_dir, PgStoreOptions::default()).await
+    }
+
+    pub async fn connect_with(
+        url: &str,
+        data_dir: &Path,
+        options: PgStoreOptions,
+    ) -> Result<PgStore, PgStoreError> {
+        let connect = PgConnectOptions::from_str(url)
+            .map_err(PgStoreError::Url)?
+            .application_name("sftpgate");
+        let root = data_dir.join("requests");
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| PgStoreError::Io { path, source }
+        };
+        private::create_dir(&root).map_err(io(&root))?;
+        private::tighten(data_dir);
+        private::tighten(&root);
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect)
+            .await?;
+        migrate(&pool).await?;
+        Ok(PgStore { pool, root })
+    }
+
+    /// The pool, for tests and diagnostics.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn get(&self, id: u64) -> Result<Option<Record>, PgStoreError> {
+        let sql = format!("{SELECT} WHERE r.id = $1::numeric");
+        let row = query(&sql)
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(record_from).transpose()
+    }
+
+    /// All records, ordered by id.
+    pub async fn list(&self) -> Result<Vec<Record>, PgStoreError> {
+        let sql = format!("{SELECT} ORDER BY r.id");
+        let rows = query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(record_from).collect()
+    }
+
+    /// Reads record `id` locked, lets `change` decide, and applies the decision in the same
+    /// transaction, so no other node's update of that id interleaves (no lost update).
+    /// `change` runs while the record is locked: it must be quick and must not call the
+    /// store. A record created under an id that has none starts with no files (whatever an
+    /// earlier record of that id left is removed first), as in [`super::FileStore`].
+    pub async fn update<F>(&self, id: u64, change: F) -> Result<Updated, PgStoreError>
+    where
+        F: FnOnce(Option<&Record>) -> Decision + Send,
+    {
+        let mut tx = self.pool.begin().await?;
+        // `FOR UPDATE` cannot lock a row that does not exist yet, and two nodes creating
+        // the same id would both see none; a transaction-scoped advisory lock on the id
+        // (its two 32-bit halves) serializes them too. It is released at commit or
+        // rollback, so it never pins a connection.
+        query("SELECT pg_advisory_xact_lock($1, $2)")
+            .bind((id >> 32) as u32 as i32)
+            .bind(id as u32 as i32)
+            .execute(&mut *tx)
+            .await?;
+        let before = read_locked(&mut tx, id).await?;
+        match change(before.as_ref()) {
+            Decision::Keep => {
+                tx.commit().await?;
+                Ok(Updated {
+                    after: before.clone(),
+                    before,
+                    removed_files: false,
+                })
+            }
+            Decision::Put(record) => {
+                if record.id != id {
+                    return Err(PgStoreError::IdMismatch { id, got: record.id });
+                }
+                if [&record.filename, &record.key_sha256, &record.ssh_keys]
+                    .iter()
+                    .any(|s| s.contains('\0'))
+                {
+                    return Err(PgStoreError::Nul(id));
+                }
+                // Under the lock, so a concurrent purge cannot remove the new record's
+                // files; before commit, so the record never exists with old files.
+                if before.is_none() {
+                    self.remove_files(id, true).await?;
+                }
+                self.ensure_dir(id).await?;
+                write(&mut tx, &record, before.as_ref()).await?;
+                notify(&mut tx, id).await?;
+                let after = read_locked(&mut tx, id).await?;
+                tx.commit().await?;
+                Ok(Updated {
+                    before,
+                    after,
+                    removed_files: false,
+                })
+            }
+            Decision::Delete { purge } => {
+                if before.is_some() {
+                    // The keys go with it (ON DELETE CASCADE).
+                    query("DELETE FROM records WHERE id = $1::numeric")
+                        .bind(id.to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                    notify(&mut tx, id).await?;
+                }
+                // Still under the lock: a record created right after must not lose its
+                // new files to this purge.
+                let removed_files = purge && self.remove_files(id, false).await?;
+                tx.commit().await?;
+                Ok(Updated {
+                    before,
+                    after: None,
+                    removed_files,
+                })
+            }
+        }
+    }
+
+    /// The ids of records that change, from any node. Notifications are not queued for
+    /// a listener that is reconnecting, so each loss of the connection is reported as
+    /// [`Change::Missed`]: re-read everything then (and re-check now and then anyway).
+    /// Holds one of the pool's connections.
+    pub async fn listen(&self) -> Result<Changes, PgStoreError> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(CHANNEL).await?;
+        Ok(Changes { listener })
+    }
+
+    fn dir(&self, id: u64) -> PathBuf {
+        self.root.join(id.to_string())
+    }
+
+    /// Where the customer's upload of request `id` lives.
+    pub fn upload_path(&self, id: u64) -> PathBuf {
+        self.dir(id).join("upload")
+    }
+
+    /// Where the upgraded dump of request `id` lives.
+    pub fn upgraded_path(&self, id: u64) -> PathBuf {
+        self.dir(id).join("upgraded")
+    }
+
+    /// Removes `requests/<id>/`; `false` if there was none. `leftovers`: the files of an
+    /// earlier record, removed for a new one (audited as FileStore does).
+    async fn remove_files(&self, id: u64, leftovers: bool) -> Result<bool, PgStoreError> {
+        let (dir, root) = (self.dir(id), self.root.clone());
+        let removed = blocking(dir.clone(), move || match std::fs::remove_dir_all(&dir) {
+            Ok(()) => sync_dir_io(&root).map(|()| true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        })
+        .await?;
+        if removed && leftovers {
+            tracing::info!(target: "audit", event = "leftovers-removed", request = id,
+                "files left by a deleted request with this id were removed");
+        }
+        Ok(removed)
+    }
+
+    /// Creates `requests/<id>/` (0700) for the record's files if it is not there.
+    async fn ensure_dir(&self, id: u64) -> Result<(), PgStoreError> {
+        let (dir, root) = (self.dir(id), self.root.clone());
+        blocking(dir.clone(), move || {
+            if dir.is_dir() {
+                return Ok(());
+            }
+            private::create_dir(&dir)?;
+            sync_dir_io(&root)
+        })
+        .await
+    }
+}
+
+/// Runs file-system work off the async threads; errors are reported against `path`.
+async fn blocking<T: Send + 'static>(
+    path: PathBuf,
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, PgStoreError> {
+    let result = tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    result.map_err(|source| PgStoreError::Io { path, source })
+}
+
+/// The change feed of [`PgStore::listen`].
+pub struct Changes {
+    listener: PgListener,
+}
+
+/// One item of the change feed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Record `id` was created, replaced or deleted.
+    Record(u64),
+    /// The connection was lost; changes made meanwhile were not seen. The next call
+    /// reconnects.
+    Missed,
+}
+
+impl Changes {
+    /// Waits for the next change. An error means reconnecting failed (PostgreSQL is
+    /// down): call again, after a pause, to retry.
+    pub async fn next(&mut self) -> Result<Change, PgStoreError> {
+        loop {
+            let Some(notification) = self.listener.try_recv().await? else {
+                return Ok(Change::Missed);
+            };
+            match notification.payload().parse::<u64>() {
+                Ok(id) => return Ok(Change::Record(id)),
+                // Someone else's NOTIFY on our channel; nothing of ours changed.
+                Err(_) => tracing::warn!(
+                    payload = notification.payload(),
+                    "ignored a notification that names no record"
+                ),
+            }
+        }
+    }
+}
+
+/// Applies the pending migrations, as one transaction under the migration lock: a node
+/// that starts while another migrates waits for it, then finds nothing left to do.
+async fn migrate(pool: &PgPool) -> Result<(), PgStoreError> {
+    let mut tx = pool.begin().await?;
+    query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, \
+         name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let current: i32 = query("SELECT COALESCE(MAX(version), 0) AS v FROM schema_version")
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("v")?;
+    for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+        let failed = |source| PgStoreError::Migration {
+            version: m.version,
+            name: m.name,
+            source,
+        };
+        sqlx::raw_sql(m.sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(failed)?;
+        query("INSERT INTO schema_version (version, name) VALUES ($1, $2)")
+            .bind(m.version)
+            .bind(m.name)
+            .execute(&mut *tx)
+            .await
+            .map_err(failed)?;
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            "applied a schema migration"
+        );
+    }
+    let known = MIGRATIONS.last().map_or(0, |m| m.version);
+    if current > known {
+        tracing::warn!(
+            schema = current,
+            known,
+            "the database schema is newer than this node; running on it (migrations only add)"
+        );
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Record `id`, its row locked until the transaction ends.
+async fn read_locked(
+    tx: &mut Transaction<'_, Postgres>,
+    id: u64,
+) -> Result<Option<Record>, PgStoreError> {
+    let sql = format!("{SELECT} WHERE r.id = $1::numeric FOR UPDATE OF r");
+    let row = query(&sql)
+        .bind(id.to_string())
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.as_ref().map(record_from).transpose()
+}
+
+/// Creates or replaces `record`'s row, and its key lines if they changed.
+async fn write(
+    tx: &mut Transaction<'_, Postgres>,
+    record: &Record,
+    before: Option<&Record>,
+) -> Result<(), PgStoreError> {
+    let id = record.id.to_string();
+    query(
+        "INSERT INTO records (id, filename, state, key_sha256, expires_at, \
+         operator_expires_at, created_at, updated_at) \
+         VALUES ($1::numeric, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (id) DO UPDATE SET filename = EXCLUDED.filename, \
+         state = EXCLUDED.state, key_sha256 = EXCLUDED.key_sha256, \
+         expires_at = EXCLUDED.expires_at, \
+         operator_expires_at = EXCLUDED.operator_expires_at, \
+         created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at",
+    )
+    .bind(&id)
+    .bind(&record.filename)
+    .bind(record.state.as_str())
+    .bind(&record.key_sha256)
+    .bind(record.expires_at)
+    .bind(record.operator_expires_at)
+    .bind(record.created_at)
+    .bind(record.updated_at)
+    .execute(&mut **tx)
+    .await?;
+    if before.is_some_and(|b| b.ssh_keys == record.ssh_keys) {
+        return Ok(());
+    }
+    // Key replacement: the old lines go and the new ones come in this same transaction,
+    // so no reader ever sees a mix, or a record without its keys.
+    query("DELETE FROM record_keys WHERE record_id = $1::numeric")
+        .bind(&id)
+        .execute(&mut **tx)
+        .await?;
+    let lines = key_lines(&record.ssh_keys);
+    if !lines.is_empty() {
+        query(
+            "INSERT INTO record_keys (record_id, position, line) \
+             SELECT $1::numeric, t.position, t.line \
+             FROM unnest($2::text[]) WITH ORDINALITY AS t(line, position)",
+        )
+        .bind(&id)
+        .bind(lines)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Queues the change notification; PostgreSQL delivers it at commit, and not at all on
+/// rollback.
+async fn notify(tx: &mut Transaction<'_, Postgres>, id: u64) -> Result<(), PgStoreError> {
+    query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(id.to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The rows of an authorized_keys text: split on `\n` only, so that joining them gives
+/// back exactly the text (`\r`, blank lines and a final newline included).
+fn key_lines(text: &str) -> Vec<&str> {
+    if text.is_empty() {
+        Vec::new()
+    } else {
+        text.split('\n').collect()
+    }
+}
+
+fn record_from(row: &PgRow) -> Result<Record, PgStoreError> {
+    let raw_id: String = row.try_get("id")?;
+    let corrupt = |why: String| PgStoreError::Corrupt {
+        id: raw_id.clone(),
+        why,
+    };
+    let id = raw_id
+        .parse::<u64>()
+        .map_err(|_| corrupt("the id is not a request id".into()))?;
+    let state: String = row.try_get("state")?;
+    let state = State::parse(&state).ok_or_else(|| corrupt(format!("unknown state {state:?}")))?;
+    let keys: Vec<String> = row.try_get("keys")?;
+    Ok(Record {
+        id,
+        filename: row.try_get("filename")?,
+        state,
+        key_sha256: row.try_get("key_sha256")?,
+        ssh_keys: keys.join("\n"),
+        expires_at: row.try_get::<Option<OffsetDateTime>, _>("expires_at")?,
+        operator_expires_at: row.try_get::<Option<OffsetDateTime>, _>("operator_expires_at")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_lines_round_trip() {
+        for text in ["", "a", "a\n", "\n", "a\r\n\n# c\nb", "\n\n"] {
+            assert_eq!(key_lines(text).join("\n"), text, "{text:?}");
+        }
+        assert!(key_lines("").is_empty());
+    }
+
+    #[test]
+    fn store_urls() {
+        assert!(is_postgres_url("postgres://u@h:5432/db"));
+        assert!(is_postgres_url("postgresql://u@h/db"));
+        assert!(!is_postgres_url("file"));
+        assert!(!is_postgres_url("mysql://h/db"));
+    }
+
+    #[test]
+    fn migrations_are_numbered_in_order() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version, i as i32 + 1, "{}", m.name);
+        }
+    }
+}

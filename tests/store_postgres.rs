@@ -1,0 +1,221 @@
+//! The PostgreSQL store against a real server (tests/common/postgres.rs: the server of
+//! `SFTPGATE_TEST_DATABASE_URL`, else a throwaway cluster; a database per test): the
+//! store contract shared with the file store, then what only a shared database has —
+//! migrations by nodes starting at once, change notifications between nodes, a server
+//! restart under a running node, and the schema an operator sees.
+
+#[macro_use]
+mod common;
+
+use std::time::Duration;
+
+use common::postgres::{database, Cluster, TestDb};
+use contract::record;
+use sftpgate::store::postgres::{Change, Decision, PgStore, PgStoreOptions};
+use sftpgate::store::{hash_key, Record};
+use time::OffsetDateTime;
+
+/// A fresh store on a database and a data directory of its own.
+async fn fresh_pg() -> (PgStore, (TestDb, tempfile::TempDir)) {
+    let db = database();
+    let dir = tempfile::tempdir().expect("data dir");
+    let store = PgStore::connect(&db.url, dir.path())
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    (store, (db, dir))
+}
+
+store_contract!(contract, fresh = fresh_pg, decision = Decision);
+
+async fn put(store: &PgStore, r: Record) {
+    let id = r.id;
+    store
+        .update(id, move |_| Decision::Put(r))
+        .await
+        .unwrap_or_else(|e| panic!("put {id}: {e}"));
+}
+
+/// The next change of the feed, within 10 s.
+async fn next_change(changes: &mut sftpgate::store::postgres::Changes) -> Change {
+    tokio::time::timeout(Duration::from_secs(10), changes.next())
+        .await
+        .expect("a change within 10 s")
+        .unwrap_or_else(|e| panic!("change feed: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_starting_at_once_migrate_once() {
+    let db = database();
+    let dir = tempfile::tempdir().expect("data dir");
+    // Each connect is a node of its own: its own pool, racing to migrate a new database.
+    let nodes = futures::future::join_all((0..6).map(|_| {
+        let options = PgStoreOptions {
+            max_connections: 2,
+            ..PgStoreOptions::default()
+        };
+        PgStore::connect_with(&db.url, dir.path(), options)
+    }))
+    .await;
+    let nodes: Vec<PgStore> = nodes
+        .into_iter()
+        .map(|n| n.unwrap_or_else(|e| panic!("a node failed to start: {e}")))
+        .collect();
+    let versions: Vec<(i32, String)> =
+        sqlx::query_as("SELECT version, name FROM schema_version ORDER BY version")
+            .fetch_all(nodes[0].pool())
+            .await
+            .expect("schema_version");
+    assert_eq!(versions, [(1, "records".to_string())]);
+    // Every node works on the one schema, and a later start finds nothing to do.
+    put(&nodes[1], record(1)).await;
+    assert_eq!(nodes[5].list().await.expect("list").len(), 1);
+    let late = PgStore::connect(&db.url, dir.path())
+        .await
+        .expect("restart");
+    assert_eq!(late.get(1).await.expect("get").map(|r| r.id), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_are_notified_of_each_others_changes() {
+    let db = database();
+    let dir = tempfile::tempdir().expect("data dir");
+    let a = PgStore::connect(&db.url, dir.path()).await.expect("node a");
+    // Also the URL's other spelling.
+    let url_b = db.url.replacen("postgres://", "postgresql://", 1);
+    let b = PgStore::connect(&url_b, dir.path()).await.expect("node b");
+    let mut changes = b.listen().await.expect("listen");
+
+    put(&a, record(42)).await;
+    assert_eq!(next_change(&mut changes).await, Change::Record(42));
+    assert_eq!(b.get(42).await.expect("get").map(|r| r.id), Some(42));
+
+    // Keep writes nothing and tells no one: the next change seen is 43's.
+    a.update(42, |_| Decision::Keep).await.expect("keep");
+    put(&a, record(43)).await;
+    assert_eq!(next_change(&mut changes).await, Change::Record(43));
+    a.update(43, |_| Decision::Delete { purge: true })
+        .await
+        .expect("delete");
+    assert_eq!(next_change(&mut changes).await, Change::Record(43));
+    // A failed update (rolled back) tells no one either.
+    let wrong = record(44);
+    assert!(a.update(45, move |_| Decision::Put(wrong)).await.is_err());
+    put(&a, record(46)).await;
+    assert_eq!(next_change(&mut changes).await, Change::Record(46));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_is_reconnected() {
+    // A cluster of this test's own: the shared one must stay up for the other tests.
+    let cluster = Cluster::private();
+    let db = cluster.database();
+    let dir = tempfile::tempdir().expect("data dir");
+    let store = PgStore::connect(&db.url, dir.path())
+        .await
+        .expect("connect");
+    let mut changes = store.listen().await.expect("listen");
+    put(&store, record(1)).await;
+    assert_eq!(next_change(&mut changes).await, Change::Record(1));
+
+    cluster.restart();
+    // The pool replaces its dead connections; the feed says it may have missed changes.
+    assert_eq!(
+        store.get(1).await.expect("get after restart").map(|r| r.id),
+        Some(1)
+    );
+    assert_eq!(next_change(&mut changes).await, Change::Missed);
+    put(&store, record(2)).await;
+    assert_eq!(next_change(&mut changes).await, Change::Record(2));
+    assert_eq!(store.list().await.expect("list").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_live_in_tables() {
+    let (store, _guard) = fresh_pg().await;
+    let mut r = record(10534);
+    r.ssh_keys = "ssh-ed25519 AAAA one\n# two\nssh-rsa AAAA three".into();
+    r.expires_at = Some(r.created_at + time::Duration::DAY);
+    put(&store, r.clone()).await;
+    let row: (String, String, String, Option<OffsetDateTime>) = sqlx::query_as(
+        "SELECT id::text, state, key_sha256, expires_at FROM records WHERE id = 10534",
+    )
+    .fetch_one(store.pool())
+    .await
+    .expect("records row");
+    assert_eq!(row.0, "10534");
+    assert_eq!(row.1, "draft");
+    assert_eq!(row.2, hash_key("key-10534"));
+    // Microseconds are what PostgreSQL keeps; the store reports that too.
+    let micros = |t: OffsetDateTime| t.unix_timestamp_nanos() / 1000;
+    assert_eq!(row.3.map(micros), r.expires_at.map(micros));
+    let lines: Vec<(i32, String)> = sqlx::query_as(
+        "SELECT position, line FROM record_keys WHERE record_id = 10534 ORDER BY position",
+    )
+    .fetch_all(store.pool())
+    .await
+    .expect("key rows");
+    assert_eq!(
+        lines,
+        [
+            (1, "ssh-ed25519 AAAA one".to_string()),
+            (2, "# two".to_string()),
+            (3, "ssh-rsa AAAA three".to_string())
+        ]
+    );
+    // A key replacement leaves only the new lines; a delete takes them along.
+    let mut replaced = r.clone();
+    replaced.ssh_keys = "ssh-ed25519 AAAA four".into();
+    put(&store, replaced).await;
+    let count = |sql: &'static str| {
+        let pool = store.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .expect("count")
+        }
+    };
+    assert_eq!(count("SELECT count(*) FROM record_keys").await, 1);
+    store
+        .update(10534, |_| Decision::Delete { purge: false })
+        .await
+        .expect("delete");
+    assert_eq!(count("SELECT count(*) FROM record_keys").await, 0);
+    assert_eq!(count("SELECT count(*) FROM records").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_postgresql_cannot_hold_is_refused_whole() {
+    let (store, _guard) = fresh_pg().await;
+    let mut r = record(3);
+    r.ssh_keys = "# a NUL \0 in a comment\nssh-ed25519 AAAA x".into();
+    let err = store
+        .update(3, move |_| Decision::Put(r))
+        .await
+        .expect_err("NUL refused");
+    assert!(err.to_string().contains("NUL"), "{err}");
+    assert_eq!(store.get(3).await.expect("get"), None);
+    assert!(!store.upload_path(3).parent().expect("dir").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_fails_the_start() {
+    let dir = tempfile::tempdir().expect("data dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    // Nothing listens on the port once the probe is closed.
+    let options = PgStoreOptions {
+        acquire_timeout: Duration::from_secs(2),
+        ..PgStoreOptions::default()
+    };
+    let url = format!("postgres://u:secret-password@127.0.0.1:{port}/db");
+    let err = PgStore::connect_with(&url, dir.path(), options)
+        .await
+        .err()
+        .expect("no server");
+    assert!(!err.to_string().contains("secret-password"), "{err}");
+    let bad = PgStore::connect("postgres://u@127.0.0.1:notaport/db", dir.path()).await;
+    assert!(bad.is_err());
+}
