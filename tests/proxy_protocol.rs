@@ -130,18 +130,25 @@ impl Drop for Haproxy {
 
 /// A gateway that reads PROXY headers from the balancer's address, named `node`.
 fn node(name: &str) -> Gateway {
+    node_with(name, &[])
+}
+
+fn node_with(name: &str, extra: &[&str]) -> Gateway {
     let mut g = Gateway::start();
     g.stop("TERM");
+    let from = format!("{BALANCER}/32");
+    let mut args = vec![
+        "--proxy-protocol",
+        "--proxy-from",
+        &from,
+        "--node-name",
+        name,
+        "--login-grace-secs",
+        "3",
+    ];
+    args.extend_from_slice(extra);
     g.launch_env(
-        &[
-            "--proxy-protocol",
-            "--proxy-from",
-            &format!("{BALANCER}/32"),
-            "--node-name",
-            name,
-            "--login-grace-secs",
-            "3",
-        ],
+        &args,
         // The debug line of each header read (the claim) is looked for below.
         &[("SFTPGATE_LOG", "info,russh=warn,sftpgate::ssh=debug")],
     );
@@ -293,6 +300,34 @@ fn behind_haproxy_from_is_matched_against_the_real_client() {
     }
 }
 
+/// Per-source limits count the client the header names, not the balancer that every
+/// client comes through.
+#[test]
+fn per_source_limits_count_the_real_client() {
+    let g = node_with("gw-a", &["--max-startups-per-source", "2"]);
+    let lb = Haproxy::start(g.dir.path(), &[g.ssh_port]);
+    let connect = |from: &str| connect_from(from, lb.port);
+    // Two connections from 127.0.0.3 that have not logged in: each gets the banner.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = connect("127.0.0.3");
+        assert!(read_line(&mut s).starts_with(b"SSH-2.0-sftpgate"));
+        held.push(s);
+    }
+    // The third is closed before the banner...
+    let mut third = connect("127.0.0.3");
+    let got = read_to_close(&mut third);
+    assert!(got.is_empty(), "{}", text(&got));
+    // ...while another client behind the same balancer is served.
+    let mut other = connect("127.0.0.2");
+    assert!(read_line(&mut other).starts_with(b"SSH-2.0-sftpgate"));
+    let log = g.log();
+    let refused = events(&log, "refused");
+    assert_eq!(refused.len(), 1, "{log}");
+    assert!(refused[0].contains("peer=127.0.0.3:"), "{}", refused[0]);
+    assert!(refused[0].contains("unauthenticated"), "{}", refused[0]);
+}
+
 /// An OpenSSH `ProxyCommand` that connects from 127.0.0.3 and sends a forged v2 header
 /// claiming 127.0.0.2 before relaying the client's stream.
 const FORGER: &str = r#"
@@ -428,8 +463,8 @@ fn proxy_protocol_needs_its_sources() {
     }
 }
 
-/// A TCP connection to the gateway on 127.0.0.1 from the local address `bind` (std's
-/// TcpStream cannot bind before it connects, so it is made with libc).
+/// A TCP connection to `port` on 127.0.0.1 (the gateway or the balancer) from the local
+/// address `bind` (std's TcpStream cannot bind before it connects, so it is made with libc).
 fn connect_from(bind: &str, port: u16) -> TcpStream {
     use std::os::fd::FromRawFd;
     let sin = |ip: &str, port: u16| libc::sockaddr_in {
@@ -472,4 +507,17 @@ fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
             Err(e) => panic!("reading: {e} after {:?}", text(&got)),
         }
     }
+}
+
+/// One line from the server (the SSH banner), up to its LF.
+fn read_line(s: &mut TcpStream) -> Vec<u8> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while line.last() != Some(&b'\n') {
+        match s.read(&mut b) {
+            Ok(1) => line.push(b[0]),
+            other => panic!("no whole line: {other:?} after {:?}", text(&line)),
+        }
+    }
+    line
 }
