@@ -1,5 +1,7 @@
 //! The SSH side: russh configuration, the accept loop (connection cap, login grace time,
-//! graceful shutdown) and the per-connection handler.
+//! graceful shutdown) and the per-connection handler. With the PROXY protocol on, a
+//! balancer's connection gives its header first and is then screened and served as the
+//! client it names (see `proxied`).
 
 mod channel;
 mod handler;
@@ -208,8 +210,9 @@ impl SshServer {
         })
     }
 
-    /// Whether `source` may connect now (no penalty, within its per-source limits): its
-    /// place among its source's connections, or `None` (the refusal logged, rate-limited).
+    /// Whether the client `peer` may connect now (no penalty, within its per-source
+    /// limits): its place among its source's connections, or `None` (the refusal logged,
+    /// rate-limited).
     fn screen(&self, peer: SocketAddr) -> Option<SourceGuard> {
         if self.penalties.blocked(peer.ip()) {
             tracing::debug!(%peer, "refused: address under penalty");
