@@ -1,10 +1,11 @@
 //! Gateway settings: embedded defaults, an optional TOML file, then command-line flags
 //! (flags win). Unknown keys in the file are rejected with the key named.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::Deserialize;
 
 /// Every setting, each optional, as the TOML file and the `serve` flags both give them.
@@ -97,6 +98,19 @@ pub struct Settings {
     /// Log format on stderr [default: text]
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// SSH connections from --proxy-from sources start with a PROXY protocol v1 or v2
+    /// header (HAProxy's send-proxy-v2) naming the real client
+    #[arg(long)]
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// The load balancers' addresses (CIDR or single addresses, comma-separated): their
+    /// connections must start with a PROXY header; those of every other source must not
+    #[arg(long, value_name = "CIDR[,CIDR...]", value_delimiter = ',', value_parser = parse_net)]
+    #[serde(default, deserialize_with = "nets_opt")]
+    pub proxy_from: Option<Vec<IpNet>>,
+    /// This node's name in the logs [default: the host name]
+    #[arg(long, value_name = "NAME", env = "SFTPGATE_NODE_NAME")]
+    pub node_name: Option<String>,
     /// Where request records live: `file` (DATA_DIR/requests) or a shared PostgreSQL
     /// database, `postgres://user@host:port/db`; files stay in DATA_DIR [default: file]
     // The environment's value is not shown in --help: the URL may hold a password.
@@ -193,6 +207,35 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
+/// `10.0.0.0/8`, `2001:db8::/32`, or one address (`10.0.0.5`, a /32 or /128).
+pub fn parse_net(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("\"{s}\" is not a CIDR block like 10.0.0.0/8 or an IP address"))
+}
+
+/// `proxy-from = "10.0.0.0/8,10.1.0.5"` or `proxy-from = ["10.0.0.0/8", "10.1.0.5"]`.
+fn nets_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<IpNet>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let items = match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    };
+    items
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(parse_net)
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
 fn duration_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s)
@@ -209,6 +252,8 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl Settings {
@@ -263,6 +308,9 @@ impl Settings {
             admin_allow_remote: self.admin_allow_remote || base.admin_allow_remote,
             log_format: self.log_format.or(base.log_format),
             store: self.store.or(base.store),
+            proxy_protocol: self.proxy_protocol || base.proxy_protocol,
+            proxy_from: self.proxy_from.or(base.proxy_from),
+            node_name: self.node_name.or(base.node_name),
         }
     }
 
@@ -312,6 +360,13 @@ impl Settings {
             admin_allow_remote: self.admin_allow_remote,
             log_json: self.log_format == Some(LogFormat::Json),
             store: self.store.unwrap_or(StoreSpec::File),
+            proxy_protocol: self.proxy_protocol,
+            proxy_from: self.proxy_from.unwrap_or_default(),
+            node_name: self
+                .node_name
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(machine_hostname),
         }
     }
 }
@@ -349,6 +404,34 @@ pub struct Config {
     /// Not used by `serve` yet: the PostgreSQL store is wired in once the `Store` trait is
     /// async (issue 13).
     pub store: StoreSpec,
+    pub proxy_protocol: bool,
+    /// Sources whose connections start with a PROXY header (only with `proxy_protocol`).
+    pub proxy_from: Vec<IpNet>,
+    pub node_name: String,
+}
+
+impl Config {
+    /// Settings that cannot work together, named before anything starts.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.proxy_protocol && self.proxy_from.is_empty() {
+            // No default: a header believed from anyone would let any client claim any
+            // address, and "loopback only" would silently fit no real balancer.
+            return Err(ConfigError::Invalid(
+                "--proxy-protocol needs --proxy-from CIDR[,CIDR...]: the load balancers' addresses, the only sources whose PROXY headers are believed".into(),
+            ));
+        }
+        if !self.proxy_protocol && !self.proxy_from.is_empty() {
+            return Err(ConfigError::Invalid(
+                "--proxy-from is set but --proxy-protocol is not: pass --proxy-protocol to read PROXY headers from those sources".into(),
+            ));
+        }
+        if self.node_name.chars().any(char::is_control) {
+            return Err(ConfigError::Invalid(
+                "--node-name may not contain control characters".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn machine_hostname() -> String {
@@ -424,6 +507,43 @@ mod tests {
             redact_password("postgres://db/x?u=a@b"),
             "postgres://db/x?u=a@b"
         );
+    }
+
+    #[test]
+    fn proxy_settings() {
+        let s: Settings =
+            toml::from_str("proxy-protocol = true\nproxy-from = \"10.0.0.0/8, 192.0.2.5\"\n")
+                .unwrap();
+        let cfg = s.resolve();
+        assert_eq!(
+            cfg.proxy_from,
+            vec![
+                "10.0.0.0/8".parse::<IpNet>().unwrap(),
+                "192.0.2.5/32".parse().unwrap()
+            ]
+        );
+        assert!(cfg.validate().is_ok());
+        let s: Settings =
+            toml::from_str("proxy-protocol = true\nproxy-from = [\"::1\", \"10.1.0.0/16\"]")
+                .unwrap();
+        assert_eq!(s.resolve().proxy_from.len(), 2);
+        let err = toml::from_str::<Settings>("proxy-from = \"10.0.0.0/33\"").unwrap_err();
+        assert!(err.message().contains("10.0.0.0/33"), "{}", err.message());
+        // Each without the other is refused with a message naming the missing flag.
+        let on: Settings = toml::from_str("proxy-protocol = true").unwrap();
+        let err = on.resolve().validate().unwrap_err().to_string();
+        assert!(err.contains("--proxy-from"), "{err}");
+        let from: Settings = toml::from_str("proxy-from = \"10.0.0.1\"").unwrap();
+        let err = from.resolve().validate().unwrap_err().to_string();
+        assert!(err.contains("--proxy-protocol"), "{err}");
+        assert!(Settings::default().resolve().validate().is_ok());
+    }
+
+    #[test]
+    fn node_name_defaults_to_the_host_name() {
+        assert_eq!(Settings::default().resolve().node_name, machine_hostname());
+        let s: Settings = toml::from_str("node-name = \"gw-2\"").unwrap();
+        assert_eq!(s.resolve().node_name, "gw-2");
     }
 
     #[test]

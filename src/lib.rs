@@ -15,6 +15,7 @@ pub mod http;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
+pub mod proxy_protocol;
 pub mod ratelog;
 pub mod server;
 pub mod sftp;

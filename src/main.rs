@@ -141,7 +141,9 @@ fn resolve(config: Option<PathBuf>, settings: Settings) -> anyhow::Result<Config
         Some(path) => Settings::from_file(path)?,
         None => Settings::default(),
     };
-    Ok(settings.over(base).resolve())
+    let cfg = settings.over(base).resolve();
+    cfg.validate()?;
+    Ok(cfg)
 }
 
 /// Raises the soft limit on open files to the hard one: every connection holds its socket
@@ -197,6 +199,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
 
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     let cfg = Settings::from_file(file)?.resolve();
+    cfg.validate()?;
     println!("{}: ok\n{cfg:#?}", file.display());
     Ok(())
 }

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::hook::Hook;
 use crate::keys::{fingerprint, load_or_generate_host_key};
-use crate::ssh::{PenaltyPolicy, SourcePolicy, SshServer, SshSettings};
+use crate::ssh::{PenaltyPolicy, ProxyPolicy, SourcePolicy, SshServer, SshSettings};
 use crate::store::{private, FileStore};
 
 /// How long shutdown waits for sessions to flush and close.
@@ -90,6 +90,7 @@ fn admin_token(path: &Path) -> anyhow::Result<String> {
 
 /// Starts everything; returns once both listeners are bound.
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+    cfg.validate()?;
     private::create_dir(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
     let store = FileStore::open(&cfg.data_dir).context("cannot open the request store")?;
@@ -146,6 +147,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             window: Duration::from_secs(60),
             penalty: cfg.penalty,
         },
+        proxy: cfg.proxy_protocol.then(|| ProxyPolicy {
+            from: cfg.proxy_from.clone(),
+        }),
+        node: cfg.node_name.clone(),
     };
     let ssh = SshServer::new(gateway.clone(), &settings);
     tracker.spawn(ssh.serve(ssh_listener, shutdown.clone(), tracker.clone()));
@@ -178,7 +183,15 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         shutdown.clone(),
         tracker.clone(),
     ));
-    tracing::info!(ssh = %ssh_addr, admin = %admin_addr, "listening");
+    let proxy_from: Vec<String> = cfg.proxy_from.iter().map(|n| n.to_string()).collect();
+    tracing::info!(
+        node = %cfg.node_name,
+        ssh = %ssh_addr,
+        admin = %admin_addr,
+        proxy_protocol = cfg.proxy_protocol,
+        proxy_from = %proxy_from.join(","),
+        "listening"
+    );
     Ok(Running {
         ssh: ssh_addr,
         admin: admin_addr,

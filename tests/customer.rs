@@ -111,24 +111,13 @@ fn run_reference_script(g: &Gateway, keys: &Path) -> (bool, Value) {
 fn run_sample(g: &Gateway, sample: &str, key: &ClientKey, batch: &str, cwd: &Path) -> Output {
     let args: Vec<&str> = sample.split_whitespace().collect();
     assert_eq!(args[0], "sftp", "{sample}");
-    let mut child = Command::new("sftp")
-        .args(key.client_opts())
+    let mut cmd = Command::new("sftp");
+    cmd.args(key.client_opts())
         .args(["-b", "-"])
         .args(&args[1..])
-        .current_dir(cwd)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(batch.as_bytes())
-        .unwrap();
+        .current_dir(cwd);
     let _ = g;
-    wait_output(child, Duration::from_secs(60))
+    run_with_input(cmd, batch)
 }
 
 fn provision_reference(g: &Gateway) {

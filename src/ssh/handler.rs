@@ -33,13 +33,16 @@ pub struct SshHandler {
     pending: Option<(ChannelId, oneshot::Sender<Start>)>,
     channel_opened: bool,
     refusals: LogBudget,
+    /// The connection's span: russh runs these callbacks in a task of its own, outside
+    /// it, so audit lines enter it to carry the node, client and balancer.
+    span: tracing::Span,
 }
 
 impl Drop for SshHandler {
     fn drop(&mut self) {
         let suppressed = self.refusals.pending();
         if suppressed > 0 {
-            tracing::info!(target: "audit", event = "refusals-suppressed", session = self.session, peer = %self.peer, suppressed, "refusals not logged one by one");
+            self.span.in_scope(|| tracing::info!(target: "audit", event = "refusals-suppressed", session = self.session, peer = %self.peer, suppressed, "refusals not logged one by one"));
         }
     }
 }
@@ -70,13 +73,14 @@ impl SshHandler {
             pending: None,
             channel_opened: false,
             refusals: LogBudget::default(),
+            span: tracing::Span::current(),
         }
     }
 
     fn refuse_method(&self, user: &str, method: &str) -> Auth {
         self.conn.auth_attempted.store(true, Ordering::Release);
         Metrics::inc(&self.gateway.metrics.auth_failure_total);
-        tracing::info!(target: "audit", event = "auth-refused", session = self.session, peer = %self.peer, user, method, "only public keys are accepted");
+        self.span.in_scope(|| tracing::info!(target: "audit", event = "auth-refused", session = self.session, peer = %self.peer, user, method, "only public keys are accepted"));
         reject()
     }
 
@@ -84,7 +88,7 @@ impl SshHandler {
     /// window, the rest counted into the next line (or the last, when the client goes).
     fn refuse_channel(&mut self, kind: &str) {
         if let Verdict::Log { suppressed } = self.refusals.check() {
-            tracing::info!(target: "audit", event = "channel-refused", session = self.session, peer = %self.peer, kind, suppressed, "refused");
+            self.span.in_scope(|| tracing::info!(target: "audit", event = "channel-refused", session = self.session, peer = %self.peer, kind, suppressed, "refused"));
         }
     }
 
@@ -95,7 +99,7 @@ impl SshHandler {
         session: &mut Session,
     ) -> Result<(), russh::Error> {
         if let Verdict::Log { suppressed } = self.refusals.check() {
-            tracing::info!(target: "audit", event = "request-refused", session = self.session, peer = %self.peer, kind, suppressed, "refused");
+            self.span.in_scope(|| tracing::info!(target: "audit", event = "request-refused", session = self.session, peer = %self.peer, kind, suppressed, "refused"));
         }
         session.channel_failure(channel)
     }
@@ -145,15 +149,17 @@ impl russh::server::Handler for SshHandler {
             return Ok(Auth::Accept);
         }
         Metrics::inc(&self.gateway.metrics.auth_failure_total);
-        tracing::info!(
-            target: "audit",
-            event = "auth-refused",
-            session = self.session,
-            peer = %self.peer,
-            user,
-            key = %fingerprint(offer.public_key),
-            "key not accepted for this user"
-        );
+        self.span.in_scope(|| {
+            tracing::info!(
+                target: "audit",
+                event = "auth-refused",
+                session = self.session,
+                peer = %self.peer,
+                user,
+                key = %fingerprint(offer.public_key),
+                "key not accepted for this user"
+            )
+        });
         Ok(reject())
     }
 
@@ -174,29 +180,33 @@ impl russh::server::Handler for SshHandler {
             .register(self.session, &grant, self.peer, self.conn.kick.clone())
             .await
         else {
-            tracing::warn!(
+            self.span.in_scope(|| {
+                tracing::warn!(
+                    target: "audit",
+                    event = "login-refused",
+                    session = self.session,
+                    peer = %self.peer,
+                    user,
+                    request = grant.request_id,
+                    key = %fingerprint(key.public_key),
+                    "the request has as many live sessions as it may"
+                )
+            });
+            return Ok(reject());
+        };
+        self.span.in_scope(|| {
+            tracing::info!(
                 target: "audit",
-                event = "login-refused",
+                event = "login",
                 session = self.session,
                 peer = %self.peer,
                 user,
                 request = grant.request_id,
+                access = ?grant.access,
                 key = %fingerprint(key.public_key),
-                "the request has as many live sessions as it may"
-            );
-            return Ok(reject());
-        };
-        tracing::info!(
-            target: "audit",
-            event = "login",
-            session = self.session,
-            peer = %self.peer,
-            user,
-            request = grant.request_id,
-            access = ?grant.access,
-            key = %fingerprint(key.public_key),
-            "accepted"
-        );
+                "accepted"
+            )
+        });
         self._live = Some(live);
         self.conn.source.logged_in();
         self.grant = Some(grant);
@@ -224,7 +234,7 @@ impl russh::server::Handler for SshHandler {
         self.channel_opened = true;
         let (tx, rx) = oneshot::channel();
         self.pending = Some((channel.id(), tx));
-        let span = tracing::info_span!("sftp", session = self.session, peer = %self.peer, request = self.grant.as_ref().map(|g| g.request_id));
+        let span = tracing::info_span!(parent: &self.span, "sftp", session = self.session, peer = %self.peer, request = self.grant.as_ref().map(|g| g.request_id));
         let task = tokio::spawn(
             channel::run(channel, session.handle(), rx, self.conn.clone()).instrument(span),
         );

@@ -1,21 +1,25 @@
 //! The SSH side: russh configuration, the accept loop (connection cap, login grace time,
-//! graceful shutdown) and the per-connection handler.
+//! graceful shutdown) and the per-connection handler. With the PROXY protocol on, a
+//! balancer's connection gives its header first and is then screened and served as the
+//! client it names (see `proxied`).
 
 mod channel;
 mod handler;
 mod hangup;
 mod penalty;
+mod proxied;
 mod sources;
 mod watchdog;
 
 pub use penalty::PenaltyPolicy;
+pub use proxied::ProxyPolicy;
 pub use sources::SourcePolicy;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use russh::keys::ssh_key::{Algorithm, HashAlg, PrivateKey};
 use russh::server::run_stream;
@@ -29,10 +33,12 @@ use tracing::Instrument;
 
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
+use crate::proxy_protocol::read_header;
 use crate::ratelog::{LogBudget, Verdict};
 use crate::sftp::HangupProbe;
 use handler::SshHandler;
 use penalty::Penalties;
+use proxied::Guarded;
 use sources::{SourceGuard, Sources};
 use watchdog::{Progress, Watched};
 
@@ -53,6 +59,11 @@ const SESSION_QUEUE: usize = 4;
 /// How long a closing session may take to flush its files before it is cut.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a balancer may take to send the PROXY header (at most the login grace time).
+/// A balancer sends it at once, before any of the client's bytes; a connection that holds
+/// a slot of the global cap without one is a broken balancer, not a slow client.
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub struct SshSettings {
     pub host_key: PrivateKey,
     pub max_connections: usize,
@@ -60,6 +71,10 @@ pub struct SshSettings {
     pub login_grace: Duration,
     pub idle_timeout: Duration,
     pub penalties: PenaltyPolicy,
+    /// `Some`: the PROXY protocol is on, and these are the balancers.
+    pub proxy: Option<ProxyPolicy>,
+    /// This node's name, in every connection's span.
+    pub node: String,
 }
 
 /// russh settings: public keys only, modern algorithms only, no compression.
@@ -154,6 +169,12 @@ pub struct SshServer {
     sources: Arc<Sources>,
     /// Refusals at the global cap are logged a few per window, not one line each.
     cap_log: Mutex<LogBudget>,
+    proxy: Option<ProxyPolicy>,
+    node: Arc<str>,
+    /// Balancer connections without a valid header, logged a few per window.
+    header_log: Mutex<LogBudget>,
+    /// Headers from sources that may not send one, logged a few per window.
+    forged_log: Mutex<LogBudget>,
 }
 
 /// Per-connection state shared between the accept loop's task and the russh handler.
@@ -182,7 +203,30 @@ impl SshServer {
             penalties: Penalties::new(settings.penalties),
             sources: Sources::new(settings.sources),
             cap_log: Mutex::default(),
+            proxy: settings.proxy.clone(),
+            node: settings.node.as_str().into(),
+            header_log: Mutex::default(),
+            forged_log: Mutex::default(),
         })
+    }
+
+    /// Whether the client `peer` may connect now (no penalty, within its per-source
+    /// limits): its place among its source's connections, or `None` (the refusal logged,
+    /// rate-limited).
+    fn screen(&self, peer: SocketAddr) -> Option<SourceGuard> {
+        if self.penalties.blocked(peer.ip()) {
+            tracing::debug!(%peer, "refused: address under penalty");
+            return None;
+        }
+        match self.sources.admit(peer.ip()) {
+            Ok(source) => Some(source),
+            Err((refusal, verdict)) => {
+                if let Verdict::Log { suppressed } = verdict {
+                    tracing::warn!(target: "audit", event = "refused", %peer, reason = refusal.reason(), suppressed, "connection refused");
+                }
+                None
+            }
+        }
     }
 
     /// Accepts connections until `shutdown`; each runs on `tracker`.
@@ -205,20 +249,19 @@ impl SshServer {
                 },
                 _ = shutdown.cancelled() => return,
             };
-            if self.penalties.blocked(peer.ip()) {
-                tracing::debug!(%peer, "refused: address under penalty");
-                drop(socket);
-                continue;
-            }
-            let source = match self.sources.admit(peer.ip()) {
-                Ok(source) => source,
-                Err((refusal, verdict)) => {
-                    if let Verdict::Log { suppressed } = verdict {
-                        tracing::warn!(target: "audit", event = "refused", %peer, reason = refusal.reason(), suppressed, "connection refused");
-                    }
+            let accepted = Instant::now();
+            // A balancer's connection is screened by the client its header names, once it
+            // is read: the balancer's own address stands for every client behind it. Only
+            // the global cap applies at accept.
+            let proxied = self.proxy.as_ref().is_some_and(|p| p.trusts(peer.ip()));
+            let source = if proxied {
+                None
+            } else {
+                let Some(source) = self.screen(peer) else {
                     drop(socket);
                     continue;
-                }
+                };
+                Some(source)
             };
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
                 let verdict = self.cap_log.lock().map(|mut l| l.check());
@@ -232,12 +275,25 @@ impl SshServer {
             let metrics = &self.gateway.metrics;
             Metrics::inc(&metrics.connections_total);
             Metrics::inc(&metrics.connections_current);
-            let span = tracing::info_span!("session", session, %peer);
+            // `peer` is the client; `via` the balancer it came through, if any.
+            let span = tracing::info_span!(
+                "session",
+                session,
+                node = &*self.node,
+                peer = tracing::field::Empty,
+                via = tracing::field::Empty
+            );
+            span.record(
+                if proxied { "via" } else { "peer" },
+                tracing::field::display(peer),
+            );
             let server = self.clone();
             let kick = shutdown.child_token();
             tracker.spawn(
                 async move {
-                    server.connection(socket, peer, session, kick, source).await;
+                    server
+                        .admit(socket, peer, source, session, kick, accepted)
+                        .await;
                     Metrics::dec(&server.gateway.metrics.connections_current);
                     drop(permit);
                 }
@@ -246,6 +302,52 @@ impl SshServer {
         }
     }
 
+    /// A direct client (`source` given) goes on at once; a balancer's connection first
+    /// gives its header, and the client it names is screened and served.
+    async fn admit(
+        &self,
+        mut socket: TcpStream,
+        tcp_peer: SocketAddr,
+        source: Option<SourceGuard>,
+        session: u64,
+        kick: CancellationToken,
+        accepted: Instant,
+    ) {
+        if let Some(source) = source {
+            let armed = self.proxy.is_some();
+            self.connection(socket, tcp_peer, session, kick, source, accepted, armed)
+                .await;
+            return;
+        }
+        let limit = self.login_grace.min(PROXY_HEADER_TIMEOUT);
+        let claim = tokio::select! {
+            r = read_header(&mut socket, limit) => r,
+            _ = kick.cancelled() => return,
+        };
+        let claim = match claim {
+            Ok(claim) => claim,
+            Err(e) => {
+                Metrics::inc(&self.gateway.metrics.handshake_errors_total);
+                let verdict = self.header_log.lock().map(|mut l| l.check());
+                if let Ok(Verdict::Log { suppressed }) = verdict {
+                    tracing::warn!(target: "audit", event = "proxy-header-refused", via = %tcp_peer, error = %e, suppressed, "connection from a --proxy-from source without a valid PROXY header");
+                }
+                return;
+            }
+        };
+        let peer = claim.or(tcp_peer);
+        tracing::Span::current().record("peer", tracing::field::display(peer));
+        tracing::debug!(?claim, "PROXY header read");
+        let Some(source) = self.screen(peer) else {
+            return;
+        };
+        self.connection(socket, peer, session, kick, source, accepted, false)
+            .await;
+    }
+
+    /// Serves one connection of `peer`, the client. `armed`: refuse a PROXY header at the
+    /// start of the stream (the PROXY protocol is on and this is not a balancer).
+    #[allow(clippy::too_many_arguments)]
     async fn connection(
         &self,
         socket: TcpStream,
@@ -253,6 +355,8 @@ impl SshServer {
         session: u64,
         kick: CancellationToken,
         source: SourceGuard,
+        accepted: Instant,
+        armed: bool,
     ) {
         let conn = Arc::new(Conn {
             kick,
@@ -276,9 +380,12 @@ impl SshServer {
         }
         let progress = Progress::new();
         let kill = CancellationToken::new();
+        let socket = Guarded::new(socket, armed);
+        let forged = socket.forged();
         let socket = Watched::new(socket, progress.clone(), kill.clone());
         let handler = SshHandler::new(self.gateway.clone(), conn.clone(), peer, session);
-        let deadline = tokio::time::Instant::now() + self.login_grace;
+        // Counted from the accept, so that reading a PROXY header does not extend it.
+        let deadline = tokio::time::Instant::from_std(accepted + self.login_grace);
         // run_stream waits for the client's identification line: bound that by the grace
         // time too, or a silent client would hold a connection slot forever.
         let started = tokio::select! {
@@ -288,8 +395,16 @@ impl SshServer {
         let running = match started {
             Ok(Ok(running)) => running,
             Ok(Err(e)) => {
-                tracing::debug!(error = %e, "handshake failed");
                 Metrics::inc(&self.gateway.metrics.handshake_errors_total);
+                if forged.load(Ordering::Acquire) {
+                    let verdict = self.forged_log.lock().map(|mut l| l.check());
+                    if let Ok(Verdict::Log { suppressed }) = verdict {
+                        tracing::warn!(target: "audit", event = "proxy-header-refused", %peer, suppressed, "PROXY header from a source not in --proxy-from: refused, its address ignored");
+                    }
+                    self.penalize(peer);
+                    return;
+                }
+                tracing::debug!(error = %e, "handshake failed");
                 return;
             }
             Err(_) => {

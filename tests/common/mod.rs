@@ -293,17 +293,9 @@ impl Gateway {
         cwd: &Path,
         batch: &str,
     ) -> (Child, ChildStdin) {
-        let mut child = self
-            .sftp_cmd(user, key, extra)
-            .current_dir(cwd)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        std::io::Write::write_all(&mut stdin, batch.as_bytes()).unwrap();
-        (child, stdin)
+        let mut cmd = self.sftp_cmd(user, key, extra);
+        cmd.current_dir(cwd);
+        spawn_with_input(cmd, batch)
     }
 
     /// Runs one batch and returns its output.
@@ -337,6 +329,27 @@ impl Drop for Gateway {
             let _ = c.wait();
         }
     }
+}
+
+/// Starts `cmd` with its stdio piped and `input` written to its stdin; the returned stdin
+/// keeps it open until dropped.
+pub fn spawn_with_input(mut cmd: Command, input: &str) -> (Child, ChildStdin) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, input.as_bytes()).unwrap();
+    (child, stdin)
+}
+
+/// Runs `cmd` with `input` on its stdin, then closed; waits up to 60 s.
+pub fn run_with_input(cmd: Command, input: &str) -> Output {
+    let (child, stdin) = spawn_with_input(cmd, input);
+    drop(stdin);
+    wait_output(child, Duration::from_secs(60))
 }
 
 /// Waits for a child with a deadline, so a hanging client fails the test instead of
