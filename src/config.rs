@@ -401,8 +401,7 @@ pub struct Config {
     pub page_https: bool,
     pub admin_allow_remote: bool,
     pub log_json: bool,
-    /// Not used by `serve` yet: the PostgreSQL store is wired in once the `Store` trait is
-    /// async (issue 13).
+    /// Where records live: the embedded file store or a PostgreSQL database.
     pub store: StoreSpec,
     pub proxy_protocol: bool,
     /// Sources whose connections start with a PROXY header (only with `proxy_protocol`).

@@ -14,12 +14,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
-use crate::config::Config;
+use crate::config::{Config, StoreSpec};
 use crate::gateway::Gateway;
 use crate::hook::Hook;
 use crate::keys::{fingerprint, load_or_generate_host_key};
 use crate::ssh::{PenaltyPolicy, ProxyPolicy, SourcePolicy, SshServer, SshSettings};
-use crate::store::{private, FileStore};
+use crate::store::postgres::PgStore;
+use crate::store::{private, FileStore, Store};
 
 /// How long shutdown waits for sessions to flush and close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
@@ -93,7 +94,18 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     cfg.validate()?;
     private::create_dir(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
-    let store = FileStore::open(&cfg.data_dir).context("cannot open the request store")?;
+    let store: Arc<dyn Store> = match &cfg.store {
+        StoreSpec::File => {
+            Arc::new(FileStore::open(&cfg.data_dir).context("cannot open the request store")?)
+        }
+        // Migrations run here, safely while other nodes start too.
+        StoreSpec::Postgres(url) => Arc::new(
+            PgStore::connect(url, &cfg.data_dir)
+                .await
+                .with_context(|| format!("cannot open the store {}", cfg.store.redacted()))?,
+        ),
+    };
+    tracing::info!(store = %cfg.store.redacted(), "opened the request store");
     let (host_key, generated) = load_or_generate_host_key(&cfg.host_key_dir)?;
     let fp = fingerprint(host_key.public_key());
     if generated {
@@ -125,7 +137,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     }
     let hook = cfg.on_upload_closed.clone().map(Hook::start);
     let gateway = Gateway::new(
-        Arc::new(store),
+        store,
         hook,
         cfg.max_upload_size,
         cfg.max_sessions_per_request,

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use common::postgres::{database, Cluster, TestDb};
 use contract::record;
-use sftpgate::store::postgres::{Change, Decision, PgStore, PgStoreOptions};
+use sftpgate::store::postgres::{Change, PgStore, PgStoreOptions};
+use sftpgate::store::Decision;
 use sftpgate::store::{hash_key, Record};
 use time::OffsetDateTime;
 

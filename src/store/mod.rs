@@ -33,10 +33,12 @@ pub enum StoreError {
     Worker(#[from] tokio::task::JoinError),
     #[error("the store answered a change of record {id} without consulting it")]
     NotConsulted { id: u64 },
+    #[error(transparent)]
+    Postgres(#[from] postgres::PgStoreError),
 }
 
 /// What a change decides, given the record as it is.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Decision {
     /// Leave the record as it is (also: leave it absent).
     Keep,
@@ -54,7 +56,7 @@ pub enum Decision {
 pub type Change<'a> = Box<dyn FnOnce(Option<&Record>) -> Decision + Send + 'a>;
 
 /// What an [`Store::update`] did.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Updated {
     /// The record the change saw.
     pub before: Option<Record>,

@@ -23,7 +23,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{Postgres, Row, Transaction};
 use time::OffsetDateTime;
 
-use super::{private, sync_dir_io, Record, State};
+use super::{private, sync_dir_io, Changed, Decision, Record, State, Store, StoreError, Updated};
 
 /// The notification channel; the payload is the changed record's id.
 pub const CHANNEL: &str = "sftpgate_records";
@@ -49,32 +49,6 @@ const MIGRATIONS: &[Migration] = &[Migration {
     name: "records",
     sql: include_str!("postgres/0001_records.sql"),
 }];
-
-/// What the caller of [`PgStore::update`] decided, given the record as it is.
-// To be unified with store::Decision at merge (the same variants).
-#[derive(Clone, Debug, PartialEq)]
-pub enum Decision {
-    /// Change nothing.
-    Keep,
-    /// Create or replace the record (its id must be the one updated).
-    Put(Record),
-    /// Remove the record; with `purge` also its files, including those an earlier delete
-    /// without purge left behind.
-    Delete { purge: bool },
-}
-
-/// The outcome of an update.
-// To be unified with store::Updated at merge (the same fields).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Updated {
-    /// The record as it was when locked.
-    pub before: Option<Record>,
-    /// The record as stored now, read back (timestamps at PostgreSQL's microseconds).
-    pub after: Option<Record>,
-    /// A purge removed files (the request's directory was there). Leftovers removed for
-    /// a record created afresh are audited, not reported here, as in the file store.
-    pub removed_files: bool,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgStoreError {
@@ -278,7 +252,11 @@ impl PgStore {
     /// [`Change::Missed`]: re-read everything then (and re-check now and then anyway).
     /// Holds one of the pool's connections.
     pub async fn listen(&self) -> Result<Changes, PgStoreError> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
+        PgStore::listen_on(&self.pool).await
+    }
+
+    async fn listen_on(pool: &PgPool) -> Result<Changes, PgStoreError> {
+        let mut listener = PgListener::connect_with(pool).await?;
         listener.listen(CHANNEL).await?;
         Ok(Changes { listener })
     }
@@ -534,6 +512,106 @@ fn record_from(row: &PgRow) -> Result<Record, PgStoreError> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
+}
+
+#[async_trait::async_trait]
+impl Store for PgStore {
+    async fn get(&self, id: u64) -> Result<Option<Record>, StoreError> {
+        Ok(PgStore::get(self, id).await?)
+    }
+
+    async fn list(&self) -> Result<Vec<Record>, StoreError> {
+        Ok(PgStore::list(self).await?)
+    }
+
+    async fn update(&self, id: u64, change: super::Change<'_>) -> Result<Updated, StoreError> {
+        PgStore::update(self, id, change)
+            .await
+            .map_err(|e| match e {
+                PgStoreError::IdMismatch { id, got } => StoreError::WrongId { id, got },
+                e => e.into(),
+            })
+    }
+
+    fn upload_path(&self, id: u64) -> PathBuf {
+        PgStore::upload_path(self, id)
+    }
+
+    fn upgraded_path(&self, id: u64) -> PathBuf {
+        PgStore::upgraded_path(self, id)
+    }
+
+    async fn get_many(&self, ids: &[u64]) -> Result<Vec<Record>, StoreError> {
+        let sql = format!("{SELECT} WHERE r.id = ANY($1::numeric[]) ORDER BY r.id");
+        let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
+        let rows = query(&sql)
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(PgStoreError::from)?;
+        Ok(rows.iter().map(record_from).collect::<Result<_, _>>()?)
+    }
+
+    fn changes(&self) -> Option<tokio::sync::mpsc::Receiver<Changed>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(FEED_QUEUE);
+        let pool = self.pool.clone();
+        tokio::spawn(follow(pool, tx));
+        Some(rx)
+    }
+}
+
+/// Changes waiting for the gateway; past this many it is told to re-read everything.
+const FEED_QUEUE: usize = 1024;
+/// How long the change feed waits before it tries PostgreSQL again.
+const FEED_RETRY: Duration = Duration::from_secs(1);
+
+/// Forwards the other nodes' notifications to the gateway until it stops listening. A
+/// connection lost, a failed reconnect or a full queue are all reported as
+/// [`Changed::Unknown`] (changes may have been missed), once the feed works again.
+async fn follow(pool: PgPool, tx: tokio::sync::mpsc::Sender<Changed>) {
+    let mut missed = false;
+    loop {
+        let mut changes = match PgStore::listen_on(&pool).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "the change feed cannot listen; retrying");
+                missed = true;
+                tokio::select! {
+                    _ = tokio::time::sleep(FEED_RETRY) => continue,
+                    _ = tx.closed() => return,
+                }
+            }
+        };
+        // Listening again: whatever happened before this point is read afresh.
+        if std::mem::take(&mut missed) && tx.send(Changed::Unknown).await.is_err() {
+            return;
+        }
+        loop {
+            let change = tokio::select! {
+                c = changes.next() => c,
+                _ = tx.closed() => return,
+            };
+            let item = match change {
+                Ok(Change::Record(id)) => Changed::Record(id),
+                Ok(Change::Missed) => Changed::Unknown,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the change feed lost PostgreSQL; reconnecting");
+                    missed = true;
+                    break;
+                }
+            };
+            match tx.try_send(item) {
+                Ok(()) => {}
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                    // The gateway is behind: one re-read of everything replaces the rest.
+                    if tx.send(Changed::Unknown).await.is_err() {
+                        return;
+                    }
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -27,6 +27,9 @@ pub struct Gateway {
     /// The umask the next launch runs under (`None`: the test process's own).
     pub umask: Option<u32>,
     stderr: PathBuf,
+    /// Where its data and host-key directories are, if not in `dir`: another node's (a
+    /// shared filesystem).
+    shared: Option<PathBuf>,
 }
 
 impl Gateway {
@@ -45,9 +48,32 @@ impl Gateway {
             host: host.to_string(),
             umask: None,
             stderr: PathBuf::new(),
+            shared: None,
         };
         g.launch(&[]);
         g
+    }
+
+    /// Starts one more node on `first`'s data and host-key directories, as nodes on a
+    /// shared filesystem run, with `extra` flags (e.g. the shared store's URL).
+    pub fn start_node(first: &Gateway, extra: &[&str]) -> Gateway {
+        let mut g = Gateway {
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            ssh_port: 0,
+            admin: String::new(),
+            host: first.host.clone(),
+            umask: None,
+            stderr: PathBuf::new(),
+            shared: Some(first.home().to_path_buf()),
+        };
+        g.launch(extra);
+        g
+    }
+
+    /// The directory holding its data and host-key directories.
+    fn home(&self) -> &Path {
+        self.shared.as_deref().unwrap_or(self.dir.path())
     }
 
     /// Starts it on 127.0.0.1 with `extra` flags.
@@ -59,7 +85,7 @@ impl Gateway {
     }
 
     pub fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.home().join("data")
     }
 
     /// Starts the binary on the test's directories and waits for its readiness line.
@@ -89,7 +115,7 @@ impl Gateway {
             .arg("--data-dir")
             .arg(self.data())
             .arg("--host-key-dir")
-            .arg(self.dir.path().join("hostkeys"))
+            .arg(self.home().join("hostkeys"))
             .args(extra)
             // Tests connect from 127.0.0.1 one after another, faster than the default
             // per-source rate allows; the tests of that limit set it.

@@ -1,0 +1,119 @@
+//! Two gateway nodes on one PostgreSQL store (tests/common/postgres.rs), one data
+//! directory and one host-key directory, as nodes on a shared filesystem run: what one
+//! node provisions, changes or revokes holds on the other at once, and an upload cut off
+//! by a node's death resumes byte-exactly through the other.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::postgres::database;
+use common::*;
+
+/// Two nodes on a fresh database; the second shares the first's directories.
+fn two_nodes() -> (Gateway, Gateway, common::postgres::TestDb) {
+    let db = database();
+    let a = Gateway::start_with(&["--store", &db.url]);
+    let b = Gateway::start_node(&a, &["--store", &db.url]);
+    (a, b, db)
+}
+
+fn upload_size(g: &Gateway, id: u64) -> u64 {
+    std::fs::metadata(g.upload_path(id)).map_or(0, |m| m.len())
+}
+
+/// The customer's `request_sftp_access` through `g`, with `keys` as the keys file.
+fn request_access(g: &Gateway, id: u64, keys: &std::path::Path) -> serde_json::Value {
+    let out = Command::new("curl")
+        .args(["-sS", "-X", "POST", "-F"])
+        .arg(format!("ssh_keys=@{}", keys.display()))
+        .arg(format!(
+            "http://{}/database/v1/request_sftp_access?request={id}&key=secret-{id}",
+            g.admin
+        ))
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
+}
+
+#[test]
+fn provisioned_on_one_node_uploaded_through_the_other() {
+    let (a, b, _db) = two_nodes();
+    let work = a.dir.path().to_path_buf();
+    let key = ClientKey::new(&work, "k");
+    a.provision(1, "db.dump", &key);
+    let src = work.join("db.dump");
+    random_file(&src, 4 * 1024 * 1024);
+    let out = b.sftp("user_1", &key, "put db.dump\n", &work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&a.upload_path(1)), sha256(&src));
+    // Both nodes show the same record, with the upload's size.
+    let (_, on_a) = a.api("GET", "/v1/requests/1", None);
+    let (_, on_b) = b.api("GET", "/v1/requests/1", None);
+    assert_eq!(on_a["request"]["filesize"], 4 * 1024 * 1024);
+    assert_eq!(on_a["request"]["state"], on_b["request"]["state"]);
+}
+
+#[test]
+fn a_cancel_through_one_node_ends_a_session_on_the_other_within_2_s() {
+    let (a, b, _db) = two_nodes();
+    let work = a.dir.path().to_path_buf();
+    let key = ClientKey::new(&work, "k");
+    a.provision(2, "db.dump", &key);
+    let (child, stdin) = b.spawn_sftp("user_2", &key, &[], &work, "ls\n");
+    assert!(wait_until(Duration::from_secs(10), || b.sessions(2) == 1));
+    let cancelled = Instant::now();
+    let (code, json) = a.set_state(2, "cancelled");
+    assert_eq!(code, 200, "{json}");
+    assert!(
+        wait_until(Duration::from_secs(2), || b.sessions(2) == 0),
+        "the session on the other node outlived the cancel by {:?}",
+        cancelled.elapsed()
+    );
+    b.assert_closed_by_server(child, stdin, 1);
+    assert_failed_with(
+        &b.sftp("user_2", &key, "ls\n", &work),
+        "Permission denied (publickey)",
+    );
+}
+
+#[test]
+fn keys_replaced_through_one_node_refuse_the_old_key_on_the_other_at_once() {
+    let (a, b, _db) = two_nodes();
+    let work = a.dir.path().to_path_buf();
+    let old = ClientKey::new(&work, "old");
+    let new = ClientKey::new(&work, "new");
+    a.provision(3, "db.dump", &old);
+    let out = a.sftp("user_3", &old, "ls\n", &work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let keys = work.join("new.keys");
+    std::fs::write(&keys, new.public()).unwrap();
+    let answer = request_access(&b, 3, &keys);
+    assert_eq!(reasons(&answer), Vec::<String>::new(), "{answer}");
+    assert_failed_with(
+        &a.sftp("user_3", &old, "ls\n", &work),
+        "Permission denied (publickey)",
+    );
+    let out = a.sftp("user_3", &new, "ls\n", &work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_node_killed_mid_upload_and_put_a_through_the_other_is_byte_exact() {
+    let (a, mut b, _db) = two_nodes();
+    let work = a.dir.path().to_path_buf();
+    let key = ClientKey::new(&work, "k");
+    a.provision(4, "db.dump", &key);
+    let src = work.join("db.dump");
+    random_file(&src, 24 * 1024 * 1024);
+    let (child, _stdin) = b.spawn_sftp("user_4", &key, &["-l", "60000"], &work, "put db.dump\n");
+    assert!(wait_until(Duration::from_secs(30), || upload_size(&a, 4)
+        > 2 * 1024 * 1024));
+    assert_eq!(b.stop("KILL"), None);
+    let _ = wait_output(child, Duration::from_secs(20));
+    assert!(is_prefix(&a.upload_path(4), &src), "not a prefix");
+    let out = a.sftp("user_4", &key, "put -a db.dump\n", &work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&a.upload_path(4)), sha256(&src));
+}
