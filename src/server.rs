@@ -20,7 +20,7 @@ use crate::hook::Hook;
 use crate::keys::{fingerprint, load_or_generate_host_key};
 use crate::ssh::{PenaltyPolicy, ProxyPolicy, SourcePolicy, SshServer, SshSettings};
 use crate::store::postgres::PgStore;
-use crate::store::{private, FileStore, Store};
+use crate::store::{private, FileStore, HostKey, Store};
 
 /// How long shutdown waits for sessions to flush and close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
@@ -113,6 +113,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     } else {
         tracing::info!(fingerprint = %fp, "loaded the host key");
     }
+    let presented = [HostKey {
+        algorithm: host_key.algorithm().to_string(),
+        fingerprint: fp.to_string(),
+    }];
+    store
+        .check_host_keys(&cfg.node_name, &presented)
+        .await
+        .context("refusing to start")?;
     let token = admin_token(&cfg.admin_token_file)?;
 
     anyhow::ensure!(

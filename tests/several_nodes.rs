@@ -117,3 +117,30 @@ fn a_node_killed_mid_upload_and_put_a_through_the_other_is_byte_exact() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(sha256(&a.upload_path(4)), sha256(&src));
 }
+
+#[test]
+fn a_node_with_another_host_key_refuses_to_start() {
+    let (a, _b, db) = two_nodes();
+    let own = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sftpgate"))
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--store", &db.url, "--node-name", "gw-stray"])
+        .arg("--data-dir")
+        .arg(a.data())
+        .arg("--host-key-dir")
+        .arg(own.path().join("hostkeys"))
+        .env("SFTPGATE_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "started: {}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("refusing to start")
+            && err.contains("every node must have the same host keys"),
+        "{err}"
+    );
+    // The nodes that share the key still start.
+    let c = Gateway::start_node(&a, &["--store", &db.url]);
+    assert!(c.ssh_port != 0);
+}

@@ -35,6 +35,20 @@ pub enum StoreError {
     NotConsulted { id: u64 },
     #[error(transparent)]
     Postgres(#[from] postgres::PgStoreError),
+    #[error("this node's {algorithm} host key is {ours}, but the nodes sharing the store present {recorded} (recorded by node {by}): every node must have the same host keys, or clients see the key change between connections; copy the host-key directory from a running node")]
+    HostKeyMismatch {
+        algorithm: String,
+        ours: String,
+        recorded: String,
+        by: String,
+    },
+}
+
+/// A host key a node presents, by algorithm and SHA-256 fingerprint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostKey {
+    pub algorithm: String,
+    pub fingerprint: String,
 }
 
 /// What a change decides, given the record as it is.
@@ -95,6 +109,13 @@ pub trait Store: Send + Sync + 'static {
     fn upload_path(&self, id: u64) -> PathBuf;
     /// Where the upgraded dump of request `id` lives.
     fn upgraded_path(&self, id: u64) -> PathBuf;
+    /// Checks that this node presents the same host keys as the other nodes sharing the
+    /// store, recording those of algorithms not seen before; an error if one differs. A
+    /// store only this process uses has nothing to compare with.
+    async fn check_host_keys(&self, node: &str, keys: &[HostKey]) -> Result<(), StoreError> {
+        let _ = (node, keys);
+        Ok(())
+    }
     /// The records of `ids` that exist, in one read where the store can (a database: one
     /// query), for the periodic re-check of every live session.
     async fn get_many(&self, ids: &[u64]) -> Result<Vec<Record>, StoreError> {

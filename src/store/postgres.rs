@@ -23,7 +23,9 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{Postgres, Row, Transaction};
 use time::OffsetDateTime;
 
-use super::{private, sync_dir_io, Changed, Decision, Record, State, Store, StoreError, Updated};
+use super::{
+    private, sync_dir_io, Changed, Decision, HostKey, Record, State, Store, StoreError, Updated,
+};
 
 /// The notification channel; the payload is the changed record's id.
 pub const CHANNEL: &str = "sftpgate_records";
@@ -44,11 +46,18 @@ struct Migration {
 }
 
 /// Every schema change, in order; applied ones are listed in `schema_version`.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "records",
-    sql: include_str!("postgres/0001_records.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "records",
+        sql: include_str!("postgres/0001_records.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "host_keys",
+        sql: include_str!("postgres/0003_host_keys.sql"),
+    },
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgStoreError {
@@ -539,6 +548,51 @@ impl Store for PgStore {
 
     fn upgraded_path(&self, id: u64) -> PathBuf {
         PgStore::upgraded_path(self, id)
+    }
+
+    async fn check_host_keys(&self, node: &str, keys: &[HostKey]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(PgStoreError::from)?;
+        // Two nodes starting at once with different keys: one records, the other compares.
+        query("LOCK TABLE host_keys IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await
+            .map_err(PgStoreError::from)?;
+        for key in keys {
+            let recorded =
+                query("SELECT fingerprint, recorded_by FROM host_keys WHERE algorithm = $1")
+                    .bind(&key.algorithm)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(PgStoreError::from)?;
+            match recorded {
+                Some(row) => {
+                    let fingerprint: String =
+                        row.try_get("fingerprint").map_err(PgStoreError::from)?;
+                    if fingerprint != key.fingerprint {
+                        let by: String = row.try_get("recorded_by").map_err(PgStoreError::from)?;
+                        return Err(StoreError::HostKeyMismatch {
+                            algorithm: key.algorithm.clone(),
+                            ours: key.fingerprint.clone(),
+                            recorded: fingerprint,
+                            by,
+                        });
+                    }
+                }
+                None => {
+                    query("INSERT INTO host_keys (algorithm, fingerprint, recorded_by) VALUES ($1, $2, $3)")
+                        .bind(&key.algorithm)
+                        .bind(&key.fingerprint)
+                        .bind(node)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(PgStoreError::from)?;
+                    tracing::info!(algorithm = %key.algorithm, fingerprint = %key.fingerprint,
+                        "recorded this node's host key for the other nodes");
+                }
+            }
+        }
+        tx.commit().await.map_err(PgStoreError::from)?;
+        Ok(())
     }
 
     async fn get_many(&self, ids: &[u64]) -> Result<Vec<Record>, StoreError> {
