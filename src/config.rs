@@ -94,6 +94,16 @@ pub struct Settings {
     #[arg(long)]
     #[serde(default)]
     pub admin_allow_remote: bool,
+    /// How long an upload's lease lasts without renewal (renewed every fifth of it): a
+    /// node that dies frees its uploads for other nodes within this [default: 15s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration_opt")]
+    pub lease_ttl: Option<Duration>,
+    /// How long a session waits for an upload's lease another node holds before its write
+    /// open is refused [default: 20s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration_opt")]
+    pub lease_wait: Option<Duration>,
     /// Log format on stderr [default: text]
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -195,6 +205,8 @@ impl Settings {
             page_https: self.page_https || base.page_https,
             admin_allow_remote: self.admin_allow_remote || base.admin_allow_remote,
             log_format: self.log_format.or(base.log_format),
+            lease_ttl: self.lease_ttl.or(base.lease_ttl),
+            lease_wait: self.lease_wait.or(base.lease_wait),
         }
     }
 
@@ -243,6 +255,9 @@ impl Settings {
             page_https: self.page_https,
             admin_allow_remote: self.admin_allow_remote,
             log_json: self.log_format == Some(LogFormat::Json),
+            lease_ttl: self.lease_ttl.unwrap_or(Duration::from_secs(15)),
+            // Longer than the TTL: a write open outwaits a dead node's lease.
+            lease_wait: self.lease_wait.unwrap_or(Duration::from_secs(20)),
         }
     }
 }
@@ -277,6 +292,8 @@ pub struct Config {
     pub page_https: bool,
     pub admin_allow_remote: bool,
     pub log_json: bool,
+    pub lease_ttl: Duration,
+    pub lease_wait: Duration,
 }
 
 fn machine_hostname() -> String {
@@ -320,6 +337,21 @@ mod tests {
         assert!(parse_duration("h").is_err());
         let s: Settings = toml::from_str("access-ttl = \"2h\"").unwrap();
         assert_eq!(s.access_ttl, Some(Duration::from_secs(7200)));
+    }
+
+    #[test]
+    fn lease_durations() {
+        let cfg = Settings::default().resolve();
+        assert_eq!(
+            (cfg.lease_ttl, cfg.lease_wait),
+            (Duration::from_secs(15), Duration::from_secs(20))
+        );
+        let s: Settings = toml::from_str("lease-ttl = \"30s\"\nlease-wait = \"1m\"").unwrap();
+        let cfg = s.resolve();
+        assert_eq!(
+            (cfg.lease_ttl, cfg.lease_wait),
+            (Duration::from_secs(30), Duration::from_secs(60))
+        );
     }
 
     #[test]

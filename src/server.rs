@@ -18,8 +18,9 @@ use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::hook::Hook;
 use crate::keys::{fingerprint, load_or_generate_host_key};
+use crate::leases::{LeaseSettings, Leases};
 use crate::ssh::{PenaltyPolicy, SourcePolicy, SshServer, SshSettings};
-use crate::store::{private, FileStore};
+use crate::store::{private, FileStore, MemoryLeases};
 
 /// How long shutdown waits for sessions to flush and close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
@@ -123,9 +124,18 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         );
     }
     let hook = cfg.on_upload_closed.clone().map(Hook::start);
+    // One node alone: its leases live in memory (a shared store brings its own).
+    let leases = Leases::start(
+        Arc::new(MemoryLeases::default()),
+        LeaseSettings {
+            ttl: cfg.lease_ttl,
+            wait: cfg.lease_wait,
+        },
+    );
     let gateway = Gateway::new(
         Arc::new(store),
         hook,
+        leases,
         cfg.max_upload_size,
         cfg.max_sessions_per_request,
     );

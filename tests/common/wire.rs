@@ -68,6 +68,7 @@ pub fn shared_file(name: &str, path: &Path, writable: bool) -> SharedFile {
         writable,
         max_size: None,
         partial_path: None,
+        leases: None,
     }
 }
 
