@@ -7,8 +7,10 @@
 //! plus the TTL, minus a margin: the backend counts the same TTL from a later instant (when
 //! its statement ran), so a node cut off from the backend stops acknowledging writes at
 //! least the margin before another node can take the lease. That deadline is an atomic
-//! next to a monotonic clock, so checking it per WRITE costs a load and a clock read (a
-//! timer that flipped a flag would flip it late exactly when the runtime is overloaded).
+//! next to the boot-time clock (monotonic, and counting time suspended, which the backend's
+//! clock counts too), so checking it per WRITE costs a load and a clock read through the
+//! vDSO (a timer that flipped a flag would flip it late exactly when the runtime is
+//! overloaded).
 //! A lost lease stays lost even if a later renewal gets through: writes were refused
 //! meanwhile, and taking later ones would leave holes in the upload; the client resumes
 //! through a new connection, which takes a new lease.
@@ -18,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use rustix::time::{clock_gettime, ClockId};
 use tokio::sync::OwnedMutexGuard;
 
 use crate::metrics::LeaseStats;
@@ -60,7 +63,8 @@ struct Inner {
     renew_every: Duration,
     /// How long a lease is trusted after the start of the call that took or renewed it.
     valid_for: Duration,
-    epoch: Instant,
+    /// The boot-time clock at start, in nanoseconds: deadlines count from it.
+    epoch: u64,
     runtime: tokio::runtime::Handle,
     held: Mutex<HashMap<u64, Entry>>,
     /// One acquisition or release of a request's lease at a time on this node, so that two
@@ -112,6 +116,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// CLOCK_BOOTTIME in nanoseconds. Not `Instant`, whose clock stops while the machine is
+/// suspended: a node that wakes up must not trust a lease the backend let expire meanwhile.
+fn boot_time() -> u64 {
+    let t = clock_gettime(ClockId::Boottime);
+    (t.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec as u64)
+}
+
 fn node_name() -> String {
     let host = rustix::system::uname()
         .nodename()
@@ -139,7 +152,7 @@ impl Leases {
             poll: (settings.wait / 4).clamp(Duration::from_millis(10), POLL),
             renew_every,
             valid_for: ttl - renew_every,
-            epoch: Instant::now(),
+            epoch: boot_time(),
             runtime: tokio::runtime::Handle::current(),
             held: Mutex::default(),
             turns: Mutex::default(),
@@ -200,8 +213,9 @@ impl Leases {
 }
 
 impl Inner {
+    /// Nanoseconds since the keeper started; never 0 once a lease was taken.
     fn now(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
+        boot_time().saturating_sub(self.epoch)
     }
 
     fn deadline_from(&self, start: u64) -> u64 {
