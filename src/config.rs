@@ -95,6 +95,16 @@ pub struct Settings {
     #[arg(long)]
     #[serde(default)]
     pub admin_allow_remote: bool,
+    /// How long an upload's lease lasts without renewal (renewed every fifth of it): a
+    /// node that dies frees its uploads for other nodes within this [default: 15s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration_opt")]
+    pub lease_ttl: Option<Duration>,
+    /// How long a session waits for an upload's lease another node holds before its write
+    /// open is refused [default: 20s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration_opt")]
+    pub lease_wait: Option<Duration>,
     /// Log format on stderr [default: text]
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -311,6 +321,8 @@ impl Settings {
             proxy_protocol: self.proxy_protocol || base.proxy_protocol,
             proxy_from: self.proxy_from.or(base.proxy_from),
             node_name: self.node_name.or(base.node_name),
+            lease_ttl: self.lease_ttl.or(base.lease_ttl),
+            lease_wait: self.lease_wait.or(base.lease_wait),
         }
     }
 
@@ -367,6 +379,9 @@ impl Settings {
                 .map(|n| n.trim().to_string())
                 .filter(|n| !n.is_empty())
                 .unwrap_or_else(machine_hostname),
+            lease_ttl: self.lease_ttl.unwrap_or(Duration::from_secs(15)),
+            // Longer than the TTL: a write open outwaits a dead node's lease.
+            lease_wait: self.lease_wait.unwrap_or(Duration::from_secs(20)),
         }
     }
 }
@@ -401,6 +416,8 @@ pub struct Config {
     pub page_https: bool,
     pub admin_allow_remote: bool,
     pub log_json: bool,
+    pub lease_ttl: Duration,
+    pub lease_wait: Duration,
     /// Where records live: the embedded file store or a PostgreSQL database.
     pub store: StoreSpec,
     pub proxy_protocol: bool,
@@ -474,6 +491,21 @@ mod tests {
         assert!(parse_duration("h").is_err());
         let s: Settings = toml::from_str("access-ttl = \"2h\"").unwrap();
         assert_eq!(s.access_ttl, Some(Duration::from_secs(7200)));
+    }
+
+    #[test]
+    fn lease_durations() {
+        let cfg = Settings::default().resolve();
+        assert_eq!(
+            (cfg.lease_ttl, cfg.lease_wait),
+            (Duration::from_secs(15), Duration::from_secs(20))
+        );
+        let s: Settings = toml::from_str("lease-ttl = \"30s\"\nlease-wait = \"1m\"").unwrap();
+        let cfg = s.resolve();
+        assert_eq!(
+            (cfg.lease_ttl, cfg.lease_wait),
+            (Duration::from_secs(30), Duration::from_secs(60))
+        );
     }
 
     #[test]

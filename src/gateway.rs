@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hook::Hook;
 use crate::keys::{fingerprint, parse_authorized_keys, AuthorizedKey};
+use crate::leases::Leases;
 use crate::metrics::{Derived, Metrics};
 use crate::sftp::{Activity, SharedFile, WriteClosed};
 use crate::store::{
@@ -76,6 +77,8 @@ pub struct Gateway {
     store: Arc<dyn Store>,
     pub metrics: Metrics,
     hook: Option<Hook>,
+    /// This node's upload leases, handed to every upload session.
+    leases: Leases,
     max_upload_size: Option<u64>,
     /// Live sessions one request may have (like SFTPGo's max_sessions).
     max_sessions_per_request: usize,
@@ -121,6 +124,7 @@ impl Gateway {
     pub fn new(
         store: Arc<dyn Store>,
         hook: Option<Hook>,
+        leases: Leases,
         max_upload_size: Option<u64>,
         max_sessions_per_request: usize,
     ) -> Arc<Gateway> {
@@ -128,6 +132,7 @@ impl Gateway {
             store,
             metrics: Metrics::default(),
             hook,
+            leases,
             max_upload_size,
             max_sessions_per_request,
             keys: Mutex::default(),
@@ -257,6 +262,7 @@ impl Gateway {
                 writable: true,
                 max_size: self.max_upload_size,
                 partial_path: Some(self.store.upload_path(record.id).with_extension("filepart")),
+                leases: Some(self.leases.for_request(record.id)),
             },
             Access::Download => SharedFile {
                 name: record.visible_name(Access::Download),
@@ -264,6 +270,7 @@ impl Gateway {
                 writable: false,
                 max_size: None,
                 partial_path: None,
+                leases: None,
             },
         })
     }
@@ -329,6 +336,7 @@ impl Gateway {
             bytes_sent: sent,
             transfer_errors: errors,
             requests,
+            leases: self.leases.stats(),
         }))
     }
 
@@ -586,7 +594,15 @@ mod tests {
 
     fn gateway(dir: &std::path::Path) -> Arc<Gateway> {
         let store = Arc::new(FileStore::open(dir).expect("store"));
-        Gateway::new(store, None, None, 10)
+        let leases = Leases::start(
+            Arc::new(crate::store::MemoryLeases::default()),
+            crate::leases::LeaseSettings {
+                node: "test".into(),
+                ttl: Duration::from_secs(15),
+                wait: Duration::from_secs(1),
+            },
+        );
+        Gateway::new(store, None, leases, None, 10)
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod hook;
 pub mod http;
 pub mod keys;
+pub mod leases;
 pub mod limits;
 pub mod metrics;
 pub mod proxy_protocol;

@@ -22,6 +22,21 @@ pub struct Derived {
     pub transfer_errors: u64,
     /// (state, number of requests in it)
     pub requests: Vec<(&'static str, u64)>,
+    pub leases: LeaseStats,
+}
+
+/// The node's upload leases (see `crate::leases`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LeaseStats {
+    /// Held now.
+    pub held: u64,
+    /// Times a session waited for another node's lease.
+    pub waits: u64,
+    /// Write opens refused: the lease was still held elsewhere after the wait, or the
+    /// lease store did not answer.
+    pub refusals: u64,
+    /// Leases lost while held (not renewed in time, or taken over).
+    pub losses: u64,
 }
 
 impl Metrics {
@@ -109,6 +124,30 @@ impl Metrics {
             .collect();
         let refs: Vec<(&str, u64)> = labels.iter().map(|(l, n)| (l.as_str(), *n)).collect();
         metric("requests", "gauge", "Upgrade requests by state.", &refs);
+        let l = &d.leases;
+        for (name, kind, help, value) in [
+            ("leases", "gauge", "Upload leases this node holds now.", l.held),
+            (
+                "lease_waits_total",
+                "counter",
+                "Times a session waited for an upload lease another node held.",
+                l.waits,
+            ),
+            (
+                "lease_refusals_total",
+                "counter",
+                "Write opens refused: another node held the upload's lease past the wait, or the lease store did not answer.",
+                l.refusals,
+            ),
+            (
+                "lease_losses_total",
+                "counter",
+                "Upload leases lost while held (not renewed in time, or taken over); their writes were refused from then on.",
+                l.losses,
+            ),
+        ] {
+            metric(name, kind, help, &[("", value)]);
+        }
         out
     }
 }
@@ -127,7 +166,12 @@ mod tests {
             bytes_sent: 6,
             transfer_errors: 0,
             requests: vec![("draft", 2), ("done", 1)],
+            leases: LeaseStats {
+                losses: 3,
+                ..LeaseStats::default()
+            },
         });
+        assert!(text.contains("sftpgate_lease_losses_total 3\n"));
         assert!(text
             .contains("# TYPE sftpgate_connections_total counter\nsftpgate_connections_total 1\n"));
         assert!(text.contains("sftpgate_auth_total{result=\"failure\"} 1\n"));

@@ -18,9 +18,10 @@ use crate::config::{Config, StoreSpec};
 use crate::gateway::Gateway;
 use crate::hook::Hook;
 use crate::keys::{fingerprint, load_or_generate_host_key};
+use crate::leases::{LeaseSettings, Leases};
 use crate::ssh::{PenaltyPolicy, ProxyPolicy, SourcePolicy, SshServer, SshSettings};
-use crate::store::postgres::PgStore;
-use crate::store::{private, FileStore, HostKey, Store};
+use crate::store::postgres::{PgLeases, PgStore};
+use crate::store::{private, FileStore, HostKey, LeaseStore, MemoryLeases, Store};
 
 /// How long shutdown waits for sessions to flush and close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
@@ -94,16 +95,20 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     cfg.validate()?;
     private::create_dir(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
-    let store: Arc<dyn Store> = match &cfg.store {
-        StoreSpec::File => {
-            Arc::new(FileStore::open(&cfg.data_dir).context("cannot open the request store")?)
-        }
-        // Migrations run here, safely while other nodes start too.
-        StoreSpec::Postgres(url) => Arc::new(
-            PgStore::connect(url, &cfg.data_dir)
-                .await
-                .with_context(|| format!("cannot open the store {}", cfg.store.redacted()))?,
+    // A shared store brings its own leases; one node alone keeps them in memory.
+    let (store, lease_store): (Arc<dyn Store>, Arc<dyn LeaseStore>) = match &cfg.store {
+        StoreSpec::File => (
+            Arc::new(FileStore::open(&cfg.data_dir).context("cannot open the request store")?),
+            Arc::new(MemoryLeases::default()),
         ),
+        // Migrations run here, safely while other nodes start too.
+        StoreSpec::Postgres(url) => {
+            let pg = PgStore::connect(url, &cfg.data_dir)
+                .await
+                .with_context(|| format!("cannot open the store {}", cfg.store.redacted()))?;
+            let leases = PgLeases::new(pg.pool().clone());
+            (Arc::new(pg), Arc::new(leases))
+        }
     };
     tracing::info!(store = %cfg.store.redacted(), "opened the request store");
     let (host_key, generated) = load_or_generate_host_key(&cfg.host_key_dir)?;
@@ -144,9 +149,18 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         );
     }
     let hook = cfg.on_upload_closed.clone().map(Hook::start);
+    let leases = Leases::start(
+        lease_store,
+        LeaseSettings {
+            node: cfg.node_name.clone(),
+            ttl: cfg.lease_ttl,
+            wait: cfg.lease_wait,
+        },
+    );
     let gateway = Gateway::new(
         store,
         hook,
+        leases,
         cfg.max_upload_size,
         cfg.max_sessions_per_request,
     );

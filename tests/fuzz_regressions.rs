@@ -62,6 +62,7 @@ async fn replay(input: &[u8], dir: &Path) -> Replay {
         writable: flags & 1 != 0,
         max_size: Some(8 << 20),
         partial_path: (flags & 32 != 0).then(|| dir.join("upload.filepart")),
+        leases: None,
     };
     let frame = |b: &[u8]| [&(b.len() as u32).to_be_bytes()[..], b].concat();
     let mut stream = frame(&[1, 0, 0, 0, 3]);

@@ -11,11 +11,20 @@ use std::time::{Duration, Instant};
 use common::postgres::database;
 use common::*;
 
-/// Two nodes on a fresh database; the second shares the first's directories.
+/// Two nodes on a fresh database; the second shares the first's directories. Short
+/// leases: a killed node's upload is free again within 3 s (the default is 15 s).
 fn two_nodes() -> (Gateway, Gateway, common::postgres::TestDb) {
     let db = database();
-    let a = Gateway::start_with(&["--store", &db.url]);
-    let b = Gateway::start_node(&a, &["--store", &db.url]);
+    let flags = [
+        "--store",
+        &db.url,
+        "--lease-ttl",
+        "3s",
+        "--lease-wait",
+        "5s",
+    ];
+    let a = Gateway::start_with(&flags);
+    let b = Gateway::start_node(&a, &flags);
     (a, b, db)
 }
 
@@ -143,4 +152,32 @@ fn a_node_with_another_host_key_refuses_to_start() {
     // The nodes that share the key still start.
     let c = Gateway::start_node(&a, &["--store", &db.url]);
     assert!(c.ssh_port != 0);
+}
+
+#[test]
+fn a_second_writer_on_another_node_gets_a_clear_failure_and_the_first_upload_is_intact() {
+    let (a, b, _db) = two_nodes();
+    let work = a.dir.path().to_path_buf();
+    let key = ClientKey::new(&work, "k");
+    a.provision(6, "db.dump", &key);
+    let src = work.join("db.dump");
+    random_file(&src, 8 * 1024 * 1024);
+    // A slow upload through A holds the lease...
+    let (first, first_in) = a.spawn_sftp("user_6", &key, &["-l", "8000"], &work, "put db.dump\n");
+    assert!(wait_until(Duration::from_secs(30), || upload_size(&a, 6) > 0));
+    // ...so a write through B waits out --lease-wait (5 s) and is refused.
+    let started = Instant::now();
+    let out = b.sftp("user_6", &key, "put -a db.dump\n", &work);
+    assert!(!out.status.success(), "a second writer got in");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(
+        b.log()
+            .contains("being written through another gateway node"),
+        "{}",
+        b.log()
+    );
+    drop(first_in);
+    let out = wait_output(first, Duration::from_secs(120));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&a.upload_path(6)), sha256(&src));
 }

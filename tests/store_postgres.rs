@@ -66,7 +66,8 @@ async fn nodes_starting_at_once_migrate_once() {
             .fetch_all(nodes[0].pool())
             .await
             .expect("schema_version");
-    assert_eq!(versions, [(1, "records".to_string())]);
+    // Each applied exactly once, in order.
+    assert_eq!(versions, sftpgate::store::postgres::migrations());
     // Every node works on the one schema, and a later start finds nothing to do.
     put(&nodes[1], record(1)).await;
     assert_eq!(nodes[5].list().await.expect("list").len(), 1);
@@ -219,4 +220,61 @@ async fn an_unreachable_server_fails_the_start() {
     assert!(!err.to_string().contains("secret-password"), "{err}");
     let bad = PgStore::connect("postgres://u@127.0.0.1:notaport/db", dir.path()).await;
     assert!(bad.is_err());
+}
+
+/// Upload leases between two nodes: one holder at a time, fences that change with every
+/// acquisition, a lapsed lease free for the other node.
+#[tokio::test]
+async fn leases_have_one_holder_and_lapse() {
+    use sftpgate::store::postgres::PgLeases;
+    use sftpgate::store::LeaseStore;
+    let (store, _keep) = fresh_pg().await;
+    let leases = PgLeases::new(store.pool().clone());
+    let ttl = Duration::from_secs(30);
+    let f1 = leases.acquire(7, "a", ttl).await.unwrap().expect("free");
+    assert_eq!(leases.acquire(7, "b", ttl).await.unwrap(), None);
+    assert!(leases.held_elsewhere(7, "b").await.unwrap());
+    assert!(!leases.held_elsewhere(7, "a").await.unwrap());
+    assert_eq!(
+        leases.renew("a", &[(7, f1)], ttl).await.unwrap(),
+        vec![(7, true)]
+    );
+    // Another request is independent; a wrong fence renews nothing.
+    let other = leases.acquire(8, "b", ttl).await.unwrap().expect("free");
+    assert_eq!(
+        leases
+            .renew("a", &[(7, f1 + 1000), (8, other)], ttl)
+            .await
+            .unwrap(),
+        vec![(7, false), (8, false)]
+    );
+    leases.release(7, "a", f1).await.unwrap();
+    let f2 = leases
+        .acquire(7, "b", ttl)
+        .await
+        .unwrap()
+        .expect("released");
+    assert!(f2 > f1);
+    // The old holder's late renewal and release touch nothing.
+    assert_eq!(
+        leases.renew("a", &[(7, f1)], ttl).await.unwrap(),
+        vec![(7, false)]
+    );
+    leases.release(7, "a", f1).await.unwrap();
+    assert!(leases.held_elsewhere(7, "a").await.unwrap());
+    // A lease not renewed lapses, and the other node takes it.
+    let short = Duration::from_millis(300);
+    leases.acquire(9, "a", short).await.unwrap().expect("free");
+    assert_eq!(leases.acquire(9, "b", ttl).await.unwrap(), None);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if leases.acquire(9, "b", ttl).await.unwrap().is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease never lapsed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

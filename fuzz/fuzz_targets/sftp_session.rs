@@ -139,6 +139,7 @@ fuzz_target!(|data: &[u8]| {
         writable,
         max_size: Some(8 << 20),
         partial_path: (flags & 32 != 0).then(|| w.partial.clone()),
+        leases: None,
     };
 
     let mut stream = framed(&[1, 0, 0, 0, 3]);

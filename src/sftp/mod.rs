@@ -4,6 +4,7 @@
 //! authorized [`SharedFile`] and a byte transport ([`Inbound`]/[`Outbound`]).
 
 mod activity;
+mod lease;
 mod queue;
 mod rope;
 mod serve;
@@ -18,6 +19,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub use activity::Activity;
+pub use lease::{LeaseHold, WriteLeases, LEASE_LOST};
 pub use serve::serve;
 pub use session::{SessionSummary, WriteClosed, WriteSummary};
 
@@ -47,6 +49,9 @@ pub struct SharedFile {
     /// Where `<name>.filepart` lives, if the client may upload to that temporary name and
     /// rename it onto the file (WinSCP does); `None` refuses the name like any other.
     pub partial_path: Option<PathBuf>,
+    /// The upload's lease across gateway nodes (see [`WriteLeases`]); `None` writes without
+    /// asking anyone, for a file no other node can write.
+    pub leases: Option<std::sync::Arc<dyn WriteLeases>>,
 }
 
 /// Tells whether a session's client has hung up, even if not all it sent has been read.

@@ -27,7 +27,10 @@ use super::wire::{
     self, Attrs, DecodeError, Request, StatusCode, FXF_APPEND, FXF_CREAT, FXF_READ, FXF_TRUNC,
     FXF_WRITE,
 };
-use super::{Activity, SharedFile, MAX_HANDLES, MAX_IO_LEN, MAX_PACKET_LEN, MAX_WRITE_GAP};
+use super::{
+    Activity, LeaseHold, SharedFile, LEASE_LOST, MAX_HANDLES, MAX_IO_LEN, MAX_PACKET_LEN,
+    MAX_WRITE_GAP,
+};
 
 /// Enough of a WRITE to decode what precedes its data with any handle this server issues.
 const WRITE_HEAD_MAX: usize = 128;
@@ -67,6 +70,16 @@ struct OpenFile {
     opened: Instant,
     /// The end of the file as this handle last saw it, so that most writes need not ask.
     end: u64,
+    /// A write handle's hold on the upload's lease, dropped (released, if it is the last)
+    /// only after the handle's file was fsynced.
+    lease: Option<Arc<dyn LeaseHold>>,
+}
+
+impl OpenFile {
+    /// Whether this handle wrote under a lease this node has lost since.
+    fn lease_lost(&self) -> bool {
+        self.lease.as_ref().is_some_and(|l| !l.valid())
+    }
 }
 
 impl OpenFile {
@@ -102,6 +115,11 @@ pub(super) struct Session {
     /// Bytes still to discard of an oversized packet.
     skip: usize,
     summary: SessionSummary,
+    /// Whether the session has waited for another node writing the upload to let go.
+    other_nodes_checked: bool,
+    /// That wait ran out: this session takes the lease only if it is free at once, so that
+    /// a second writer beside another node's live upload is refused within one bound.
+    lease_wait_spent: bool,
 }
 
 /// Writes `data` at `offset`, or at the end if the file is O_APPEND (APPEND handles are),
@@ -158,6 +176,8 @@ impl Session {
             pending: Rope::default(),
             skip: 0,
             summary: SessionSummary::default(),
+            other_nodes_checked: false,
+            lease_wait_spent: false,
         }
     }
 
@@ -173,6 +193,7 @@ impl Session {
 
     /// Splits the byte stream into packets and handles each in order.
     fn feed(&mut self, mut chunk: Bytes) {
+        self.wait_for_other_nodes();
         // Once per chunk, not per packet: the packets of one chunk arrived together.
         self.wait_for_other_sessions();
         let skipped = self.skip.min(chunk.len());
@@ -272,12 +293,16 @@ impl Session {
     /// Removing is refused, except for the temporary `.filepart` a client abandons.
     fn remove(&self, id: u32, path: &[u8]) {
         let r = self.resolve(path);
-        match (r, self.disk_path(r)) {
-            (Resolved::Partial, Some(p)) => match std::fs::remove_file(p) {
-                Ok(()) => self.ok(id),
-                Err(e) => self.fail_io(id, &e),
-            },
-            _ => self.denied(id),
+        let (Resolved::Partial, Some(p)) = (r, self.disk_path(r)) else {
+            return self.denied(id);
+        };
+        let _lease = match self.lease_for_change(None) {
+            Ok(lease) => lease,
+            Err(msg) => return self.status(id, StatusCode::Failure, &msg),
+        };
+        match std::fs::remove_file(p) {
+            Ok(()) => self.ok(id),
+            Err(e) => self.fail_io(id, &e),
         }
     }
 
@@ -289,6 +314,10 @@ impl Session {
         let Some(partial) = self.disk_path(Resolved::Partial) else {
             return self.denied(id);
         };
+        let _lease = match self.lease_for_change(None) {
+            Ok(lease) => lease,
+            Err(msg) => return self.status(id, StatusCode::Failure, &msg),
+        };
         self.queue.settle_reads();
         match std::fs::rename(partial, &self.shared.path) {
             Ok(()) => self.ok(id),
@@ -298,9 +327,9 @@ impl Session {
 
     fn setstat_path(&self, id: u32, path: &[u8], attrs: &Attrs) {
         match self.resolve(path) {
-            Resolved::File => self.setstat(id, None, &self.shared.path, attrs),
+            Resolved::File => self.setstat(id, None, None, &self.shared.path, attrs),
             Resolved::Partial => match self.disk_path(Resolved::Partial) {
-                Some(p) if p.exists() => self.setstat(id, None, p, attrs),
+                Some(p) if p.exists() => self.setstat(id, None, None, p, attrs),
                 _ => self.no_such_file(id),
             },
             Resolved::Root => self.denied(id),
@@ -377,8 +406,8 @@ impl Session {
             Request::FSetStat { id, handle, attrs } => {
                 match parse_handle(&handle).and_then(|h| self.handles.get(&h)) {
                     Some(Handle::File(f)) => {
-                        let file = f.file.clone();
-                        self.setstat(id, Some(&file), &self.shared.path, &attrs)
+                        let (file, lease) = (f.file.clone(), f.lease.clone());
+                        self.setstat(id, Some(&file), lease, &self.shared.path, &attrs)
                     }
                     Some(Handle::Dir { .. }) => self.denied(id),
                     None => self.status(id, StatusCode::Failure, "invalid handle"),
@@ -439,6 +468,15 @@ impl Session {
         let read = pflags & FXF_READ != 0 || !write;
         let append = pflags & FXF_APPEND != 0;
         let truncate = pflags & FXF_TRUNC != 0;
+        // Taken before the file is opened: a refusal creates and truncates nothing.
+        let lease = if write {
+            match self.lease_for_change(None) {
+                Ok(lease) => lease,
+                Err(msg) => return self.status(id, StatusCode::Failure, &msg),
+            }
+        } else {
+            None
+        };
         if write {
             self.queue.settle_reads();
         } else if self.shared.writable && !partial {
@@ -486,6 +524,7 @@ impl Session {
                     sent: Arc::default(),
                     opened: Instant::now(),
                     end,
+                    lease,
                 };
                 if self.add_handle(id, Handle::File(handle)) && write {
                     self.activity.writers.fetch_add(1, Ordering::Relaxed);
@@ -508,6 +547,11 @@ impl Session {
                 StatusCode::PermissionDenied,
                 "handle not open for writing",
             );
+        }
+        // The one cost of leases per WRITE: an atomic load and a monotonic clock read.
+        if f.lease_lost() {
+            self.activity.write_errors.fetch_add(1, Ordering::Relaxed);
+            return self.status(id, StatusCode::Failure, LEASE_LOST);
         }
         let len = data.iter().map(Bytes::len).sum::<usize>() as u64;
         let at = match (f.append, max_size) {
@@ -555,10 +599,17 @@ impl Session {
         };
         match h {
             Handle::Dir { .. } => self.ok(id),
-            Handle::File(f) => match self.finish_file(f) {
-                Ok(()) => self.ok(id),
-                Err(e) => self.fail_io(id, &e),
-            },
+            Handle::File(f) => {
+                // Kept until the reply is decided: the hold goes after the fsync.
+                let lease = f.lease.clone();
+                match self.finish_file(f) {
+                    Ok(()) if lease.is_some_and(|l| !l.valid()) => {
+                        self.status(id, StatusCode::Failure, LEASE_LOST)
+                    }
+                    Ok(()) => self.ok(id),
+                    Err(e) => self.fail_io(id, &e),
+                }
+            }
         }
     }
 
@@ -591,6 +642,43 @@ impl Session {
             });
         }
         Ok(())
+    }
+
+    /// The same rule across nodes, once per upload session: a client cut off while
+    /// uploading through another node may reconnect here, and its `put -a` reads the size
+    /// to resume from (and appends). That node holds the upload's lease until it has
+    /// written and fsynced what it received, so the session waits, boundedly, for it.
+    fn wait_for_other_nodes(&mut self) {
+        if std::mem::replace(&mut self.other_nodes_checked, true) || !self.shared.writable {
+            return;
+        }
+        let Some(leases) = &self.shared.leases else {
+            return;
+        };
+        if !leases.wait_until_free() {
+            tracing::warn!("another node still holds the upload's lease; going on");
+            self.lease_wait_spent = true;
+        }
+    }
+
+    /// A hold on the upload's lease for a change of the file: `held` (a write handle's)
+    /// if given, else this node's, taken now. `Ok(None)` for a file without leases.
+    fn lease_for_change(
+        &self,
+        held: Option<Arc<dyn LeaseHold>>,
+    ) -> Result<Option<Arc<dyn LeaseHold>>, String> {
+        let Some(leases) = &self.shared.leases else {
+            return Ok(None);
+        };
+        let hold = match held {
+            Some(h) => h,
+            None => leases.acquire(!self.lease_wait_spent)?,
+        };
+        if hold.valid() {
+            Ok(Some(hold))
+        } else {
+            Err(LEASE_LOST.into())
+        }
     }
 
     /// A client cut off mid-upload reconnects and resumes (`put -a`) from the size it
@@ -659,10 +747,23 @@ impl Session {
     /// Size (draft only) and times are applied; owner and permissions are accepted and
     /// ignored, so clients that set them after an upload do not fail. A read-only file is
     /// never changed.
-    fn setstat(&self, id: u32, handle: Option<&Arc<File>>, path: &Path, attrs: &Attrs) {
+    fn setstat(
+        &self,
+        id: u32,
+        handle: Option<&Arc<File>>,
+        lease: Option<Arc<dyn LeaseHold>>,
+        path: &Path,
+        attrs: &Attrs,
+    ) {
         if !self.shared.writable || (attrs.size.is_none() && attrs.times.is_none()) {
             return self.ok(id);
         }
+        // A size is a write; times are not worth a lease.
+        let _lease = match attrs.size.map(|_| self.lease_for_change(lease)) {
+            Some(Err(msg)) => return self.status(id, StatusCode::Failure, &msg),
+            Some(Ok(lease)) => lease,
+            None => None,
+        };
         self.queue.settle_reads();
         let result = (|| {
             let owned;
@@ -781,11 +882,18 @@ impl Session {
                 None => self.status(id, StatusCode::Failure, "invalid handle"),
             },
             b"fsync@openssh.com" => {
-                let file = string().and_then(|h| self.file_handle(&h).map(|f| f.file.clone()));
-                let Some(file) = file else {
+                let file = string().and_then(|h| {
+                    self.file_handle(&h)
+                        .map(|f| (f.file.clone(), f.lease.clone()))
+                });
+                let Some((file, lease)) = file else {
                     return self.status(id, StatusCode::Failure, "invalid handle");
                 };
+                // Synced all the same: what was written under the lease belongs on disk.
                 match file.sync_all() {
+                    Ok(()) if lease.is_some_and(|l| !l.valid()) => {
+                        self.status(id, StatusCode::Failure, LEASE_LOST)
+                    }
                     Ok(()) => self.ok(id),
                     Err(e) => self.fail_io(id, &e),
                 }

@@ -3,11 +3,13 @@
 //! [`FileStore`] is the embedded default.
 
 mod file;
+mod lease;
 pub mod postgres;
 pub mod private;
 mod record;
 
 pub use file::{sync_dir_io, FileStore};
+pub use lease::{Fence, LeaseError, LeaseStore, MemoryLeases};
 pub use record::{
     constant_time_eq, hash_key, validate_filename, validate_key, Access, FilenameError, Record,
     State,

@@ -15,6 +15,10 @@
 //! once, and a failed one leaves nothing half done. They must only add (columns,
 //! tables): a node not yet upgraded keeps running on the newer schema.
 
+mod leases;
+
+pub use leases::PgLeases;
+
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -56,6 +60,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 3,
         name: "host_keys",
         sql: include_str!("postgres/0003_host_keys.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "leases",
+        sql: include_str!("postgres/0004_leases.sql"),
     },
 ];
 
@@ -100,6 +109,14 @@ impl Default for PgStoreOptions {
             acquire_timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// The schema migrations this build knows, `(version, name)` in order.
+pub fn migrations() -> Vec<(i32, String)> {
+    MIGRATIONS
+        .iter()
+        .map(|m| (m.version, m.name.to_string()))
+        .collect()
 }
 
 /// Whether `store` names a PostgreSQL store (`postgres://` or `postgresql://`).

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use sftpgate::sftp::{serve, Activity, IoInbound, IoOutbound, SharedFile};
+use sftpgate::sftp::{serve, Activity, IoInbound, IoOutbound, SharedFile, WriteClosed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 pub const OPEN: u8 = 3;
@@ -68,6 +68,7 @@ pub fn shared_file(name: &str, path: &Path, writable: bool) -> SharedFile {
         writable,
         max_size: None,
         partial_path: None,
+        leases: None,
     }
 }
 
@@ -91,12 +92,22 @@ impl Client {
 
     /// Serves `file` as one more session of the request whose counters are `activity`.
     pub async fn start_on(file: SharedFile, activity: Arc<Activity>) -> (Client, Vec<u8>) {
+        Client::start_watched(file, activity, None).await
+    }
+
+    /// [`start_on`](Self::start_on), calling `on_write_closed` at each close of a write
+    /// handle.
+    pub async fn start_watched(
+        file: SharedFile,
+        activity: Arc<Activity>,
+        on_write_closed: Option<WriteClosed>,
+    ) -> (Client, Vec<u8>) {
         let (client, server) = tokio::io::duplex(1 << 20);
         let (r, w) = tokio::io::split(server);
         tokio::spawn(serve(
             file,
             activity,
-            None,
+            on_write_closed,
             IoInbound(r),
             IoOutbound(w),
             std::future::pending(),
