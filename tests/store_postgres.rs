@@ -13,7 +13,7 @@ use common::postgres::{database, Cluster, TestDb};
 use contract::record;
 use sftpgate::store::postgres::{Change, PgStore, PgStoreOptions};
 use sftpgate::store::Decision;
-use sftpgate::store::{hash_key, Record};
+use sftpgate::store::{hash_key, NodeSessions, Record, RequestSessions};
 use time::OffsetDateTime;
 
 /// A fresh store on a database and a data directory of its own.
@@ -66,7 +66,10 @@ async fn nodes_starting_at_once_migrate_once() {
             .fetch_all(nodes[0].pool())
             .await
             .expect("schema_version");
-    assert_eq!(versions, [(1, "records".to_string())]);
+    assert_eq!(
+        versions,
+        [(1, "records".to_string()), (2, "node_sessions".to_string())]
+    );
     // Every node works on the one schema, and a later start finds nothing to do.
     put(&nodes[1], record(1)).await;
     assert_eq!(nodes[5].list().await.expect("list").len(), 1);
@@ -219,4 +222,37 @@ async fn an_unreachable_server_fails_the_start() {
     assert!(!err.to_string().contains("secret-password"), "{err}");
     let bad = PgStore::connect("postgres://u@127.0.0.1:notaport/db", dir.path()).await;
     assert!(bad.is_err());
+}
+
+/// Each node's live sessions reach the others in one exchange, with its name; a node never
+/// gets its own back, and two processes under one name are kept apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_exchange_their_live_sessions() {
+    let (a, (db, dir)) = fresh_pg().await;
+    let b = PgStore::connect(&db.url, dir.path()).await.expect("b");
+    let mine = |id, n: usize| RequestSessions {
+        request_id: id,
+        sessions: n,
+        peers: (0..n).map(|i| format!("127.0.0.1:{}", 4000 + i)).collect(),
+    };
+    let big = u64::MAX;
+    assert_eq!(
+        a.exchange_sessions("gw-a", &[mine(big, 2)])
+            .await
+            .expect("a"),
+        []
+    );
+    let seen = b.exchange_sessions("gw-b", &[mine(7, 1)]).await.expect("b");
+    assert_eq!(
+        seen,
+        [NodeSessions {
+            node: "gw-a".into(),
+            requests: vec![mine(big, 2)],
+        }]
+    );
+    // One name, two processes: both are kept.
+    let seen = a.exchange_sessions("gw-b", &[]).await.expect("a again");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].requests, [mine(7, 1)]);
+    assert!(a.health().await.is_ok());
 }
