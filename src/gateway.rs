@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use russh::keys::ssh_key::PublicKey;
 use time::OffsetDateTime;
@@ -23,7 +23,8 @@ use crate::leases::Leases;
 use crate::metrics::{Derived, Metrics};
 use crate::sftp::{Activity, SharedFile, WriteClosed};
 use crate::store::{
-    update_with, Access, Changed, Decision, Record, State, Store, StoreError, Updated,
+    update_with, Access, Changed, Decision, NodeSessions, Record, RequestSessions, State, Store,
+    StoreError, Updated, MAX_PEERS_LISTED,
 };
 
 /// How often live sessions are checked against their request (expiry is noticed this fast).
@@ -32,6 +33,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// change feed said: a shared store's notifications can be lost (a listener that
 /// reconnects misses what was sent meanwhile), so no change goes unnoticed longer.
 const REREAD_EVERY: Duration = Duration::from_secs(10);
+/// How often this node's live sessions are published to a shared store, and the other
+/// nodes' read back; what other nodes show of them is at most about this old.
+const EXCHANGE_EVERY: Duration = Duration::from_secs(2);
 
 /// A request's authorized_keys text and what it parsed to.
 type ParsedKeys = (String, Arc<Vec<AuthorizedKey>>);
@@ -93,6 +97,9 @@ pub struct Gateway {
     /// Deleted requests whose counters are still to be folded into `retired`.
     forgotten: Mutex<Vec<u64>>,
     retired: Retired,
+    /// The live sessions of the other nodes sharing the store, as last exchanged, and
+    /// when.
+    elsewhere: Mutex<Option<(Instant, Vec<NodeSessions>)>>,
 }
 
 /// The counters of deleted requests, so that the metrics' totals never go back.
@@ -142,6 +149,7 @@ impl Gateway {
             activity: Mutex::default(),
             forgotten: Mutex::default(),
             retired: Retired::default(),
+            elsewhere: Mutex::default(),
         })
     }
 
@@ -305,7 +313,12 @@ impl Gateway {
 
     /// The metrics page, with totals summed over every request's activity.
     pub async fn render_metrics(&self) -> Result<String, StoreError> {
-        let records = self.store.list().await?;
+        // While the store is down the page still answers (its error counters matter most
+        // then), without the per-state gauge, and without waiting for the pool's timeout.
+        let records = match self.store.health().await {
+            Ok(()) => Some(self.store.list().await?),
+            Err(_) => None,
+        };
         let r = &self.retired;
         let (mut received, mut sent, mut errors) = (
             r.received.load(Ordering::Relaxed),
@@ -322,21 +335,24 @@ impl Gateway {
             sent += a.bytes_read.load(Ordering::Relaxed);
             errors += a.write_errors.load(Ordering::Relaxed);
         }
-        let requests = State::ALL
-            .iter()
-            .map(|st| {
-                (
-                    st.as_str(),
-                    records.iter().filter(|r| r.state == *st).count() as u64,
-                )
-            })
-            .collect();
+        let requests = records.map(|records| {
+            State::ALL
+                .iter()
+                .map(|st| {
+                    (
+                        st.as_str(),
+                        records.iter().filter(|r| r.state == *st).count() as u64,
+                    )
+                })
+                .collect()
+        });
         Ok(self.metrics.render(&Derived {
             bytes_received: received,
             bytes_sent: sent,
             transfer_errors: errors,
-            requests,
+            requests: requests.unwrap_or_default(),
             leases: self.leases.stats(),
+            store: self.store.counters(),
         }))
     }
 
@@ -471,6 +487,80 @@ impl Gateway {
             .filter(|l| l.request_id == request_id)
             .map(|l| l.peer)
             .collect()
+    }
+
+    /// Whether the store answers now (see [`Store::health`]).
+    pub async fn store_health(&self) -> Result<(), StoreError> {
+        self.store.health().await
+    }
+
+    /// The live sessions of request `id` on the other nodes, by node name, as last
+    /// exchanged (nothing once that is older than a few exchange periods).
+    pub fn sessions_elsewhere(&self, request_id: u64) -> Vec<(String, RequestSessions)> {
+        let elsewhere = self.elsewhere.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((at, nodes)) = elsewhere.as_ref() else {
+            return Vec::new();
+        };
+        if at.elapsed() > 3 * EXCHANGE_EVERY {
+            return Vec::new();
+        }
+        nodes
+            .iter()
+            .flat_map(|n| {
+                n.requests
+                    .iter()
+                    .filter(|r| r.request_id == request_id && r.sessions > 0)
+                    .map(|r| (n.node.clone(), r.clone()))
+            })
+            .collect()
+    }
+
+    /// This node's live sessions per request, with at most [`MAX_PEERS_LISTED`] peers each.
+    fn live_summary(&self) -> Vec<RequestSessions> {
+        let live = self.lock_live();
+        let mut by_request: std::collections::BTreeMap<u64, RequestSessions> = Default::default();
+        for l in live.sessions.values() {
+            let r = by_request
+                .entry(l.request_id)
+                .or_insert_with(|| RequestSessions {
+                    request_id: l.request_id,
+                    ..Default::default()
+                });
+            r.sessions += 1;
+            if r.peers.len() < MAX_PEERS_LISTED {
+                r.peers.push(l.peer.to_string());
+            }
+        }
+        by_request.into_values().collect()
+    }
+
+    /// For a store other nodes share: publishes this node's live sessions every
+    /// [`EXCHANGE_EVERY`] and keeps the other nodes' for the operator API, until
+    /// `shutdown`. Its own task, so that a database that stopped answering delays neither
+    /// the sweep nor anything else.
+    pub async fn run_session_exchange(self: Arc<Self>, node: String, shutdown: CancellationToken) {
+        if !self.store.shared() {
+            return;
+        }
+        let mut tick = tokio::time::interval(EXCHANGE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let mine = self.live_summary();
+            match self.store.exchange_sessions(&node, &mine).await {
+                Ok(theirs) => {
+                    *self.elsewhere.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some((Instant::now(), theirs));
+                }
+                // What was last read fades out by itself (see `sessions_elsewhere`).
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot exchange live sessions with the other nodes")
+                }
+            }
+        }
     }
 
     /// Closes the live sessions of request `id` that `record` (its record now, `None` if

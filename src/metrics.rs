@@ -4,6 +4,8 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::store::StoreCounters;
+
 #[derive(Default)]
 pub struct Metrics {
     pub connections_total: AtomicU64,
@@ -20,8 +22,9 @@ pub struct Derived {
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub transfer_errors: u64,
-    /// (state, number of requests in it)
+    /// (state, number of requests in it); empty while the store is unreachable.
     pub requests: Vec<(&'static str, u64)>,
+    pub store: StoreCounters,
     pub leases: LeaseStats,
 }
 
@@ -148,6 +151,31 @@ impl Metrics {
         ] {
             metric(name, kind, help, &[("", value)]);
         }
+        let labels: Vec<(String, u64)> = d
+            .store
+            .errors
+            .iter()
+            .map(|(op, n)| (format!("{{operation=\"{}\"}}", op.as_str()), *n))
+            .collect();
+        let refs: Vec<(&str, u64)> = labels.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+        metric(
+            "store_errors_total",
+            "counter",
+            "Failed operations on the request store, by operation.",
+            &refs,
+        );
+        metric(
+            "store_feed_reconnects_total",
+            "counter",
+            "Times the shared store's change feed lost its connection (all live records are re-read after).",
+            &[("", d.store.feed_reconnects)],
+        );
+        metric(
+            "store_feed_overflows_total",
+            "counter",
+            "Times the gateway fell behind the shared store's change feed (all live records are re-read).",
+            &[("", d.store.feed_overflows)],
+        );
         out
     }
 }
@@ -170,6 +198,7 @@ mod tests {
                 losses: 3,
                 ..LeaseStats::default()
             },
+            store: StoreCounters::default(),
         });
         assert!(text.contains("sftpgate_lease_losses_total 3\n"));
         assert!(text
@@ -177,5 +206,7 @@ mod tests {
         assert!(text.contains("sftpgate_auth_total{result=\"failure\"} 1\n"));
         assert!(text.contains("sftpgate_requests{state=\"draft\"} 2\n"));
         assert!(text.contains("sftpgate_bytes_received_total 5\n"));
+        assert!(text.contains("sftpgate_store_errors_total{operation=\"read\"} 0\n"));
+        assert!(text.contains("sftpgate_store_feed_reconnects_total 0\n"));
     }
 }

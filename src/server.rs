@@ -189,9 +189,15 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let ssh = SshServer::new(gateway.clone(), &settings);
     tracker.spawn(ssh.serve(ssh_listener, shutdown.clone(), tracker.clone()));
     tracker.spawn(gateway.clone().run_sweeper(shutdown.clone()));
+    tracker.spawn(
+        gateway
+            .clone()
+            .run_session_exchange(cfg.node_name.clone(), shutdown.clone()),
+    );
 
     let state = Arc::new(AdminState {
         gateway,
+        node: cfg.node_name.clone(),
         token,
         public_host: cfg.public_host.clone(),
         public_port: cfg.public_port.unwrap_or(ssh_addr.port()),

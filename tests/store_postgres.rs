@@ -13,7 +13,7 @@ use common::postgres::{database, Cluster, TestDb};
 use contract::record;
 use sftpgate::store::postgres::{Change, PgStore, PgStoreOptions};
 use sftpgate::store::Decision;
-use sftpgate::store::{hash_key, Record};
+use sftpgate::store::{hash_key, NodeSessions, Record, RequestSessions};
 use time::OffsetDateTime;
 
 /// A fresh store on a database and a data directory of its own.
@@ -277,4 +277,37 @@ async fn leases_have_one_holder_and_lapse() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Each node's live sessions reach the others in one exchange, with its name; a node never
+/// gets its own back, and two processes under one name are kept apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_exchange_their_live_sessions() {
+    let (a, (db, dir)) = fresh_pg().await;
+    let b = PgStore::connect(&db.url, dir.path()).await.expect("b");
+    let mine = |id, n: usize| RequestSessions {
+        request_id: id,
+        sessions: n,
+        peers: (0..n).map(|i| format!("127.0.0.1:{}", 4000 + i)).collect(),
+    };
+    let big = u64::MAX;
+    assert_eq!(
+        a.exchange_sessions("gw-a", &[mine(big, 2)])
+            .await
+            .expect("a"),
+        []
+    );
+    let seen = b.exchange_sessions("gw-b", &[mine(7, 1)]).await.expect("b");
+    assert_eq!(
+        seen,
+        [NodeSessions {
+            node: "gw-a".into(),
+            requests: vec![mine(big, 2)],
+        }]
+    );
+    // One name, two processes: both are kept.
+    let seen = a.exchange_sessions("gw-b", &[]).await.expect("a again");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].requests, [mine(7, 1)]);
+    assert!(a.health().await.is_ok());
 }

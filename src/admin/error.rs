@@ -74,7 +74,7 @@ impl ApiError {
             StatusCode::SERVICE_UNAVAILABLE,
             Failure::new(
                 "STORAGE:UNAVAILABLE",
-                "the gateway could not write to its data directory",
+                "the gateway could not reach its storage (data directory or database)",
             ),
         )
     }

@@ -39,6 +39,8 @@ const MAX_JSON_BODY: usize = 1024 * 1024;
 
 pub struct AdminState {
     pub gateway: Arc<Gateway>,
+    /// This node's `--node-name`, as the API labels its live sessions.
+    pub node: String,
     pub token: String,
     /// What responses tell SFTP clients to connect to.
     pub public_host: String,
@@ -106,12 +108,27 @@ pub fn router(state: Arc<AdminState>) -> Router {
 }
 
 /// Ready when the listeners are up (this answer proves the admin one; the SSH one is bound
-/// before it) and the data directory takes writes.
+/// before it), the data directory takes writes and the store answers: a node whose
+/// database is unreachable refuses every login, so the balancer should drain it (503,
+/// `STORAGE:UNAVAILABLE`) until it answers again.
 async fn healthz(State(state): State<Arc<AdminState>>) -> Response {
     let dir = state.data_dir.clone();
     let writable = tokio::task::spawn_blocking(move || tempfile::tempfile_in(&dir).map(drop)).await;
     match writable {
-        Ok(Ok(())) => Json(json!({"failures": [], "status": "ok"})).into_response(),
+        Ok(Ok(())) => match state.gateway.store_health().await {
+            Ok(()) => Json(json!({"failures": [], "status": "ok"})).into_response(),
+            Err(e) => {
+                tracing::warn!(error = %e, "health check: the request store is unreachable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Failure::new(
+                        "STORAGE:UNAVAILABLE",
+                        "the request store (database) is unreachable; logins are refused",
+                    ),
+                )
+                .into_response()
+            }
+        },
         Ok(Err(e)) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             Failure::new(

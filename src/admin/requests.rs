@@ -20,6 +20,7 @@ use crate::gateway::Gateway;
 use crate::keys::{fingerprint, parse_authorized_keys, KeysError};
 use crate::store::{
     hash_key, validate_filename, validate_key, Decision, Record, State as ReqState, Updated,
+    MAX_PEERS_LISTED,
 };
 
 /// Turns an authorized_keys problem into the reference's failures.
@@ -79,7 +80,7 @@ pub(crate) fn view(state: &AdminState, r: &Record) -> Value {
     let size = |p: std::path::PathBuf| std::fs::metadata(p).ok().map(|m| m.len());
     let activity = g.activity(r.id);
     let last_write = activity.last_write.load(Ordering::Relaxed);
-    let peers: Vec<String> = g.peers_of(r.id).iter().map(|p| p.to_string()).collect();
+    let (sessions, peers, nodes) = live_sessions(state, r.id);
     json!({
         "id": r.id,
         "filename": r.filename,
@@ -96,11 +97,41 @@ pub(crate) fn view(state: &AdminState, r: &Record) -> Value {
         "upgraded_filesize": size(g.upgraded_path(r.id)),
         "last_write_at": (last_write > 0).then(|| OffsetDateTime::from_unix_timestamp(last_write).ok().map(rfc3339)),
         "writing": activity.writers.load(Ordering::Relaxed) > 0,
-        "sessions": peers.len(),
+        "sessions": sessions,
         "peers": peers,
+        "nodes": nodes,
         "created_at": rfc3339(r.created_at),
         "updated_at": rfc3339(r.updated_at),
     })
+}
+
+/// The live sessions of request `id` on every node: their number, their client addresses
+/// (at most [`MAX_PEERS_LISTED`]) and both per node that has some (`[{node, sessions,
+/// peers}]`, this node first). Other nodes' sessions are as they last published them, a
+/// few seconds ago at most (a shared store only).
+fn live_sessions(state: &AdminState, id: u64) -> (usize, Vec<String>, Vec<Value>) {
+    let g = &state.gateway;
+    let here: Vec<String> = g.peers_of(id).iter().map(|p| p.to_string()).collect();
+    let mut per_node = Vec::new();
+    if !here.is_empty() {
+        let count = here.len();
+        let peers: Vec<String> = here.into_iter().take(MAX_PEERS_LISTED).collect();
+        per_node.push((state.node.clone(), count, peers));
+    }
+    for (node, r) in g.sessions_elsewhere(id) {
+        per_node.push((node, r.sessions, r.peers));
+    }
+    let sessions = per_node.iter().map(|(_, n, _)| n).sum();
+    let peers = per_node
+        .iter()
+        .flat_map(|(_, _, p)| p.iter().cloned())
+        .take(MAX_PEERS_LISTED)
+        .collect();
+    let nodes = per_node
+        .into_iter()
+        .map(|(node, sessions, peers)| json!({"node": node, "sessions": sessions, "peers": peers}))
+        .collect();
+    (sessions, peers, nodes)
 }
 
 fn ok_one(state: &AdminState, r: &Record) -> Json<Value> {

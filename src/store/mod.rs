@@ -16,6 +16,7 @@ pub use record::{
 };
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -132,6 +133,127 @@ pub trait Store: Send + Sync + 'static {
     /// `Gateway::change`, which re-checks at once). Taken once, by the gateway.
     fn changes(&self) -> Option<tokio::sync::mpsc::Receiver<Changed>> {
         None
+    }
+    /// Whether the store answers now: cheap (a database: `SELECT 1` with a short timeout,
+    /// its answer reused for a moment), for `/healthz`. A store on the local disk is
+    /// always healthy here (the data directory is probed apart).
+    async fn health(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Whether other nodes share this store, so that live sessions are worth
+    /// [`exchanging`](Store::exchange_sessions).
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Publishes the live sessions of this node (`node` is its name) for the others and
+    /// returns those of the other nodes heard from lately. Called on a timer, never per
+    /// packet. A store no other node shares has nothing to exchange.
+    async fn exchange_sessions(
+        &self,
+        _node: &str,
+        _mine: &[RequestSessions],
+    ) -> Result<Vec<NodeSessions>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// What the store counted so far (failed operations, change-feed reconnects), for
+    /// the metrics page; zeros for a store that counts nothing.
+    fn counters(&self) -> StoreCounters {
+        StoreCounters::default()
+    }
+}
+
+/// Client addresses listed per request and node (in the exchange and in the API); the
+/// session count stays exact. Bounds what one busy request costs every node's view.
+pub const MAX_PEERS_LISTED: usize = 100;
+
+/// The live sessions of one request on one node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RequestSessions {
+    pub request_id: u64,
+    pub sessions: usize,
+    /// Client addresses, at most [`MAX_PEERS_LISTED`] of them (the count is exact).
+    pub peers: Vec<String>,
+}
+
+/// The live sessions another node published.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeSessions {
+    /// Its `--node-name`.
+    pub node: String,
+    pub requests: Vec<RequestSessions>,
+}
+
+/// Operations whose failures are counted apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Read,
+    Update,
+    Health,
+    Sessions,
+}
+
+impl Operation {
+    pub const ALL: [Operation; 4] = [
+        Operation::Read,
+        Operation::Update,
+        Operation::Health,
+        Operation::Sessions,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Read => "read",
+            Operation::Update => "update",
+            Operation::Health => "health",
+            Operation::Sessions => "sessions",
+        }
+    }
+}
+
+/// Counters a store keeps (atomics, shared with its background tasks).
+#[derive(Debug, Default)]
+pub struct StoreCounting {
+    errors: [AtomicU64; 4],
+    feed_reconnects: AtomicU64,
+    feed_overflows: AtomicU64,
+}
+
+impl StoreCounting {
+    pub fn error(&self, op: Operation) {
+        self.errors[op as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The change feed lost its connection (it reconnects, and everything is re-read).
+    pub fn feed_reconnect(&self) {
+        self.feed_reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The gateway fell behind the change feed (everything is re-read).
+    pub fn feed_overflow(&self) {
+        self.feed_overflows.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> StoreCounters {
+        StoreCounters {
+            errors: Operation::ALL.map(|op| (op, self.errors[op as usize].load(Ordering::Relaxed))),
+            feed_reconnects: self.feed_reconnects.load(Ordering::Relaxed),
+            feed_overflows: self.feed_overflows.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A snapshot of [`StoreCounting`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreCounters {
+    /// Failed operations, by operation.
+    pub errors: [(Operation, u64); 4],
+    pub feed_reconnects: u64,
+    pub feed_overflows: u64,
+}
+
+impl Default for StoreCounters {
+    fn default() -> Self {
+        StoreCounting::default().snapshot()
     }
 }
 

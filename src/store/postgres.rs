@@ -21,14 +21,16 @@ pub use leases::PgLeases;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 use time::OffsetDateTime;
 
 use super::{
-    private, sync_dir_io, Changed, Decision, HostKey, Record, State, Store, StoreError, Updated,
+    private, sync_dir_io, Changed, Decision, HostKey, NodeSessions, Operation, Record,
+    RequestSessions, State, Store, StoreCounters, StoreCounting, StoreError, Updated,
 };
 
 /// The notification channel; the payload is the changed record's id.
@@ -57,6 +59,11 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("postgres/0001_records.sql"),
     },
     Migration {
+        version: 2,
+        name: "node_sessions",
+        sql: include_str!("postgres/0002_node_sessions.sql"),
+    },
+    Migration {
         version: 3,
         name: "host_keys",
         sql: include_str!("postgres/0003_host_keys.sql"),
@@ -67,6 +74,17 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("postgres/0004_leases.sql"),
     },
 ];
+
+/// How long the health probe and the session exchange wait for PostgreSQL: a balancer's
+/// health check must get its answer well within its own timeout, and a node must not
+/// hang on a database that stopped answering.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a health answer is reused: a flood of health checks costs the database at
+/// most one `SELECT 1` per this.
+const HEALTH_CACHE: Duration = Duration::from_secs(1);
+/// Other nodes' published sessions older than this are ignored (their node stopped or
+/// lost the database), and removed.
+pub const SESSIONS_STALE: Duration = Duration::from_secs(6);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgStoreError {
@@ -91,6 +109,12 @@ pub enum PgStoreError {
     IdMismatch { id: u64, got: u64 },
     #[error("record {0} holds a NUL character, which PostgreSQL text cannot store")]
     Nul(u64),
+    #[error("PostgreSQL did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("PostgreSQL was unreachable a moment ago: {0}")]
+    Unhealthy(String),
+    #[error("the sessions another node published are not valid: {0}")]
+    Sessions(#[source] serde_json::Error),
 }
 
 /// Settings of a node's connection pool.
@@ -128,6 +152,12 @@ pub struct PgStore {
     pool: PgPool,
     /// `DATA_DIR/requests`, on storage every node shares.
     root: PathBuf,
+    /// This process's row in `node_sessions`: random per start.
+    instance: String,
+    counting: Arc<StoreCounting>,
+    /// The last health answer and when it was got. An async lock, so that concurrent
+    /// health checks wait for one probe instead of each sending their own.
+    health: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
 /// The record columns, and its key lines as an array (empty: no keys), of `records r`.
@@ -172,7 +202,69 @@ impl PgStore {
             .connect_with(connect)
             .await?;
         migrate(&pool).await?;
-        Ok(PgStore { pool, root })
+        Ok(PgStore {
+            pool,
+            root,
+            instance: format!("{:016x}", rand::random::<u64>()),
+            counting: Arc::default(),
+            health: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// `SELECT 1` within [`PROBE_TIMEOUT`]; an answer is reused for [`HEALTH_CACHE`].
+    pub async fn health(&self) -> Result<(), PgStoreError> {
+        let mut last = self.health.lock().await;
+        let answer = match &*last {
+            Some((at, answer)) if at.elapsed() < HEALTH_CACHE => answer.clone(),
+            _ => {
+                let probe = within(PROBE_TIMEOUT, async {
+                    query("SELECT 1").execute(&self.pool).await?;
+                    Ok(())
+                })
+                .await
+                .map_err(|e| e.to_string());
+                if probe.is_err() {
+                    // Counted per probe, not per health check answered from the cache.
+                    self.counting.error(Operation::Health);
+                }
+                *last = Some((Instant::now(), probe.clone()));
+                probe
+            }
+        };
+        answer.map_err(PgStoreError::Unhealthy)
+    }
+
+    /// Writes this node's row of `node_sessions` and reads the other nodes' fresh rows,
+    /// in one statement (a data-modifying CTE): one round trip per node and period. Stale
+    /// rows of other nodes are removed on the way, so the table stays as small as the
+    /// set of running nodes.
+    pub async fn exchange_sessions(
+        &self,
+        node: &str,
+        mine: &[RequestSessions],
+    ) -> Result<Vec<NodeSessions>, PgStoreError> {
+        let mine = serde_json::to_string(mine).map_err(PgStoreError::Sessions)?;
+        let rows = within(PROBE_TIMEOUT, async {
+            Ok(query(
+                "WITH gone AS (DELETE FROM node_sessions                    WHERE instance <> $1 AND heartbeat_at < now() - make_interval(secs => $4)),                  mine AS (INSERT INTO node_sessions (instance, node, sessions, heartbeat_at)                    VALUES ($1, $2, $3::jsonb, now()) ON CONFLICT (instance) DO UPDATE                    SET node = EXCLUDED.node, sessions = EXCLUDED.sessions,                    heartbeat_at = EXCLUDED.heartbeat_at)                  SELECT node, sessions::text AS sessions FROM node_sessions                  WHERE instance <> $1 AND heartbeat_at >= now() - make_interval(secs => $4)                  ORDER BY node, instance",
+            )
+            .bind(&self.instance)
+            .bind(node)
+            .bind(mine)
+            .bind(SESSIONS_STALE.as_secs_f64())
+            .fetch_all(&self.pool)
+            .await?)
+        })
+        .await?;
+        rows.iter()
+            .map(|row| -> Result<NodeSessions, PgStoreError> {
+                let sessions: String = row.try_get("sessions")?;
+                Ok(NodeSessions {
+                    node: row.try_get("node")?,
+                    requests: serde_json::from_str(&sessions).map_err(PgStoreError::Sessions)?,
+                })
+            })
+            .collect()
     }
 
     /// The pool, for tests and diagnostics.
@@ -330,6 +422,17 @@ impl PgStore {
         })
         .await
     }
+}
+
+/// `work`, or [`PgStoreError::Timeout`] once `limit` has passed (the pool would otherwise
+/// keep retrying a refused connection for its whole acquire timeout).
+async fn within<T>(
+    limit: Duration,
+    work: impl std::future::Future<Output = Result<T, PgStoreError>>,
+) -> Result<T, PgStoreError> {
+    tokio::time::timeout(limit, work)
+        .await
+        .unwrap_or(Err(PgStoreError::Timeout(limit)))
 }
 
 /// Runs file-system work off the async threads; errors are reported against `path`.
@@ -540,19 +643,32 @@ fn record_from(row: &PgRow) -> Result<Record, PgStoreError> {
     })
 }
 
+impl PgStore {
+    /// `result`, its failure counted under `op`.
+    fn counted<T>(
+        &self,
+        op: Operation,
+        result: Result<T, PgStoreError>,
+    ) -> Result<T, PgStoreError> {
+        if result.is_err() {
+            self.counting.error(op);
+        }
+        result
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for PgStore {
     async fn get(&self, id: u64) -> Result<Option<Record>, StoreError> {
-        Ok(PgStore::get(self, id).await?)
+        Ok(self.counted(Operation::Read, PgStore::get(self, id).await)?)
     }
 
     async fn list(&self) -> Result<Vec<Record>, StoreError> {
-        Ok(PgStore::list(self).await?)
+        Ok(self.counted(Operation::Read, PgStore::list(self).await)?)
     }
 
     async fn update(&self, id: u64, change: super::Change<'_>) -> Result<Updated, StoreError> {
-        PgStore::update(self, id, change)
-            .await
+        self.counted(Operation::Update, PgStore::update(self, id, change).await)
             .map_err(|e| match e {
                 PgStoreError::IdMismatch { id, got } => StoreError::WrongId { id, got },
                 e => e.into(),
@@ -615,19 +731,41 @@ impl Store for PgStore {
     async fn get_many(&self, ids: &[u64]) -> Result<Vec<Record>, StoreError> {
         let sql = format!("{SELECT} WHERE r.id = ANY($1::numeric[]) ORDER BY r.id");
         let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
-        let rows = query(&sql)
-            .bind(ids)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(PgStoreError::from)?;
-        Ok(rows.iter().map(record_from).collect::<Result<_, _>>()?)
+        let read = async {
+            let rows = query(&sql).bind(ids).fetch_all(&self.pool).await?;
+            rows.iter()
+                .map(record_from)
+                .collect::<Result<Vec<Record>, PgStoreError>>()
+        };
+        Ok(self.counted(Operation::Read, read.await)?)
     }
 
     fn changes(&self) -> Option<tokio::sync::mpsc::Receiver<Changed>> {
         let (tx, rx) = tokio::sync::mpsc::channel(FEED_QUEUE);
         let pool = self.pool.clone();
-        tokio::spawn(follow(pool, tx));
+        tokio::spawn(follow(pool, tx, self.counting.clone()));
         Some(rx)
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        Ok(PgStore::health(self).await?)
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn exchange_sessions(
+        &self,
+        node: &str,
+        mine: &[RequestSessions],
+    ) -> Result<Vec<NodeSessions>, StoreError> {
+        let exchanged = PgStore::exchange_sessions(self, node, mine).await;
+        Ok(self.counted(Operation::Sessions, exchanged)?)
+    }
+
+    fn counters(&self) -> StoreCounters {
+        self.counting.snapshot()
     }
 }
 
@@ -639,7 +777,11 @@ const FEED_RETRY: Duration = Duration::from_secs(1);
 /// Forwards the other nodes' notifications to the gateway until it stops listening. A
 /// connection lost, a failed reconnect or a full queue are all reported as
 /// [`Changed::Unknown`] (changes may have been missed), once the feed works again.
-async fn follow(pool: PgPool, tx: tokio::sync::mpsc::Sender<Changed>) {
+async fn follow(
+    pool: PgPool,
+    tx: tokio::sync::mpsc::Sender<Changed>,
+    counting: Arc<StoreCounting>,
+) {
     let mut missed = false;
     loop {
         let mut changes = match PgStore::listen_on(&pool).await {
@@ -657,16 +799,29 @@ async fn follow(pool: PgPool, tx: tokio::sync::mpsc::Sender<Changed>) {
         if std::mem::take(&mut missed) && tx.send(Changed::Unknown).await.is_err() {
             return;
         }
+        // A lost connection shows as `Missed`, then (if PostgreSQL is still away) as the
+        // error of the listener's own reconnect: counted once.
+        let mut lost = false;
         loop {
             let change = tokio::select! {
                 c = changes.next() => c,
                 _ = tx.closed() => return,
             };
             let item = match change {
-                Ok(Change::Record(id)) => Changed::Record(id),
-                Ok(Change::Missed) => Changed::Unknown,
+                Ok(Change::Record(id)) => {
+                    lost = false;
+                    Changed::Record(id)
+                }
+                Ok(Change::Missed) => {
+                    counting.feed_reconnect();
+                    lost = true;
+                    Changed::Unknown
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "the change feed lost PostgreSQL; reconnecting");
+                    if !lost {
+                        counting.feed_reconnect();
+                    }
                     missed = true;
                     break;
                 }
@@ -675,6 +830,7 @@ async fn follow(pool: PgPool, tx: tokio::sync::mpsc::Sender<Changed>) {
                 Ok(()) => {}
                 Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
                     // The gateway is behind: one re-read of everything replaces the rest.
+                    counting.feed_overflow();
                     if tx.send(Changed::Unknown).await.is_err() {
                         return;
                     }
