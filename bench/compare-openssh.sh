@@ -10,6 +10,11 @@
 #      CIPHERS ("chacha20-poly1305@openssh.com aes256-gcm@openssh.com")
 #      RESULTS (bench/RESULTS.md; "-" prints only)  BASELINE (../shared/bench/openssh-baseline.sh)
 #      OPS ("up down resume")  LOGINS=0 or CONC=0 skip those parts
+#      SFTPGATE_BIN (a built binary to run instead of building target/release/sftpgate)
+#      STORE (empty: sftpgate's file store; "postgres": a throwaway PostgreSQL cluster started
+#             by bench/pg.sh; or a postgres://... URL of an empty database). With a PostgreSQL
+#             store the transfers run against that gateway, and the logins are also timed
+#             against a second gateway on the file store (the ratio is reported).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 SIZE_MB=${SIZE_MB:-1024}
@@ -29,12 +34,22 @@ die() { echo "compare-openssh: $*" >&2; exit 1; }
 [ -f "$BASELINE" ] || die "OpenSSH baseline script not found at $BASELINE (set BASELINE)"
 for c in sftp sshd jq python3; do command -v $c >/dev/null || [ -x /usr/sbin/$c ] || die "missing $c"; done
 
+STORE=${STORE:-}
+case $STORE in
+  "" | postgres | postgres://* | postgresql://*) ;;
+  *) die "STORE must be empty, postgres or a postgres:// URL" ;;
+esac
+
 B=$(mktemp -d /tmp/sftpgate-bench.XXXXXX)
-chmod 755 "$B" # the OpenSSH side walks this path as its user
+chmod 755 "$B" # the OpenSSH side walks this path as its user, PostgreSQL's as its own
 OWORK=$B/openssh
 GATE_PID=
+FILE_PID=
+PGDIR=
 cleanup() {
   [ -n "$GATE_PID" ] && kill "$GATE_PID" 2>/dev/null || true
+  [ -n "$FILE_PID" ] && kill "$FILE_PID" 2>/dev/null || true
+  [ -n "$PGDIR" ] && bash "$repo/bench/pg.sh" stop "$PGDIR" || true
   WORK=$OWORK bash "$BASELINE" stop >/dev/null 2>&1 || true
   rm -rf "$B"
   if [ -n "$CG" ]; then rmdir "$CG/gate" "$CG/openssh" "$CG" 2>/dev/null || true; fi
@@ -51,9 +66,13 @@ if ! mkdir -p "$CG/gate" "$CG/openssh" 2>/dev/null; then CG=; fi
 cpu_of() { awk -v t="$TICK" '{print ($14+$15+$16+$17)/t}' "/proc/$1/stat"; }
 median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
-echo "building sftpgate (release)..." >&2
-(cd "$repo" && cargo build --release --quiet)
-GATE=$repo/target/release/sftpgate
+if [ -n "${SFTPGATE_BIN:-}" ]; then
+  GATE=$SFTPGATE_BIN # e.g. a build of another checkout; not rebuilt here
+else
+  echo "building sftpgate (release)..." >&2
+  (cd "$repo" && cargo build --release --quiet)
+  GATE=${CARGO_TARGET_DIR:-$repo/target}/release/sftpgate
+fi
 
 # --- OpenSSH side, set up as the baseline script does it ---
 OPORT=$(free_port)
@@ -71,21 +90,42 @@ KEY=$OWORK/keys/id_ed25519
 OFILE=$OWORK/chroot/shared.dump
 
 # --- sftpgate side ---
-mkdir -p "$B/gate"
-# Every client here comes from 127.0.0.1, faster and more at once than the per-source
-# limits allow one address (sshd's side has no such limits either).
-SFTPGATE_ADMIN_TOKEN=bench "$GATE" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
-  --data-dir "$B/gate/data" --host-key-dir "$B/gate/keys" \
-  --connection-rate-per-source 0 --max-startups-per-source 1000 >"$B/gate/ready" 2>"$B/gate/log" &
-GATE_PID=$!
-for _ in $(seq 100); do [ -s "$B/gate/ready" ] && break; sleep 0.05; done
-GPORT=$(jq -r .ssh "$B/gate/ready" | sed 's/.*://')
-ADMIN=http://$(jq -r .admin "$B/gate/ready")
-provision() { # id filename
-  jq -n --arg k "$(cat "$KEY.pub")" --arg f "$2" '{filename: $f, key: "bench", ssh_keys: $k}' |
-    curl -sfS -X PUT -H "Authorization: Bearer bench" --data-binary @- "$ADMIN/v1/requests/$1" >/dev/null
+start_gate() { # dir [serve args...]; sets SPID SPORT SADMIN
+  local d=$1; shift
+  mkdir -p "$d"
+  # Every client here comes from 127.0.0.1, faster and more at once than the per-source
+  # limits allow one address (sshd's side has no such limits either).
+  SFTPGATE_ADMIN_TOKEN=bench "$GATE" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+    --data-dir "$d/data" --host-key-dir "$d/keys" \
+    --connection-rate-per-source 0 --max-startups-per-source 1000 "$@" >"$d/ready" 2>"$d/log" &
+  SPID=$!
+  for _ in $(seq 600); do [ -s "$d/ready" ] && break; sleep 0.05; done
+  [ -s "$d/ready" ] || die "sftpgate did not start: $(cat "$d/log")"
+  SPORT=$(jq -r .ssh "$d/ready" | sed 's/.*://')
+  SADMIN=http://$(jq -r .admin "$d/ready")
 }
-provision $USER_ID shared.dump
+STORE_URL=$STORE
+if [ "$STORE" = postgres ]; then
+  PGDIR=$B/pg
+  echo "starting a throwaway PostgreSQL cluster..." >&2
+  STORE_URL=$(bash "$repo/bench/pg.sh" start "$PGDIR")
+fi
+STORE_ARGS=()
+[ -n "$STORE_URL" ] && STORE_ARGS=(--store "$STORE_URL")
+start_gate "$B/gate" "${STORE_ARGS[@]}"
+GATE_PID=$SPID GPORT=$SPORT ADMIN=$SADMIN
+provision() { # admin id filename
+  jq -n --arg k "$(cat "$KEY.pub")" --arg f "$3" '{filename: $f, key: "bench", ssh_keys: $k}' |
+    curl -sfS -X PUT -H "Authorization: Bearer bench" --data-binary @- "$1/v1/requests/$2" >/dev/null
+}
+provision "$ADMIN" $USER_ID shared.dump
+# With a PostgreSQL store, a second gateway on the file store, for the logins only.
+FPORT=
+if [ -n "$STORE_URL" ] && [ "$LOGINS" -gt 0 ]; then
+  start_gate "$B/gatefile"
+  FILE_PID=$SPID FPORT=$SPORT
+  provision "$SADMIN" $USER_ID shared.dump
+fi
 GFILE=$B/gate/data/requests/$USER_ID/upload
 if [ -n "$CG" ]; then
   echo "$OPID" >"$CG/openssh/cgroup.procs"
@@ -98,7 +138,7 @@ head -c $((SIZE_MB * 1024 * 1024)) /dev/urandom >"$SRC"
 SRC_SHA=$(sha256sum "$SRC" | cut -d' ' -f1)
 
 sftp_to() { # side cipher user batch
-  local port=$OPORT; [ "$1" = gate ] && port=$GPORT
+  local port=$OPORT; [ "$1" = gate ] && port=$GPORT; [ "$1" = gatefile ] && port=$FPORT
   sftp -q -i "$KEY" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
     -o LogLevel=ERROR -o BatchMode=yes -o KexAlgorithms=curve25519-sha256 -o Ciphers="$2" \
     -P "$port" -b - "$3@127.0.0.1" <<<"$4" >/dev/null
@@ -164,10 +204,11 @@ for cipher in $CIPHERS; do
 done
 PEAK_XFER=$(peak_kib)
 
-# --- 50 sequential logins doing ls ---
+# --- 50 sequential logins doing ls (and against the file store, with a PostgreSQL one) ---
 declare -A LOGIN
+LOGIN_SIDES="gate openssh"; [ -n "$FPORT" ] && LOGIN_SIDES="gate gatefile openssh"
 for run in $(seq "$RUNS"); do
-  for side in gate openssh; do
+  for side in $LOGIN_SIDES; do
     t0=$(now)
     for _ in $(seq "$LOGINS"); do sftp_to $side chacha20-poly1305@openssh.com $U "ls"; done
     t1=$(now)
@@ -180,7 +221,7 @@ CSRC=$B/conc.bin
 head -c $((CONC_MB * 1024 * 1024)) /dev/urandom >"$CSRC"
 CSHA=$(sha256sum "$CSRC" | cut -d' ' -f1)
 for i in $(seq "$CONC"); do
-  provision $((60000 + i)) "c$i.dump"
+  provision "$ADMIN" $((60000 + i)) "c$i.dump"
   : >"$OWORK/chroot/c$i.dump"; chown "$U:" "$OWORK/chroot/c$i.dump"
 done
 concurrent() { # side -> seconds; fails unless every upload is complete and right
@@ -243,6 +284,11 @@ table=$(mktemp)
   lg=$(echo ${LOGIN[gate]} | tr ' ' '\n' | median); lo=$(echo ${LOGIN[openssh]} | tr ' ' '\n' | median)
   [ "$LOGINS" -gt 0 ] && printf "| %s sequential logins + ls | chacha20-poly1305 | %.2f s | %.2f s | %s (time, lower is better) | %s | | | | |\n" "$LOGINS" "$lg" "$lo" "$(ratio "$lg" "$lo")" \
     "$(paired "${LOGIN[gate]}" "${LOGIN[openssh]}")"
+  if [ -n "$FPORT" ]; then
+    lf=$(echo ${LOGIN[gatefile]} | tr ' ' '\n' | median)
+    printf "| %s sequential logins + ls, sftpgate: PostgreSQL store (3rd column) vs file store (4th) | chacha20-poly1305 | %.2f s | %.2f s | %s (time; target <= 1.2) | %s | | | | |\n" "$LOGINS" "$lg" "$lf" "$(ratio "$lg" "$lf")" \
+      "$(paired "${LOGIN[gate]}" "${LOGIN[gatefile]}")"
+  fi
   cg=$(echo ${CONCT[gate]} | tr ' ' '\n' | median); co=$(echo ${CONCT[openssh]} | tr ' ' '\n' | median)
   total=$((CONC * CONC_MB))
   [ "$CONC" -gt 0 ] && printf "| %s concurrent uploads x %s MiB | chacha20-poly1305 | %s MB/s | %s MB/s | %s | %s | | | | |\n" "$CONC" "$CONC_MB" \
@@ -261,7 +307,7 @@ table=$(mktemp)
         "$(printf '%.2f ' ${TIME["gate|$cipher|$op"]})" "$(printf '%.2f ' ${TIME["openssh|$cipher|$op"]})"
     done
   done
-  echo "Medians of $RUNS runs each, A B A B; every file verified by sha256."
+  echo "Medians of $RUNS runs each, A B A B; every file verified by sha256. sftpgate's store: ${STORE:-file}$([ "$STORE" = postgres ] && echo " (a throwaway cluster on this machine, bench/pg.sh, default durability)")."
 } >"$table"
 cat "$table"
 if [ "$RESULTS" != "-" ]; then

@@ -7,126 +7,16 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::haproxy::Haproxy;
 use common::*;
 
 /// The balancer's address, as the gateways see its connections.
 const BALANCER: &str = "127.0.0.1";
 const REQUEST: u64 = 77;
-
-fn haproxy_binary() -> PathBuf {
-    for p in [
-        "/usr/sbin/haproxy",
-        "/usr/bin/haproxy",
-        "/usr/local/sbin/haproxy",
-    ] {
-        if Path::new(p).exists() {
-            return p.into();
-        }
-    }
-    let found = Command::new("sh")
-        .args(["-c", "command -v haproxy"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| text(&o.stdout).trim().to_string());
-    match found {
-        Some(p) if !p.is_empty() => p.into(),
-        _ => panic!(
-            "haproxy is not installed: these tests need it (Debian package `haproxy`: apt-get install haproxy)"
-        ),
-    }
-}
-
-/// HAProxy in TCP mode on 127.0.0.1, `send-proxy-v2` to each backend, health checks on
-/// (which send a v2 LOCAL header). Stopped when dropped.
-struct Haproxy {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Haproxy {
-    fn start(dir: &Path, backends: &[u16]) -> Haproxy {
-        let bin = haproxy_binary();
-        let servers: String = backends
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                format!("    server gw{i} 127.0.0.1:{p} send-proxy-v2 check inter 300ms\n")
-            })
-            .collect();
-        // HAProxy cannot report a port it picked, so a free one is found by binding port 0
-        // and releasing it; another process may take it in between, so a start that fails
-        // to bind is retried on a new port.
-        let mut last_err = String::new();
-        for attempt in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let cfg = dir.join(format!("haproxy-{attempt}.cfg"));
-            std::fs::write(
-                &cfg,
-                format!(
-                    "global\n    maxconn 200\n\
-                     defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n\
-                     frontend ssh\n    bind 127.0.0.1:{port}\n    default_backend gateways\n\
-                     backend gateways\n    balance roundrobin\n{servers}"
-                ),
-            )
-            .unwrap();
-            let log = dir.join(format!("haproxy-{attempt}.log"));
-            let mut child = Command::new(&bin)
-                .arg("-db")
-                .arg("-f")
-                .arg(&cfg)
-                .stdin(Stdio::null())
-                .stdout(std::fs::File::create(&log).unwrap())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .expect("start haproxy");
-            // Ready when its frontend accepts; gone when it could not bind.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Some(status) = child.try_wait().unwrap() {
-                    last_err = format!(
-                        "haproxy exited ({status}): {}",
-                        std::fs::read_to_string(&log).unwrap_or_default()
-                    );
-                    break;
-                }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Haproxy { child, port, log };
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    panic!("haproxy did not listen on {port} within 10 s");
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("haproxy would not start: {last_err}");
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "haproxy log: {}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
-}
 
 /// A gateway that reads PROXY headers from the balancer's address, named `node`.
 fn node(name: &str) -> Gateway {
@@ -166,15 +56,9 @@ fn provision_from(g: &Gateway, key: &ClientKey, from: &str) {
     assert_eq!(code, 200, "{json}");
 }
 
-/// `sftp -b -` to `port` on 127.0.0.1 from the local address `bind`, with `extra` options.
-fn sftp_from(bind: &str, port: u16, key: &ClientKey, extra: &[&str]) -> Command {
-    let mut cmd = Command::new("sftp");
-    cmd.args(key.client_opts())
-        .args(["-o", &format!("BindAddress={bind}")])
-        .args(extra)
-        .args(["-P", &port.to_string(), "-b", "-"])
-        .arg(format!("user_{REQUEST}@127.0.0.1"));
-    cmd
+/// `sftp -b -` as `user_REQUEST` to `port` from the local address `bind`.
+fn sftp_from_as(bind: &str, port: u16, key: &ClientKey, extra: &[&str]) -> Command {
+    sftp_from(bind, port, &format!("user_{REQUEST}"), key, extra)
 }
 
 /// The audit lines of `event` in a log, without their colours.
@@ -235,7 +119,7 @@ fn behind_haproxy_from_is_matched_against_the_real_client() {
 
     // From 127.0.0.2 through the balancer, twice: round robin reaches both nodes.
     for _ in 0..2 {
-        let out = run_with_input(sftp_from("127.0.0.2", lb.port, &key, &[]), "ls\n");
+        let out = run_with_input(sftp_from_as("127.0.0.2", lb.port, &key, &[]), "ls\n");
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
     for (g, name) in [(&a, "gw-a"), (&b, "gw-b")] {
@@ -259,7 +143,7 @@ fn behind_haproxy_from_is_matched_against_the_real_client() {
 
     // From 127.0.0.3 through the balancer: the same key, refused by its from= option.
     for _ in 0..2 {
-        let out = run_with_input(sftp_from("127.0.0.3", lb.port, &key, &[]), "ls\n");
+        let out = run_with_input(sftp_from_as("127.0.0.3", lb.port, &key, &[]), "ls\n");
         assert_failed_with(&out, "Permission denied");
     }
     for g in [&a, &b] {
@@ -274,7 +158,7 @@ fn behind_haproxy_from_is_matched_against_the_real_client() {
     }
 
     // A live session: the API's peers show the client, not the balancer.
-    let (child, stdin) = spawn_with_input(sftp_from("127.0.0.2", lb.port, &key, &[]), "ls\n");
+    let (child, stdin) = spawn_with_input(sftp_from_as("127.0.0.2", lb.port, &key, &[]), "ls\n");
     let live = || a.sessions(REQUEST) + b.sessions(REQUEST);
     assert!(wait_until(Duration::from_secs(10), || live() == 1));
     let g = if a.sessions(REQUEST) == 1 { &a } else { &b };
@@ -367,7 +251,7 @@ fn a_forged_header_from_a_direct_client_is_refused_and_does_not_pass_from() {
     // 127.0.0.3 claims to be 127.0.0.2: refused before authentication.
     let proxy_cmd = format!("ProxyCommand=python3 {} %h %p", forger.display());
     let out = run_with_input(
-        sftp_from("127.0.0.3", g.ssh_port, &key, &["-o", &proxy_cmd]),
+        sftp_from_as("127.0.0.3", g.ssh_port, &key, &["-o", &proxy_cmd]),
         "ls\n",
     );
     assert!(!out.status.success(), "a forged header got in");
@@ -395,9 +279,9 @@ fn a_forged_header_from_a_direct_client_is_refused_and_does_not_pass_from() {
 
     // The same client without a header is a direct client, and 127.0.0.2 itself, direct,
     // is allowed by from=.
-    let out = run_with_input(sftp_from("127.0.0.2", g.ssh_port, &key, &[]), "ls\n");
+    let out = run_with_input(sftp_from_as("127.0.0.2", g.ssh_port, &key, &[]), "ls\n");
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = run_with_input(sftp_from("127.0.0.3", g.ssh_port, &key, &[]), "ls\n");
+    let out = run_with_input(sftp_from_as("127.0.0.3", g.ssh_port, &key, &[]), "ls\n");
     assert_failed_with(&out, "Permission denied");
     let log = g.log();
     let logins = events(&log, "login");
@@ -412,7 +296,7 @@ fn the_balancer_without_a_header_is_refused() {
     provision_from(&g, &key, "127.0.0.0/8");
 
     // An SSH client from the balancer's address, without a header.
-    let out = run_with_input(sftp_from(BALANCER, g.ssh_port, &key, &[]), "ls\n");
+    let out = run_with_input(sftp_from_as(BALANCER, g.ssh_port, &key, &[]), "ls\n");
     assert!(!out.status.success(), "served without a header");
     let log = g.log();
     let refused = events(&log, "proxy-header-refused");

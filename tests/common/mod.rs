@@ -2,6 +2,7 @@
 //! with the real OpenSSH client and curl.
 #![allow(dead_code)]
 
+pub mod haproxy;
 pub mod postgres;
 #[macro_use]
 pub mod store_contract;
@@ -355,6 +356,18 @@ impl Drop for Gateway {
             let _ = c.wait();
         }
     }
+}
+
+/// `sftp -b -` as `user` to `port` on 127.0.0.1 (a gateway or a balancer in front of
+/// some) from the local address `bind`, with `extra` options.
+pub fn sftp_from(bind: &str, port: u16, user: &str, key: &ClientKey, extra: &[&str]) -> Command {
+    let mut cmd = Command::new("sftp");
+    cmd.args(key.client_opts())
+        .args(["-o", &format!("BindAddress={bind}")])
+        .args(extra)
+        .args(["-P", &port.to_string(), "-b", "-"])
+        .arg(format!("{user}@127.0.0.1"));
+    cmd
 }
 
 /// Starts `cmd` with its stdio piped and `input` written to its stdin; the returned stdin
