@@ -13,8 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, AdminState};
-use crate::admin::{PublishedHostKey, ServerInfo};
+use crate::admin::{self, AdminState, PublishedHostKey, ServerInfo};
 use crate::config::{Config, StoreSpec};
 use crate::gateway::Gateway;
 use crate::hook::Hook;
