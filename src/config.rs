@@ -8,6 +8,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::keys::HostKeyType;
+use crate::ssh::{AlgorithmOverrides, AlgorithmSet, Algorithms};
+
 /// Every setting, each optional, as the TOML file and the `serve` flags both give them.
 #[derive(Clone, Debug, Default, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -21,7 +24,7 @@ pub struct Settings {
     /// Where request records and files live [default: ./data]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Where the SSH host key lives [default: ./keys]
+    /// Where the SSH host keys live [default: ./keys]
     #[arg(long, value_name = "DIR")]
     pub host_key_dir: Option<PathBuf>,
     /// Host name that responses tell clients to connect to [default: this machine's name]
@@ -127,6 +130,30 @@ pub struct Settings {
     #[arg(long, value_name = "URL", env = "SFTPGATE_STORE", hide_env_values = true, value_parser = parse_store)]
     #[serde(default, deserialize_with = "store_opt")]
     pub store: Option<StoreSpec>,
+    /// Host-key types to generate (once) and offer, comma-separated [default: ed25519,ecdsa,rsa]
+    #[arg(long, value_name = "TYPE[,TYPE...]", value_delimiter = ',')]
+    #[serde(default, deserialize_with = "list_opt")]
+    pub host_key_types: Option<Vec<HostKeyType>>,
+    /// SSH algorithm set, each list in the README [default: compatible]
+    #[arg(long, value_name = "SET")]
+    pub algorithms: Option<AlgorithmSet>,
+    /// Key exchanges offered, in order, in place of the set's (comma-separated)
+    #[arg(long, value_name = "NAME[,NAME...]", value_delimiter = ',')]
+    #[serde(default, deserialize_with = "list_opt")]
+    pub kex_algorithms: Option<Vec<String>>,
+    /// Host-key and signature algorithms, in place of the set's; `ssh-rsa` (SHA-1) only
+    /// when named here (comma-separated)
+    #[arg(long, value_name = "NAME[,NAME...]", value_delimiter = ',')]
+    #[serde(default, deserialize_with = "list_opt")]
+    pub host_key_algorithms: Option<Vec<String>>,
+    /// Ciphers offered, in place of the set's (comma-separated)
+    #[arg(long, value_name = "NAME[,NAME...]", value_delimiter = ',')]
+    #[serde(default, deserialize_with = "list_opt")]
+    pub ciphers: Option<Vec<String>>,
+    /// MACs offered, in place of the set's (comma-separated)
+    #[arg(long, value_name = "NAME[,NAME...]", value_delimiter = ',')]
+    #[serde(default, deserialize_with = "list_opt")]
+    pub macs: Option<Vec<String>>,
 }
 
 /// Which store holds the records.
@@ -227,6 +254,17 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
 
 /// `proxy-from = "10.0.0.0/8,10.1.0.5"` or `proxy-from = ["10.0.0.0/8", "10.1.0.5"]`.
 fn nets_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<IpNet>>, D::Error> {
+    comma_items(d)?
+        .iter()
+        .map(|s| parse_net(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// A list given as a TOML array of strings or as one string, each item split at commas
+/// like the flags' values, trimmed, empty ones dropped.
+fn comma_items<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {
@@ -237,13 +275,25 @@ fn nets_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<IpNet>>
         OneOrMany::One(s) => vec![s],
         OneOrMany::Many(v) => v,
     };
-    items
+    Ok(items
         .iter()
         .flat_map(|s| s.split(','))
-        .map(parse_net)
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect())
+}
+
+/// `comma_items`, each item read as a `T` (a string, or an enum by its name).
+fn list_opt<'de, D, T>(d: D) -> Result<Option<Vec<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    comma_items(d)?
+        .iter()
+        .map(|s| T::deserialize(serde::de::value::StrDeserializer::<D::Error>::new(s)))
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
-        .map_err(serde::de::Error::custom)
 }
 
 fn duration_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -323,6 +373,12 @@ impl Settings {
             node_name: self.node_name.or(base.node_name),
             lease_ttl: self.lease_ttl.or(base.lease_ttl),
             lease_wait: self.lease_wait.or(base.lease_wait),
+            host_key_types: self.host_key_types.or(base.host_key_types),
+            algorithms: self.algorithms.or(base.algorithms),
+            kex_algorithms: self.kex_algorithms.or(base.kex_algorithms),
+            host_key_algorithms: self.host_key_algorithms.or(base.host_key_algorithms),
+            ciphers: self.ciphers.or(base.ciphers),
+            macs: self.macs.or(base.macs),
         }
     }
 
@@ -382,6 +438,23 @@ impl Settings {
             lease_ttl: self.lease_ttl.unwrap_or(Duration::from_secs(15)),
             // Longer than the TTL: a write open outwaits a dead node's lease.
             lease_wait: self.lease_wait.unwrap_or(Duration::from_secs(20)),
+            host_key_types: {
+                // In the order given, each once.
+                let mut types = Vec::new();
+                for t in self.host_key_types.unwrap_or(HostKeyType::ALL.to_vec()) {
+                    if !types.contains(&t) {
+                        types.push(t);
+                    }
+                }
+                types
+            },
+            algorithm_set: self.algorithms.unwrap_or_default(),
+            algorithm_overrides: AlgorithmOverrides {
+                kex: self.kex_algorithms,
+                host_key: self.host_key_algorithms,
+                cipher: self.ciphers,
+                mac: self.macs,
+            },
         }
     }
 }
@@ -424,6 +497,10 @@ pub struct Config {
     /// Sources whose connections start with a PROXY header (only with `proxy_protocol`).
     pub proxy_from: Vec<IpNet>,
     pub node_name: String,
+    /// At least one, each once.
+    pub host_key_types: Vec<HostKeyType>,
+    pub algorithm_set: AlgorithmSet,
+    pub algorithm_overrides: AlgorithmOverrides,
 }
 
 impl Config {
@@ -441,12 +518,43 @@ impl Config {
                 "--proxy-from is set but --proxy-protocol is not: pass --proxy-protocol to read PROXY headers from those sources".into(),
             ));
         }
+        if self.host_key_types.is_empty() {
+            return Err(ConfigError::Invalid(
+                "--host-key-types is empty: name at least one of ed25519, ecdsa, rsa".into(),
+            ));
+        }
+        self.algorithms()?;
         if self.node_name.chars().any(char::is_control) {
             return Err(ConfigError::Invalid(
                 "--node-name may not contain control characters".into(),
             ));
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The algorithm set with the config file's lists in place; refuses unknown names, and
+    /// a host-key list that no configured host-key type can serve.
+    pub fn algorithms(&self) -> Result<Algorithms, ConfigError> {
+        let algorithms = Algorithms::resolve(self.algorithm_set, &self.algorithm_overrides)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let served = |a: &russh::keys::Algorithm| self.host_key_types.iter().any(|t| t.serves(a));
+        if !algorithms.host_key.iter().any(served) {
+            let types: Vec<&str> = self.host_key_types.iter().map(|t| t.name()).collect();
+            return Err(ConfigError::Invalid(format!(
+                "no host key can be offered: --host-key-types {} has none for the {} set's host-key algorithms ({})",
+                types.join(","),
+                self.algorithm_set.name(),
+                algorithms
+                    .host_key
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        Ok(algorithms)
     }
 }
 
@@ -575,6 +683,40 @@ mod tests {
         assert_eq!(Settings::default().resolve().node_name, machine_hostname());
         let s: Settings = toml::from_str("node-name = \"gw-2\"").unwrap();
         assert_eq!(s.resolve().node_name, "gw-2");
+    }
+
+    #[test]
+    fn host_key_types_and_algorithm_sets() {
+        let cfg = Settings::default().resolve();
+        assert_eq!(cfg.host_key_types, HostKeyType::ALL);
+        assert_eq!(cfg.algorithm_set, AlgorithmSet::Compatible);
+        assert!(cfg.validate().is_ok());
+        let s: Settings = toml::from_str(
+            "host-key-types = \"rsa, ed25519,rsa\"\nalgorithms = \"hardened\"\nmacs = [\"hmac-sha2-256-etm@openssh.com\"]\n",
+        )
+        .unwrap();
+        let cfg = s.resolve();
+        assert_eq!(cfg.host_key_types, [HostKeyType::Rsa, HostKeyType::Ed25519]);
+        let a = cfg.algorithms().unwrap();
+        assert_eq!(a.set, AlgorithmSet::Hardened);
+        assert_eq!(a.mac.len(), 1);
+        assert!(a.overridden);
+        for (toml, name) in [
+            ("host-key-types = [\"dsa\"]", "dsa"),
+            ("algorithms = \"paranoid\"", "paranoid"),
+        ] {
+            let err = toml::from_str::<Settings>(toml).unwrap_err();
+            assert!(err.message().contains(name), "{}", err.message());
+        }
+        let s: Settings =
+            toml::from_str("kex-algorithms = \"curve25519-sha256,bogus-kex\"").unwrap();
+        let err = s.resolve().validate().unwrap_err().to_string();
+        assert!(err.contains("\"bogus-kex\""), "{err}");
+        // Under `hardened` an ECDSA-only gateway would offer no host key at all.
+        let s: Settings =
+            toml::from_str("algorithms = \"hardened\"\nhost-key-types = [\"ecdsa\"]").unwrap();
+        let err = s.resolve().validate().unwrap_err().to_string();
+        assert!(err.contains("no host key can be offered"), "{err}");
     }
 
     #[test]

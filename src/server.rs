@@ -13,11 +13,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminState, PublishedHostKey, ServerInfo};
 use crate::config::{Config, StoreSpec};
 use crate::gateway::Gateway;
 use crate::hook::Hook;
-use crate::keys::{fingerprint, load_or_generate_host_key};
+use crate::keys::{fingerprint, load_or_generate_host_keys};
 use crate::leases::{LeaseSettings, Leases};
 use crate::ssh::{PenaltyPolicy, ProxyPolicy, SourcePolicy, SshServer, SshSettings};
 use crate::store::postgres::{PgLeases, PgStore};
@@ -111,17 +111,43 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         }
     };
     tracing::info!(store = %cfg.store.redacted(), "opened the request store");
-    let (host_key, generated) = load_or_generate_host_key(&cfg.host_key_dir)?;
-    let fp = fingerprint(host_key.public_key());
-    if generated {
-        tracing::info!(fingerprint = %fp, dir = %cfg.host_key_dir.display(), "generated a new host key");
-    } else {
-        tracing::info!(fingerprint = %fp, "loaded the host key");
-    }
-    let presented = [HostKey {
-        algorithm: host_key.algorithm().to_string(),
-        fingerprint: fp.to_string(),
-    }];
+    let algorithms = cfg.algorithms()?;
+    let host_keys = load_or_generate_host_keys(&cfg.host_key_dir, &cfg.host_key_types)?;
+    let published: Vec<PublishedHostKey> = host_keys
+        .iter()
+        .map(|k| {
+            let algorithm = k.key.algorithm();
+            let fp = fingerprint(k.key.public_key());
+            // Operators publish these to customers; a type added to an older key dir is
+            // logged as generated, once.
+            if k.generated {
+                tracing::info!(r#type = %k.kind, algorithm = %algorithm, fingerprint = %fp, dir = %cfg.host_key_dir.display(), "generated a new host key");
+            } else {
+                tracing::info!(r#type = %k.kind, algorithm = %algorithm, fingerprint = %fp, "loaded the host key");
+            }
+            PublishedHostKey {
+                r#type: k.kind.name(),
+                algorithm: algorithm.to_string(),
+                fingerprint: fp,
+                // A key the set has no algorithm for (an ECDSA key under `hardened`) is
+                // kept, so that switching back does not change it, but not offered.
+                offered_as: algorithms
+                    .host_key
+                    .iter()
+                    .filter(|a| k.kind.serves(a))
+                    .map(|a| a.to_string())
+                    .collect(),
+            }
+        })
+        .collect();
+    tracing::info!(set = algorithms.set.name(), overridden = algorithms.overridden, algorithms = %algorithms.describe(), "SSH algorithms");
+    let presented: Vec<HostKey> = published
+        .iter()
+        .map(|k| HostKey {
+            algorithm: k.algorithm.clone(),
+            fingerprint: k.fingerprint.clone(),
+        })
+        .collect();
     store
         .check_host_keys(&cfg.node_name, &presented)
         .await
@@ -166,8 +192,15 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     );
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let server_info = ServerInfo {
+        node: cfg.node_name.clone(),
+        algorithm_set: algorithms.set.name(),
+        algorithms_overridden: algorithms.overridden,
+        host_keys: published,
+    };
     let settings = SshSettings {
-        host_key,
+        host_keys: host_keys.into_iter().map(|k| k.key).collect(),
+        algorithms,
         max_connections: cfg.max_connections,
         sources: SourcePolicy {
             max_unauthenticated: cfg.max_startups_per_source,
@@ -209,6 +242,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         logins: Default::default(),
         page_https: cfg.page_https,
         throttled_log: Default::default(),
+        server_info,
     });
     let app = admin::router(state);
     let limits = admin::HttpLimits {

@@ -9,6 +9,7 @@ mod listener;
 mod login_throttle;
 mod page;
 mod requests;
+mod server_info;
 mod session;
 mod write_stall;
 
@@ -25,6 +26,7 @@ use subtle::ConstantTimeEq;
 
 pub use error::{ApiError, ApiResult, Failure};
 pub use listener::{serve, HttpLimits};
+pub use server_info::{PublishedHostKey, ServerInfo};
 pub use session::Sessions;
 // Pure parsers, public only for the fuzz targets (see `crate::fuzzing`).
 #[doc(hidden)]
@@ -58,10 +60,13 @@ pub struct AdminState {
     /// Throttled attempts cost a client nothing to repeat: a few are logged per window,
     /// the rest counted into the next line.
     pub throttled_log: std::sync::Mutex<crate::ratelog::LogBudget>,
+    /// Host-key fingerprints and the algorithm set, for `GET /v1/server`.
+    pub server_info: ServerInfo,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
     let api = Router::new()
+        .route("/v1/server", get(server_info::get_server))
         .route("/v1/requests", get(requests::list))
         .route(
             "/v1/requests/{id}",

@@ -1,4 +1,4 @@
-//! Keys: the gateway's host key and the customers' authorized_keys files.
+//! Keys: the gateway's host keys and the customers' authorized_keys files.
 
 mod authorized;
 mod host;
@@ -7,7 +7,9 @@ mod pattern;
 pub use authorized::{
     parse_authorized_keys, AuthorizedKey, KeyLineError, KeyOptions, KeysError, MAX_BYTES, MAX_KEYS,
 };
-pub use host::{load_or_generate_host_key, HostKeyError};
+pub use host::{
+    load_or_generate_host_key, load_or_generate_host_keys, HostKeyError, HostKeyFile, HostKeyType,
+};
 pub use pattern::{match_pattern_list, validate_pattern_list};
 
 use russh::keys::ssh_key::{HashAlg, PublicKey};

@@ -3,6 +3,7 @@
 //! balancer's connection gives its header first and is then screened and served as the
 //! client it names (see `proxied`).
 
+mod algorithms;
 mod channel;
 mod handler;
 mod hangup;
@@ -11,6 +12,7 @@ mod proxied;
 mod sources;
 mod watchdog;
 
+pub use algorithms::{AlgorithmError, AlgorithmOverrides, AlgorithmSet, Algorithms};
 pub use penalty::PenaltyPolicy;
 pub use proxied::ProxyPolicy;
 pub use sources::SourcePolicy;
@@ -21,9 +23,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use russh::keys::ssh_key::{Algorithm, HashAlg, PrivateKey};
+use russh::keys::ssh_key::PrivateKey;
 use russh::server::run_stream;
-use russh::{cipher, kex, mac, Disconnect, MethodKind, MethodSet, Preferred, SshId};
+use russh::{Disconnect, MethodKind, MethodSet, Preferred, SshId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -65,7 +67,9 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct SshSettings {
-    pub host_key: PrivateKey,
+    /// One per host-key type, in the order of `--host-key-types`.
+    pub host_keys: Vec<PrivateKey>,
+    pub algorithms: Algorithms,
     pub max_connections: usize,
     pub sources: SourcePolicy,
     pub login_grace: Duration,
@@ -77,52 +81,8 @@ pub struct SshSettings {
     pub node: String,
 }
 
-/// russh settings: public keys only, modern algorithms only, no compression.
+/// russh settings: public keys only, the configured algorithm set, no compression.
 pub fn russh_config(s: &SshSettings) -> russh::server::Config {
-    const KEX: &[kex::Name] = &[
-        kex::MLKEM768X25519_SHA256,
-        kex::CURVE25519,
-        kex::CURVE25519_PRE_RFC_8731,
-        kex::ECDH_SHA2_NISTP256,
-        kex::ECDH_SHA2_NISTP384,
-        kex::ECDH_SHA2_NISTP521,
-        kex::DH_G16_SHA512,
-        kex::DH_G18_SHA512,
-        kex::EXTENSION_SUPPORT_AS_SERVER,
-        kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
-    ];
-    const CIPHERS: &[cipher::Name] = &[
-        cipher::CHACHA20_POLY1305,
-        cipher::AES_256_GCM,
-        cipher::AES_128_GCM,
-        cipher::AES_256_CTR,
-        cipher::AES_192_CTR,
-        cipher::AES_128_CTR,
-    ];
-    const MACS: &[mac::Name] = &[
-        mac::HMAC_SHA512_ETM,
-        mac::HMAC_SHA256_ETM,
-        mac::HMAC_SHA512,
-        mac::HMAC_SHA256,
-    ];
-    const KEYS: &[Algorithm] = &[
-        Algorithm::Ed25519,
-        Algorithm::Ecdsa {
-            curve: russh::keys::EcdsaCurve::NistP256,
-        },
-        Algorithm::Ecdsa {
-            curve: russh::keys::EcdsaCurve::NistP384,
-        },
-        Algorithm::Ecdsa {
-            curve: russh::keys::EcdsaCurve::NistP521,
-        },
-        Algorithm::Rsa {
-            hash: Some(HashAlg::Sha512),
-        },
-        Algorithm::Rsa {
-            hash: Some(HashAlg::Sha256),
-        },
-    ];
     let mut methods = MethodSet::empty();
     methods.push(MethodKind::PublicKey);
     russh::server::Config {
@@ -133,12 +93,14 @@ pub fn russh_config(s: &SshSettings) -> russh::server::Config {
         methods,
         auth_rejection_time: Duration::from_millis(100),
         auth_rejection_time_initial: Some(Duration::ZERO),
-        keys: vec![s.host_key.clone()],
+        // russh signs each exchange with the first key that fits the negotiated host-key
+        // algorithm (any RSA key for every rsa-sha2-* name), and offers only those it has.
+        keys: s.host_keys.clone(),
         preferred: Preferred {
-            kex: Cow::Borrowed(KEX),
-            key: Cow::Borrowed(KEYS),
-            cipher: Cow::Borrowed(CIPHERS),
-            mac: Cow::Borrowed(MACS),
+            kex: Cow::Owned(s.algorithms.kex_with_extensions()),
+            key: Cow::Owned(s.algorithms.host_key.clone()),
+            cipher: Cow::Owned(s.algorithms.cipher.clone()),
+            mac: Cow::Owned(s.algorithms.mac.clone()),
             compression: Cow::Borrowed(&[russh::compression::NONE]),
             ..Preferred::DEFAULT
         },

@@ -418,9 +418,17 @@ pub struct ClientKey {
 
 impl ClientKey {
     pub fn new(dir: &Path, name: &str) -> ClientKey {
+        ClientKey::with_keygen_args(dir, name, &["-t", "ed25519"])
+    }
+
+    /// A key of another type, for clients without Ed25519: `ssh-keygen` arguments such as
+    /// `["-t", "ecdsa", "-b", "256", "-m", "PEM"]` (JSch 0.1.55 reads only PEM files).
+    pub fn with_keygen_args(dir: &Path, name: &str, args: &[&str]) -> ClientKey {
         let path = dir.join(name);
         let st = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .arg("-q")
+            .args(args)
+            .args(["-N", "", "-C", name, "-f"])
             .arg(&path)
             .status()
             .unwrap();
@@ -571,13 +579,13 @@ pub fn run_python(script: &str, args: &[&str]) -> String {
 }
 
 /// A Python with the test's client libraries (pycurl, paramiko, asyncssh,
-/// websocket-client), in a venv under `target/` created on first use. Test binaries run
+/// websocket-client) and ssh-audit, in a venv under `target/` created on first use. Test binaries run
 /// one after another, so a `Once` per binary plus a marker file is enough to build it once.
 pub fn python() -> PathBuf {
     static ONCE: std::sync::Once = std::sync::Once::new();
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv");
     let py = venv.join("bin/python");
-    let marker = venv.join(".ready-3");
+    let marker = venv.join(".ready-4");
     ONCE.call_once(|| {
         if marker.exists() {
             return;
@@ -598,12 +606,13 @@ pub fn python() -> PathBuf {
                     "paramiko==5.1.0",
                     "asyncssh==2.24.1",
                     "websocket-client==1.8.0",
+                    "ssh-audit==3.3.0",
                 ])
                 .status()
                 .is_ok_and(|s| s.success());
         assert!(
             ok,
-            "cannot set up the Python test venv (python3 -m venv, pip install pycurl paramiko asyncssh)"
+            "cannot set up the Python test venv (python3 -m venv, pip install pycurl paramiko asyncssh ssh-audit)"
         );
         std::fs::write(&marker, b"").unwrap();
     });
