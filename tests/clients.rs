@@ -589,3 +589,24 @@ fn sshfs_mount_write_read_and_refusals() {
     let mnt = Sshfs::mount(&g, &key, "user_37").expect("the second mount failed");
     assert_eq!(sha256(&mnt.0.join("upgraded_db.dump")), sha256(&upgraded));
 }
+
+/// The `hardened` set (no NIST curves, ETM MACs only, no SHA-1) still connects rclone
+/// (Go's x/crypto) and PuTTY (0.78 here): each uploads byte-exact.
+#[test]
+fn hardened_connects_rclone_and_putty() {
+    let g = Gateway::start_with(&["--algorithms", "hardened"]);
+    let key = ClientKey::new(g.dir.path(), "hardened");
+    g.provision(37, "db.dump", &key);
+    let src = g.dir.path().join("src.bin");
+    random_file(&src, 1_000_039);
+
+    let at = remote(&g, &key, "user_37", "db.dump");
+    let out = rclone(&g, &["copyto", "src.bin", &at]);
+    assert!(out.status.success(), "rclone: {}", text(&out.stderr));
+    assert_eq!(sha256(&g.upload_path(37)), sha256(&src));
+
+    truncate(&g.upload_path(37), 0);
+    let out = Putty::new(&g, &key).run("pscp", &["-q", "src.bin", "user_37@127.0.0.1:db.dump"]);
+    assert!(out.status.success(), "pscp: {}", text(&out.stderr));
+    assert_eq!(sha256(&g.upload_path(37)), sha256(&src));
+}
