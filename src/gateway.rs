@@ -46,6 +46,12 @@ pub struct Grant {
     pub request_id: u64,
     pub access: Access,
     pub key: PublicKey,
+    /// The record the grant was decided on: the login reads it once (with a shared store,
+    /// each read is a query). A later change that ends the grant closes the session once
+    /// it is registered, so what this copy says of the file stays true while it is used.
+    record: Record,
+    /// [`Gateway::noted`] before that read: a change noted since is looked at again.
+    noted: u64,
 }
 
 /// A live, authenticated SSH connection.
@@ -225,12 +231,15 @@ impl Gateway {
         ip: Option<IpAddr>,
     ) -> Option<Grant> {
         let id = Record::parse_user(user)?;
+        let noted = self.noted.load(Ordering::SeqCst);
         let record = self.read_or_log(id).await?;
         let access = self.check(&record, key, ip, OffsetDateTime::now_utc())?;
         Some(Grant {
             request_id: id,
             access,
             key: key.clone(),
+            record,
+            noted,
         })
     }
 
@@ -261,9 +270,9 @@ impl Gateway {
     }
 
     /// The file a grant's SFTP session serves.
-    pub async fn shared_file(&self, grant: &Grant) -> Option<SharedFile> {
-        let record = self.read_or_log(grant.request_id).await?;
-        Some(match grant.access {
+    pub fn shared_file(&self, grant: &Grant) -> SharedFile {
+        let record = &grant.record;
+        match grant.access {
             Access::Upload => SharedFile {
                 name: record.visible_name(Access::Upload),
                 path: self.store.upload_path(record.id),
@@ -280,7 +289,7 @@ impl Gateway {
                 partial_path: None,
                 leases: None,
             },
-        })
+        }
     }
 
     /// What to do each time a write handle of this grant's session is closed: one audit
@@ -424,12 +433,8 @@ impl Gateway {
         peer: SocketAddr,
         kick: CancellationToken,
     ) -> Option<LiveGuard> {
-        let noted = self.noted.load(Ordering::SeqCst);
-        let record = self.read_or_log(grant.request_id).await;
-        let filename = record
-            .as_ref()
-            .map(|r| r.filename.clone())
-            .unwrap_or_default();
+        let (noted, record) = (grant.noted, Some(grant.record.clone()));
+        let filename = grant.record.filename.clone();
         {
             let mut live = self.lock_live();
             // Counted and inserted under one lock, so that logins racing each other cannot

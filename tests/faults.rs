@@ -8,12 +8,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn upload_size(g: &Gateway, id: u64) -> u64 {
-    std::fs::metadata(g.upload_path(id))
-        .map(|m| m.len())
-        .unwrap_or(0)
-}
-
 #[test]
 fn gateway_killed_mid_upload_loses_no_acknowledged_byte() {
     let mut g = Gateway::start();
@@ -24,14 +18,14 @@ fn gateway_killed_mid_upload_loses_no_acknowledged_byte() {
     random_file(&src, 32 * 1024 * 1024);
     let record = std::fs::read(g.data().join("requests/3/request.json")).unwrap();
     for round in 0..3 {
-        let before = upload_size(&g, 3);
+        let before = g.upload_size(3);
         let cmd = if round == 0 {
             "put db.dump\n"
         } else {
             "put -a db.dump\n"
         };
         let (child, _stdin) = g.spawn_sftp("user_3", &key, &["-l", "60000"], &work, cmd);
-        assert!(wait_until(Duration::from_secs(30), || upload_size(&g, 3)
+        assert!(wait_until(Duration::from_secs(30), || g.upload_size(3)
             > before + 2 * 1024 * 1024));
         assert_eq!(g.stop("KILL"), None);
         let _ = wait_output(child, Duration::from_secs(20));
@@ -70,7 +64,7 @@ fn size_limit_gives_a_clear_error_and_put_a_finishes_later() {
         "{}",
         g.log()
     );
-    assert!(upload_size(&g, 4) <= 3_000_000);
+    assert!(g.upload_size(4) <= 3_000_000);
     assert!(is_prefix(&g.upload_path(4), &src));
     let (code, body) = g.api("GET", "/v1/requests/4", None);
     assert_eq!(

@@ -16,10 +16,6 @@ fn healthz(g: &Gateway) -> (u16, serde_json::Value) {
     g.api_raw("GET", "/healthz", None, None)
 }
 
-fn upload_size(g: &Gateway, id: u64) -> u64 {
-    std::fs::metadata(g.upload_path(id)).map_or(0, |m| m.len())
-}
-
 #[test]
 fn while_the_database_is_down_the_node_drains_refuses_logins_and_keeps_live_sessions() {
     let cluster = Cluster::private();
@@ -34,7 +30,7 @@ fn while_the_database_is_down_the_node_drains_refuses_logins_and_keeps_live_sess
     // A live session with an upload under way (about 4 s at 2000 Kbit/s): its write handle
     // holds the upload's lease, which outlives the database for most of --lease-ttl.
     let (child, mut stdin) = g.spawn_sftp("user_1", &key, &["-l", "2000"], &work, "put db.dump\n");
-    assert!(wait_until(Duration::from_secs(10), || upload_size(&g, 1) > 0));
+    assert!(wait_until(Duration::from_secs(10), || g.upload_size(1) > 0));
     let reconnects = g.metric("store_feed_reconnects_total");
 
     cluster.stop();
@@ -50,7 +46,7 @@ fn while_the_database_is_down_the_node_drains_refuses_logins_and_keeps_live_sess
     );
     // The session that was open goes on: its upload ends whole, under its lease.
     assert!(
-        wait_until(Duration::from_secs(20), || upload_size(&g, 1) == SIZE),
+        wait_until(Duration::from_secs(20), || g.upload_size(1) == SIZE),
         "the live session stopped working with the database"
     );
     // The metrics page still answers, and counts the failures.

@@ -32,10 +32,6 @@ fn two_nodes() -> (Gateway, Gateway, common::postgres::TestDb) {
     (a, b, db)
 }
 
-fn upload_size(g: &Gateway, id: u64) -> u64 {
-    std::fs::metadata(g.upload_path(id)).map_or(0, |m| m.len())
-}
-
 /// The customer's `request_sftp_access` through `g`, with `keys` as the keys file.
 fn request_access(g: &Gateway, id: u64, keys: &std::path::Path) -> serde_json::Value {
     let out = Command::new("curl")
@@ -128,7 +124,7 @@ fn a_node_killed_mid_upload_and_put_a_through_the_other_is_byte_exact() {
     let src = work.join("db.dump");
     random_file(&src, 24 * 1024 * 1024);
     let (child, _stdin) = b.spawn_sftp("user_4", &key, &["-l", "60000"], &work, "put db.dump\n");
-    assert!(wait_until(Duration::from_secs(30), || upload_size(&a, 4)
+    assert!(wait_until(Duration::from_secs(30), || a.upload_size(4)
         > 2 * 1024 * 1024));
     assert_eq!(b.stop("KILL"), None);
     let _ = wait_output(child, Duration::from_secs(20));
@@ -175,7 +171,7 @@ fn a_second_writer_on_another_node_gets_a_clear_failure_and_the_first_upload_is_
     random_file(&src, 8 * 1024 * 1024);
     // A slow upload through A holds the lease...
     let (first, first_in) = a.spawn_sftp("user_6", &key, &["-l", "8000"], &work, "put db.dump\n");
-    assert!(wait_until(Duration::from_secs(30), || upload_size(&a, 6) > 0));
+    assert!(wait_until(Duration::from_secs(30), || a.upload_size(6) > 0));
     // ...so a write through B waits out --lease-wait (5 s) and is refused.
     let started = Instant::now();
     let out = b.sftp("user_6", &key, "put -a db.dump\n", &work);
@@ -268,11 +264,11 @@ fn behind_haproxy_12_uploads_a_node_sigkilled_mid_way_put_a_through_the_balancer
     assert!(
         wait_until(Duration::from_secs(30), || clients
             .iter()
-            .all(|(id, _, _)| upload_size(&a, *id) >= 256 * 1024)),
+            .all(|(id, _, _)| a.upload_size(*id) >= 256 * 1024)),
         "not every upload got under way: {:?}",
         clients
             .iter()
-            .map(|(id, _, _)| upload_size(&a, *id))
+            .map(|(id, _, _)| a.upload_size(*id))
             .collect::<Vec<_>>()
     );
     let under_way = started.elapsed();
@@ -297,7 +293,7 @@ fn behind_haproxy_12_uploads_a_node_sigkilled_mid_way_put_a_through_the_balancer
                 "upload {id}: not a prefix"
             );
             assert!(
-                upload_size(&a, *id) < (CLIENT_MB * 1024 * 1024) as u64,
+                a.upload_size(*id) < (CLIENT_MB * 1024 * 1024) as u64,
                 "upload {id} failed but is complete: {}",
                 text(&out.stderr)
             );
@@ -411,6 +407,7 @@ fn postgresql_restarted_under_two_nodes_loses_no_record_and_logins_work_again_wi
 
     let (child, stdin) = b.spawn_sftp("user_2", &keys[1], &[], &work, "ls\n");
     assert!(wait_until(Duration::from_secs(10), || b.sessions(2) == 1));
+    assert_eq!(b.metric("store_feed_reconnects_total"), 0);
 
     cluster.restart();
     let restarted = Instant::now();
@@ -436,7 +433,14 @@ fn postgresql_restarted_under_two_nodes_loses_no_record_and_logins_work_again_wi
     // The session of before the restart went on.
     assert_eq!(b.sessions(2), 1);
 
-    // The periodic re-read comes every 10 s; the feed, reconnected, is faster.
+    // The periodic re-read comes every 10 s; the feed, reconnected (and counted so: the
+    // change below then reaches b through it), is faster.
+    assert!(
+        wait_until(Duration::from_secs(10), || b
+            .metric("store_feed_reconnects_total")
+            > 0),
+        "node b's change feed did not reconnect"
+    );
     let ended = cancel_ends_session_on(&a, &b, 2, Duration::from_secs(3));
     b.assert_closed_by_server(child, stdin, 1);
     eprintln!("logins back {logins_back:?} after the restart; cancel seen in {ended:?}");

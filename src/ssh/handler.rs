@@ -258,9 +258,12 @@ impl russh::server::Handler for SshHandler {
         let (Some(grant), Some((_, tx))) = (self.grant.as_ref(), self.pending.take()) else {
             return session.channel_failure(channel);
         };
-        let Some(file) = self.gateway.shared_file(grant).await else {
+        // A grant that a change has ended since the login (its session is being closed)
+        // serves nothing more.
+        if self.conn.kick.is_cancelled() {
             return session.channel_failure(channel);
-        };
+        }
+        let file = self.gateway.shared_file(grant);
         let activity = self.gateway.activity(grant.request_id);
         let on_write_closed = self.gateway.on_write_closed(grant, self.peer);
         if tx

@@ -296,6 +296,11 @@ impl Gateway {
             .map_or(0, |v| v.trim().parse().unwrap())
     }
 
+    /// The size of request `id`'s upload on disk, 0 if there is none yet.
+    pub fn upload_size(&self, id: u64) -> u64 {
+        std::fs::metadata(self.upload_path(id)).map_or(0, |m| m.len())
+    }
+
     pub fn upload_path(&self, id: u64) -> PathBuf {
         self.data().join(format!("requests/{id}/upload"))
     }
