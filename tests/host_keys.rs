@@ -1,7 +1,8 @@
 //! Host keys and algorithm sets from the outside: the three host keys each served and
 //! published on `GET /v1/server`, an Ed25519-only key dir from an older version upgraded in
 //! place, `ssh-rsa` only when opted into, unknown algorithm names refused at start, and
-//! ssh-audit (PyPI, in the tests' venv) run against both sets.
+//! ssh-audit (PyPI, in the tests' venv) run against both sets, and the clients `hardened` must
+//! still connect (libssh2 1.11 among them).
 
 mod common;
 
@@ -353,4 +354,68 @@ asyncio.run(main())
         out.lines().collect::<Vec<_>>(),
         ["paramiko ['db.dump']", "asyncssh ['db.dump']"]
     );
+}
+
+/// `hardened` connects libssh2 1.11 (the issue's floor; Debian's curl has 1.10), through
+/// ssh2-python, whose wheel bundles libssh2 1.11.1: upload, listing and download of the
+/// one file, byte-exact, with the host key and algorithms libssh2 negotiated printed.
+#[test]
+fn hardened_connects_libssh2_1_11() {
+    let g = Gateway::start_with(&["--algorithms", "hardened"]);
+    let key = ClientKey::new(g.dir.path(), "libssh2");
+    g.provision(53, "db.dump", &key);
+    let src = g.dir.path().join("src.bin");
+    random_file(&src, 300_007);
+    let back = g.dir.path().join("back.bin");
+    let script = r#"
+import socket, sys
+import ssh2.utils
+from ssh2.session import Session, LIBSSH2_METHOD_KEX, LIBSSH2_METHOD_MAC_CS, LIBSSH2_METHOD_CRYPT_CS
+from ssh2.sftp import LIBSSH2_FXF_WRITE, LIBSSH2_FXF_CREAT, LIBSSH2_FXF_TRUNC, LIBSSH2_FXF_READ, \
+    LIBSSH2_SFTP_S_IRUSR, LIBSSH2_SFTP_S_IWUSR
+
+port, key, src, back = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+print("libssh2", ssh2.utils.version().decode())
+sock = socket.create_connection(("127.0.0.1", port))
+s = Session()
+s.handshake(sock)
+print("kex", s.methods(LIBSSH2_METHOD_KEX))
+print("cipher", s.methods(LIBSSH2_METHOD_CRYPT_CS))
+print("mac", s.methods(LIBSSH2_METHOD_MAC_CS))
+s.userauth_publickey_fromfile("user_53", key)
+sftp = s.sftp_init()
+with open(src, "rb") as f, sftp.open("db.dump", LIBSSH2_FXF_WRITE | LIBSSH2_FXF_CREAT | LIBSSH2_FXF_TRUNC,
+                                      LIBSSH2_SFTP_S_IRUSR | LIBSSH2_SFTP_S_IWUSR) as h:
+    while True:
+        chunk = f.read(32768)
+        if not chunk:
+            break
+        h.write(chunk)
+with sftp.opendir(".") as d:
+    print("ls", sorted(name.decode() for _, name, _ in d.readdir() if name not in (b".", b"..")))
+with sftp.open("db.dump", LIBSSH2_FXF_READ, 0) as h, open(back, "wb") as out:
+    for _, data in h:
+        out.write(data)
+"#;
+    let out = run_python(
+        script,
+        &[
+            &g.ssh_port.to_string(),
+            key.path.to_str().unwrap(),
+            src.to_str().unwrap(),
+            back.to_str().unwrap(),
+        ],
+    );
+    eprintln!("{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "libssh2 1.11.1", "{out}");
+    // The hardened set's own choices (README, Algorithm sets): no NIST curve, ETM only.
+    assert!(lines[1].starts_with("kex curve25519-sha256"), "{out}");
+    assert!(
+        lines[3].starts_with("mac ") && lines[3].ends_with("-etm@openssh.com"),
+        "{out}"
+    );
+    assert_eq!(lines[4], "ls ['db.dump']", "{out}");
+    assert_eq!(sha256(&g.upload_path(53)), sha256(&src));
+    assert_eq!(sha256(&back), sha256(&src));
 }
