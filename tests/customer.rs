@@ -208,20 +208,6 @@ fn reference_script_upload_then_download() {
     );
 }
 
-fn access(g: &Gateway, form: &[(&str, &str)], query: &str) -> Value {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "-X", "POST"]);
-    for (k, v) in form {
-        cmd.args(["-F", &format!("{k}={v}")]);
-    }
-    cmd.arg(format!(
-        "http://{}/database/v1/request_sftp_access{query}",
-        g.admin
-    ));
-    let out = cmd.output().unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
-}
-
 /// The reference's curl sample pastes the key into the URL unencoded, so a `+` in it
 /// arrives as a space.
 #[test]
@@ -245,9 +231,9 @@ fn a_key_with_plus_signs_pasted_into_the_url_still_matches() {
     std::fs::write(&keys, key.public()).unwrap();
     let keys = format!("@{}", keys.display());
     let form = [("ssh_keys", keys.as_str())];
-    let wrong = access(&g, &form, "?request=77&key=q+r/s-t==");
+    let wrong = g.request_sftp_access(&form, "?request=77&key=q+r/s-t==");
     assert_eq!(reasons(&wrong), ["KEY:INVALID"]);
-    let v = access(&g, &form, "?request=77&key=q+r/s+t==");
+    let v = g.request_sftp_access(&form, "?request=77&key=q+r/s+t==");
     assert_eq!(v["failures"], serde_json::json!([]), "{v}");
     assert_eq!(v["request"]["sftp_user"], "user_77");
     let out = g.sftp("user_77", &key, "ls\n", g.dir.path());
@@ -275,37 +261,33 @@ fn every_failure_changes_nothing() {
     let huge = format!("{ed}#{}\n", "x".repeat(70_000));
     let cases: Vec<(Value, Vec<&str>)> = vec![
         (
-            access(
-                &g,
+            g.request_sftp_access(
                 &[("ssh_keys", &format!("@{}", good.display()))],
                 "?request=10534&key=wrong",
             ),
             vec!["KEY:INVALID"],
         ),
         (
-            access(
-                &g,
+            g.request_sftp_access(
                 &[("ssh_keys", &format!("@{}", good.display()))],
                 &format!("?request=999&key={KEY}"),
             ),
             vec!["KEY:INVALID"],
         ),
         (
-            access(
-                &g,
+            g.request_sftp_access(
                 &[("ssh_keys", &format!("@{}", good.display()))],
                 "?request=abc&key=x",
             ),
             vec!["REQUEST:INVALID"],
         ),
-        (access(&g, &[], &q), vec!["SSH_KEYS:MISSING"]),
+        (g.request_sftp_access(&[], &q), vec!["SSH_KEYS:MISSING"]),
         (
-            access(&g, &[("ssh_keys", &format!("@{}", good.display()))], ""),
+            g.request_sftp_access(&[("ssh_keys", &format!("@{}", good.display()))], ""),
             vec!["REQUEST:MISSING", "KEY:MISSING"],
         ),
         (
-            access(
-                &g,
+            g.request_sftp_access(
                 &[(
                     "ssh_keys",
                     &file(
@@ -318,20 +300,19 @@ fn every_failure_changes_nothing() {
             vec!["SSH_KEYS:INVALID", "SSH_KEYS:INVALID"],
         ),
         (
-            access(&g, &[("ssh_keys", &file("empty", "# nothing\n\n"))], &q),
+            g.request_sftp_access(&[("ssh_keys", &file("empty", "# nothing\n\n"))], &q),
             vec!["SSH_KEYS:EMPTY"],
         ),
         (
-            access(&g, &[("ssh_keys", &file("many", &many))], &q),
+            g.request_sftp_access(&[("ssh_keys", &file("many", &many))], &q),
             vec!["SSH_KEYS:TOO_LARGE"],
         ),
         (
-            access(&g, &[("ssh_keys", &file("huge", &huge))], &q),
+            g.request_sftp_access(&[("ssh_keys", &file("huge", &huge))], &q),
             vec!["SSH_KEYS:TOO_LARGE"],
         ),
         (
-            access(
-                &g,
+            g.request_sftp_access(
                 &[("ssh_keys", &file("opt", &format!("bogus-option {ed}")))],
                 &q,
             ),
@@ -355,7 +336,7 @@ fn every_failure_changes_nothing() {
         .status
         .success());
     let before = record();
-    let res = access(&g, &[("ssh_keys", &format!("@{}", good.display()))], &q);
+    let res = g.request_sftp_access(&[("ssh_keys", &format!("@{}", good.display()))], &q);
     assert_eq!(reasons(&res), ["STATE:INVALID"]);
     assert_eq!(res["failures"][0]["value"], "pending");
     assert_eq!(res["failures"][0]["expected"], json!(["draft", "done"]));
@@ -366,13 +347,12 @@ fn every_failure_changes_nothing() {
         .status
         .success());
     for _ in 0..5 {
-        access(
-            &g,
+        g.request_sftp_access(
             &[("ssh_keys", &format!("@{}", good.display()))],
             "?request=10534&key=wrong",
         );
     }
-    let res = access(&g, &[("ssh_keys", &format!("@{}", good.display()))], &q);
+    let res = g.request_sftp_access(&[("ssh_keys", &format!("@{}", good.display()))], &q);
     assert_eq!(reasons(&res), ["KEY:THROTTLED"]);
     // Other requests are not affected.
     assert!(cli(
@@ -381,15 +361,13 @@ fn every_failure_changes_nothing() {
     )
     .status
     .success());
-    let res = access(
-        &g,
+    let res = g.request_sftp_access(
         &[("ssh_keys", &format!("@{}", good.display()))],
         "?request=2&key=k2",
     );
     assert_eq!(reasons(&res), Vec::<String>::new(), "{res}");
     // Form fields work as well as the query string, and unhonoured options are reported.
-    let res = access(
-        &g,
+    let res = g.request_sftp_access(
         &[
             ("request", "2"),
             ("key", "k2"),
@@ -429,11 +407,7 @@ fn expiry_and_key_replacement_close_live_sessions() {
     std::fs::write(&k1, key.public()).unwrap();
     let q = format!("?request=10534&key={KEY}");
     assert_eq!(
-        reasons(&access(
-            &g,
-            &[("ssh_keys", &format!("@{}", k1.display()))],
-            &q
-        )),
+        reasons(&g.request_sftp_access(&[("ssh_keys", &format!("@{}", k1.display()))], &q)),
         Vec::<String>::new()
     );
 
@@ -502,7 +476,7 @@ fn from_refused_then_allowed(g: &Gateway, refused: &str, allowed: &str) -> Clien
         let p = g.dir.path().join("keys");
         std::fs::write(&p, format!("from=\"{from}\" {}", key.public())).unwrap();
         let q = format!("?request=10534&key={KEY}");
-        let res = access(g, &[("ssh_keys", &format!("@{}", p.display()))], &q);
+        let res = g.request_sftp_access(&[("ssh_keys", &format!("@{}", p.display()))], &q);
         assert_eq!(reasons(&res), Vec::<String>::new());
     };
     set(refused);

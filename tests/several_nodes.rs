@@ -34,16 +34,10 @@ fn two_nodes() -> (Gateway, Gateway, common::postgres::TestDb) {
 
 /// The customer's `request_sftp_access` through `g`, with `keys` as the keys file.
 fn request_access(g: &Gateway, id: u64, keys: &std::path::Path) -> serde_json::Value {
-    let out = Command::new("curl")
-        .args(["-sS", "-X", "POST", "-F"])
-        .arg(format!("ssh_keys=@{}", keys.display()))
-        .arg(format!(
-            "http://{}/database/v1/request_sftp_access?request={id}&key=secret-{id}",
-            g.admin
-        ))
-        .output()
-        .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
+    g.request_sftp_access(
+        &[("ssh_keys", &format!("@{}", keys.display()))],
+        &format!("?request={id}&key=secret-{id}"),
+    )
 }
 
 #[test]

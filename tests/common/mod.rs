@@ -171,6 +171,23 @@ impl Gateway {
         child.wait().unwrap().code()
     }
 
+    /// The customer's `request_sftp_access` as the reference's curl sample sends it: a
+    /// multipart form of `form` (a value `@path` is a file), `query` (`?request=..&key=..`)
+    /// after the route; returns the parsed JSON answer.
+    pub fn request_sftp_access(&self, form: &[(&str, &str)], query: &str) -> Value {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-X", "POST"]);
+        for (k, v) in form {
+            cmd.args(["-F", &format!("{k}={v}")]);
+        }
+        cmd.arg(format!(
+            "http://{}/database/v1/request_sftp_access{query}",
+            self.admin
+        ));
+        let out = cmd.output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
+    }
+
     /// Calls the operator API with curl; returns (HTTP status, parsed JSON body).
     pub fn api(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
         self.api_raw(
