@@ -40,9 +40,17 @@ fn while_the_database_is_down_the_node_drains_refuses_logins_and_keeps_live_sess
     );
     let (_, body) = healthz(&g);
     assert_eq!(reasons(&body), ["STORAGE:UNAVAILABLE"], "{body}");
+    let refused = std::time::Instant::now();
     assert_failed_with(
         &g.sftp("user_1", &key, "ls\n", &work),
         "Permission denied (publickey)",
+    );
+    // Refused by a probe of the database known to be down (2 s at most), not after the
+    // pool's 10 s wait for a connection.
+    assert!(
+        refused.elapsed() < Duration::from_secs(8),
+        "the login was refused only after {:?}",
+        refused.elapsed()
     );
     // The session that was open goes on: its upload ends whole, under its lease.
     assert!(

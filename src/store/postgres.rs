@@ -273,12 +273,38 @@ impl PgStore {
     }
 
     pub async fn get(&self, id: u64) -> Result<Option<Record>, PgStoreError> {
+        // A login waits on this read. While the database is known to be down, probe it
+        // (at most PROBE_TIMEOUT, shared by concurrent logins through the health cache)
+        // instead of waiting the pool's acquire timeout: logins fail closed in about 2 s,
+        // not 10, and work again as soon as a probe succeeds.
+        if self.known_down() {
+            self.health().await?;
+        }
         let sql = format!("{SELECT} WHERE r.id = $1::numeric");
         let row = query(&sql)
             .bind(id.to_string())
             .fetch_optional(&self.pool)
-            .await?;
+            .await
+            .inspect_err(|e| self.note_unreachable(e))?;
         row.as_ref().map(record_from).transpose()
+    }
+
+    /// The last health answer, of any age, was a failure. Never waits: a probe under way
+    /// counts as not known.
+    fn known_down(&self) -> bool {
+        self.health
+            .try_lock()
+            .is_ok_and(|last| matches!(&*last, Some((_, Err(_)))))
+    }
+
+    /// Records a read that could not reach the database as a failed health answer, so
+    /// that the next logins probe instead of waiting on the pool as this one did.
+    fn note_unreachable(&self, e: &sqlx::Error) {
+        if matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) {
+            if let Ok(mut last) = self.health.try_lock() {
+                *last = Some((Instant::now(), Err(e.to_string())));
+            }
+        }
     }
 
     /// All records, ordered by id.
