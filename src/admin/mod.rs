@@ -2,6 +2,7 @@
 //! `Authorization: Bearer <admin token>`; every body is the reference's failure envelope.
 
 mod access;
+mod body;
 mod error;
 mod files;
 mod form;
@@ -11,6 +12,7 @@ mod page;
 mod requests;
 mod server_info;
 mod session;
+mod upload;
 mod write_stall;
 
 use std::sync::Arc;
@@ -94,6 +96,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route(
             "/database/v1/request_sftp_access",
             post(access::request_sftp_access),
+        )
+        .route(
+            "/database/v1/upload",
+            post(upload::upload).layer(axum::extract::DefaultBodyLimit::disable()),
         )
         .merge(api)
         .fallback(|| async {
