@@ -10,7 +10,7 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -78,9 +78,10 @@ fn fetch_original(g: &Gateway, id: u64, to: &Path) {
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
-/// POSTs `body` (a file) to the upload call with `query` and curl's `extra` arguments;
-/// returns the HTTP status and the JSON answer.
-fn post(g: &Gateway, query: &str, body: &Path, extra: &[&str]) -> (u16, Value) {
+/// POSTs `body` (a file) to the upload call with `query` and the `headers` given (and a
+/// `Content-Type`); returns the HTTP status and the JSON answer.
+fn post(g: &Gateway, query: &str, body: &Path, headers: &[&str]) -> (u16, Value) {
+    let extra: Vec<&str> = headers.iter().flat_map(|h| ["-H", h]).collect();
     let out = Command::new("curl")
         .args([
             "-sS",
@@ -89,7 +90,7 @@ fn post(g: &Gateway, query: &str, body: &Path, extra: &[&str]) -> (u16, Value) {
             "-H",
             "Content-Type: application/octet-stream",
         ])
-        .args(extra)
+        .args(&extra)
         .arg("--data-binary")
         .arg(format!("@{}", body.display()))
         .arg(format!("{}?{query}", upload_url(g)))
@@ -155,6 +156,11 @@ fn read_answer(mut s: TcpStream) -> (u16, Value) {
         }
     }
     (code, serde_json::from_slice(&all).unwrap())
+}
+
+/// An answer's status and its failure reasons: `409 OFFSET:MISMATCH`.
+fn outcome(code: u16, v: &Value) -> String {
+    format!("{code} {}", reasons(v).join(" "))
 }
 
 fn bytes_of(path: &Path) -> Vec<u8> {
@@ -237,8 +243,9 @@ fn reference_pycurl_sample_uploads_the_dump() {
 #[test]
 fn refusals_change_nothing() {
     let (g, _, first) = customer(&[], 20, 100_000);
+    let q = "request=20&key=secret-20";
     let work = g.dir.path();
-    let (code, v) = post(&g, "request=20&key=secret-20", &first, &[]);
+    let (code, v) = post(&g, q, &first, &[]);
     assert_eq!((code, v["failures"].clone()), (200, json!([])), "{v}");
     let other = work.join("other");
     random_file(&other, 200_000);
@@ -254,23 +261,14 @@ fn refusals_change_nothing() {
     ] {
         let (code, v) = post(&g, query, &other, &[]);
         assert_eq!(
-            (code, reasons(&v)),
-            (status, vec![reason.to_string()]),
+            outcome(code, &v),
+            format!("{status} {reason}"),
             "{query}: {v}"
         );
         unchanged(&g);
     }
-    let (code, v) = post(
-        &g,
-        "request=20&key=secret-20",
-        &other,
-        &["-H", "Content-Range: bytes 5-4/*"],
-    );
-    assert_eq!(
-        (code, reasons(&v)),
-        (400, vec!["RANGE:INVALID".to_string()]),
-        "{v}"
-    );
+    let (code, v) = post(&g, q, &other, &["Content-Range: bytes 5-4/*"]);
+    assert_eq!(outcome(code, &v), "400 RANGE:INVALID", "{v}");
     unchanged(&g);
     // The unknown request's refusal is the wrong key's, word for word.
     let (_, wrong) = post(&g, "request=20&key=wrong", &other, &[]);
@@ -282,18 +280,15 @@ fn refusals_change_nothing() {
     let upgraded = work.join("upgraded");
     random_file(&upgraded, 1000);
     g.finish(20, &upgraded);
-    let (code, v) = post(&g, "request=20&key=secret-20", &other, &[]);
+    let (code, v) = post(&g, q, &other, &[]);
     assert_eq!(code, 409, "{v}");
     assert_eq!(reasons(&v), ["STATE:INVALID"]);
     assert_eq!(v["failures"][0]["value"], "done");
     assert_eq!(v["failures"][0]["expected"], json!(["draft"]));
     unchanged(&g);
     assert_eq!(g.set_state(20, "cancelled").0, 200);
-    let (code, v) = post(&g, "request=20&key=secret-20", &other, &[]);
-    assert_eq!(
-        (code, reasons(&v)),
-        (409, vec!["STATE:INVALID".to_string()])
-    );
+    let (code, v) = post(&g, q, &other, &[]);
+    assert_eq!(outcome(code, &v), "409 STATE:INVALID");
     assert_eq!(v["failures"][0]["value"], "cancelled");
     unchanged(&g);
 
@@ -304,11 +299,7 @@ fn refusals_change_nothing() {
         assert_eq!(post(&g, "request=30&key=nope", &other, &[]).0, 403);
     }
     let (code, v) = post(&g, "request=30&key=secret-30", &other, &[]);
-    assert_eq!(
-        (code, reasons(&v)),
-        (429, vec!["KEY:THROTTLED".to_string()]),
-        "{v}"
-    );
+    assert_eq!(outcome(code, &v), "429 KEY:THROTTLED", "{v}");
     assert!(!g.upload_path(30).exists());
     assert_eq!(g.log().matches("access-refused").count(), 9, "{}", g.log());
 }
@@ -316,43 +307,26 @@ fn refusals_change_nothing() {
 #[test]
 fn the_size_limit_refuses_before_writing_when_the_length_is_known() {
     let (g, _, small) = customer(&["--max-upload-size", "1000000"], 40, 300_000);
+    let q = "request=40&key=secret-40";
     let work = g.dir.path();
-    assert_eq!(post(&g, "request=40&key=secret-40", &small, &[]).0, 200);
+    assert_eq!(post(&g, q, &small, &[]).0, 200);
     let big = work.join("big");
     random_file(&big, 2_000_000);
-    let (code, v) = post(&g, "request=40&key=secret-40", &big, &[]);
-    assert_eq!(
-        (code, reasons(&v)),
-        (413, vec!["UPLOAD:TOO_LARGE".to_string()]),
-        "{v}"
-    );
+    let (code, v) = post(&g, q, &big, &[]);
+    assert_eq!(outcome(code, &v), "413 UPLOAD:TOO_LARGE", "{v}");
     assert_eq!(v["failures"][0]["value"], 1_000_000);
     assert_eq!(sha256(&g.upload_path(40)), sha256(&small));
     // An append that would cross it, and a total past it, likewise.
-    let (code, _) = post(&g, "request=40&key=secret-40&offset=300000", &big, &[]);
+    let (code, _) = post(&g, &format!("{q}&offset=300000"), &big, &[]);
     assert_eq!(code, 413);
-    let (code, _) = post(
-        &g,
-        "request=40&key=secret-40",
-        &small,
-        &["-H", "Content-Range: bytes 300000-*/2000000"],
-    );
+    let (code, _) = post(&g, q, &small, &["Content-Range: bytes 300000-*/2000000"]);
     assert_eq!(code, 413);
     assert_eq!(sha256(&g.upload_path(40)), sha256(&small));
 
     // Without a length (chunked), the bytes up to the limit are written, then refused:
     // the file is the dump's first 1,000,000 bytes, as if cut off there.
-    let (code, v) = post(
-        &g,
-        "request=40&key=secret-40",
-        &big,
-        &["-H", "Transfer-Encoding: chunked"],
-    );
-    assert_eq!(
-        (code, reasons(&v)),
-        (413, vec!["UPLOAD:TOO_LARGE".to_string()]),
-        "{v}"
-    );
+    let (code, v) = post(&g, q, &big, &["Transfer-Encoding: chunked"]);
+    assert_eq!(outcome(code, &v), "413 UPLOAD:TOO_LARGE", "{v}");
     assert_eq!(v["upload"]["size"], 1_000_000);
     assert_eq!(g.upload_size(40), 1_000_000);
     assert!(is_prefix(&g.upload_path(40), &big));
@@ -407,58 +381,36 @@ fn resume_by_content_range_and_offset() {
     piece(&src, 1_000_000, 700_000, &b);
     piece(&src, 1_700_000, 800_000, &c);
     piece(&src, 2_500_000, 500_000, &d);
-    assert_eq!(post(&g, "request=60&key=secret-60", &a, &[]).0, 200);
+    let q = "request=60&key=secret-60";
+    let ranged = |body: &Path, range: &str| {
+        let header = format!("Content-Range: bytes {range}");
+        post(&g, q, body, &[&header])
+    };
+    assert_eq!(post(&g, q, &a, &[]).0, 200);
 
-    let (code, v) = post(
-        &g,
-        "request=60&key=secret-60",
-        &b,
-        &["-H", "Content-Range: bytes 1000000-*/*"],
-    );
-    assert_eq!((code, v["failures"].clone()), (200, json!([])), "{v}");
+    let (code, v) = ranged(&b, "1000000-*/*");
+    assert_eq!(outcome(code, &v), "200 ", "{v}");
     assert_eq!(v["upload"]["offset"], 1_000_000);
     assert_eq!(v["upload"]["bytes_written"], 700_000);
     assert_eq!(v["upload"]["size"], 1_700_000);
 
     // A wrong offset is refused with the size to go on from; nothing changes.
     for wrong in ["0", "1000000", "1700001"] {
-        let (code, v) = post(
-            &g,
-            &format!("request=60&key=secret-60&offset={wrong}"),
-            &c,
-            &[],
-        );
-        assert_eq!(
-            (code, reasons(&v)),
-            (409, vec!["OFFSET:MISMATCH".to_string()]),
-            "{v}"
-        );
+        let (code, v) = post(&g, &format!("{q}&offset={wrong}"), &c, &[]);
+        assert_eq!(outcome(code, &v), "409 OFFSET:MISMATCH", "{v}");
         assert_eq!(v["failures"][0]["value"], wrong.parse::<u64>().unwrap());
         assert_eq!(v["failures"][0]["expected"], json!(["1700000"]));
         assert_eq!(v["upload"]["size"], 1_700_000);
         assert_eq!(g.upload_size(60), 1_700_000);
     }
-    let (code, v) = post(
-        &g,
-        "request=60&key=secret-60",
-        &c,
-        &["-H", "Content-Range: bytes 5-*/*"],
-    );
-    assert_eq!(
-        (code, reasons(&v)),
-        (409, vec!["OFFSET:MISMATCH".to_string()])
-    );
+    let (code, v) = ranged(&c, "5-*/*");
+    assert_eq!(outcome(code, &v), "409 OFFSET:MISMATCH");
 
-    let (code, v) = post(&g, "request=60&key=secret-60&offset=1700000", &c, &[]);
-    assert_eq!((code, v["failures"].clone()), (200, json!([])), "{v}");
+    let (code, v) = post(&g, &format!("{q}&offset=1700000"), &c, &[]);
+    assert_eq!(outcome(code, &v), "200 ", "{v}");
     // The complete form, with the last byte and the total.
-    let (code, v) = post(
-        &g,
-        "request=60&key=secret-60",
-        &d,
-        &["-H", "Content-Range: bytes 2500000-2999999/3000000"],
-    );
-    assert_eq!((code, v["failures"].clone()), (200, json!([])), "{v}");
+    let (code, v) = ranged(&d, "2500000-2999999/3000000");
+    assert_eq!(outcome(code, &v), "200 ", "{v}");
     assert_eq!(v["upload"]["size"], 3_000_000);
     let fetched = work.join("fetched");
     fetch_original(&g, 60, &fetched);
@@ -492,20 +444,8 @@ else:
 "#;
 
 fn paramiko(g: &Gateway, key: &ClientKey, user: &str, mode: &str) -> std::process::Child {
-    Command::new(python())
-        .arg("-c")
-        .arg(PARAMIKO)
-        .args([
-            &g.ssh_port.to_string(),
-            key.path.to_str().unwrap(),
-            user,
-            mode,
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap()
+    let port = g.ssh_port.to_string();
+    spawn_python(PARAMIKO, &[&port, key.path.to_str().unwrap(), user, mode])
 }
 
 /// A gateway started with `flags`, request `id` in draft for SSH key `k` (request key
@@ -530,11 +470,7 @@ fn one_writer_at_a_time_beside_sftp() {
     let started = Instant::now();
     let (code, v) = post(&g, "request=70&key=secret-70", &src, &[]);
     let waited = started.elapsed();
-    assert_eq!(
-        (code, reasons(&v)),
-        (409, vec!["UPLOAD:BUSY".to_string()]),
-        "{v}"
-    );
+    assert_eq!(outcome(code, &v), "409 UPLOAD:BUSY", "{v}");
     // The last attempt is the last that fits in the wait, polled every quarter of it.
     assert!(waited >= Duration::from_millis(700), "{waited:?}");
     assert!(waited < Duration::from_secs(10), "{waited:?}");
@@ -586,11 +522,7 @@ fn a_body_cut_off_or_silent_keeps_its_bytes_and_put_a_goes_on() {
     s.write_all(&whole[1_234_567..2_000_000]).unwrap();
     let started = Instant::now();
     let (code, v) = read_answer(s);
-    assert_eq!(
-        (code, reasons(&v)),
-        (400, vec!["BODY:INTERRUPTED".to_string()]),
-        "{v}"
-    );
+    assert_eq!(outcome(code, &v), "400 BODY:INTERRUPTED", "{v}");
     assert!(started.elapsed() >= Duration::from_millis(1500));
     assert_eq!(v["upload"]["size"], 2_000_000);
     assert_eq!(v["upload"]["bytes_written"], 2_000_000 - 1_234_567);

@@ -627,6 +627,19 @@ pub fn run_python(script: &str, args: &[&str]) -> String {
     text(&out.stdout)
 }
 
+/// Starts a Python script with the test venv and `args`, its stdin and stdout piped (to
+/// drive it line by line).
+pub fn spawn_python(script: &str, args: &[&str]) -> Child {
+    Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// A Python with the test's client libraries (pycurl, paramiko, asyncssh,
 /// websocket-client) and ssh-audit, in a venv under `target/` created on first use. Test binaries run
 /// one after another, so a `Once` per binary plus a marker file is enough to build it once.
