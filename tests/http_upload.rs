@@ -533,3 +533,24 @@ fn a_body_cut_off_or_silent_keeps_its_bytes_and_put_a_goes_on() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(sha256(&g.upload_path(80)), sha256(&src));
 }
+
+#[test]
+fn a_cancel_mid_body_stops_the_upload_within_seconds() {
+    let (g, _, _) = customer(&[], 90, 0);
+    let mut s = raw_upload(&g, "request=90&key=secret-90", 1_000_000);
+    s.write_all(&[b'a'; 1000]).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || g.upload_size(90) == 1000));
+    assert_eq!(g.set_state(90, "cancelled").0, 200);
+    // The client goes on sending nothing: the upload ends anyway, with the reason.
+    let started = Instant::now();
+    let (code, v) = read_answer(s);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(outcome(code, &v), "409 STATE:INVALID", "{v}");
+    assert_eq!(v["failures"][0]["value"], "cancelled");
+    assert_eq!(v["upload"]["size"], 1000);
+    assert!(g.log().contains("stopping the upload"), "{}", g.log());
+}

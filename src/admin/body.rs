@@ -5,6 +5,7 @@
 //! `--http-body-timeout-secs` ends with an error here (see `listener.rs`), as does a
 //! client that goes away.
 
+use std::future::Future;
 use std::time::Duration;
 
 use axum::body::{BodyDataStream, Bytes};
@@ -46,17 +47,27 @@ pub enum Admit {
     Nothing(Stop),
 }
 
-/// Writes the body `stream` to `file` at its position. Before each chunk, `admit(bytes written so
-/// far, chunk length)` says how much of it to write; `written(n)` is told of each write
-/// that went through. Returns the bytes written, and why it stopped early if it did.
+/// Writes the body `stream` to `file` at its position. Before each chunk, `admit(bytes
+/// written so far, chunk length)` says how much of it to write; `written(n)` is told of
+/// each write that went through; once `until` is ready, nothing more is read (also while
+/// the client sends nothing). Returns the bytes written, and why it stopped early if it
+/// did.
 pub async fn write_body(
     stream: &mut BodyDataStream,
     file: &mut tokio::fs::File,
     mut admit: impl FnMut(u64, usize) -> Admit,
     mut written: impl FnMut(usize),
+    until: impl Future<Output = Stop>,
 ) -> (u64, Result<(), Stop>) {
     let mut total: u64 = 0;
-    while let Some(chunk) = stream.next().await {
+    let mut until = std::pin::pin!(until);
+    loop {
+        let chunk = tokio::select! {
+            biased;
+            stop = &mut until => return (total, Err(stop)),
+            chunk = stream.next() => chunk,
+        };
+        let Some(chunk) = chunk else { break };
         let chunk: Bytes = match chunk {
             Ok(c) => c,
             Err(e) => return (total, Err(Stop::Interrupted(e.to_string()))),

@@ -41,7 +41,9 @@ pub async fn put_upgraded(
     let (std_file, tmp_path) = tmp.into_parts();
     let mut file = tokio::fs::File::from_std(std_file);
     let mut stream = body.into_data_stream();
-    let (total, streamed) = write_body(&mut stream, &mut file, |_, _| Admit::All, |_| {}).await;
+    let forever = std::future::pending();
+    let (total, streamed) =
+        write_body(&mut stream, &mut file, |_, _| Admit::All, |_| {}, forever).await;
     streamed.map_err(Stop::into_api)?;
     file.sync_all().await.map_err(ApiError::storage)?;
     drop(file);

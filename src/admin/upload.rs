@@ -18,7 +18,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
@@ -366,9 +366,6 @@ async fn receive(state: Arc<AdminState>, plan: Plan, body: Body) -> Response {
     activity
         .writers
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    // What the record check found, if it ended the upload.
-    let revoked: Arc<Mutex<Option<ApiError>>> = Arc::default();
-    let watcher = tokio::spawn(watch(state.clone(), plan.id, revoked.clone()));
     let budget = state
         .gateway
         .max_upload_size()
@@ -384,9 +381,6 @@ async fn receive(state: Arc<AdminState>, plan: Plan, body: Body) -> Response {
                 ),
             )));
         }
-        if let Some(e) = revoked.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            return Admit::Nothing(Stop::Refused(e));
-        }
         match budget {
             Some(b) if written.saturating_add(len as u64) > b => {
                 let fits = usize::try_from(b.saturating_sub(written)).unwrap_or(usize::MAX);
@@ -397,8 +391,15 @@ async fn receive(state: Arc<AdminState>, plan: Plan, body: Body) -> Response {
         }
     };
     let mut stream = body.into_data_stream();
-    let (written, mut end) = write_body(&mut stream, &mut file, admit, |n| activity.wrote(n)).await;
-    watcher.abort();
+    let revoked = async { Stop::Refused(revoked(&state, plan.id).await) };
+    let (written, mut end) = write_body(
+        &mut stream,
+        &mut file,
+        admit,
+        |n| activity.wrote(n),
+        revoked,
+    )
+    .await;
     if end.is_ok() && plan.length.is_some_and(|l| l != written) {
         end = Err(Stop::Interrupted(format!(
             "{written} of the {} bytes announced arrived",
@@ -472,9 +473,9 @@ async fn open(plan: &Plan) -> std::io::Result<(tokio::fs::File, u64)> {
     Ok((file, at))
 }
 
-/// Reads the record every [`RECHECK_EVERY`] while the body arrives; once it no longer
-/// takes an upload, leaves why in `revoked` (the next chunk is refused with it) and ends.
-async fn watch(state: Arc<AdminState>, id: u64, revoked: Arc<Mutex<Option<ApiError>>>) {
+/// Reads the record every [`RECHECK_EVERY`] while the body arrives; ready, with why,
+/// once it no longer takes an upload.
+async fn revoked(state: &AdminState, id: u64) -> ApiError {
     loop {
         tokio::time::sleep(RECHECK_EVERY).await;
         let Ok(record) = state.gateway.record(id).await else {
@@ -483,8 +484,7 @@ async fn watch(state: Arc<AdminState>, id: u64, revoked: Arc<Mutex<Option<ApiErr
         };
         if let Err(e) = takes_upload(record.as_ref(), OffsetDateTime::now_utc()) {
             tracing::info!(target: "audit", event = "revoked", request = id, via = "http", "access ended; stopping the upload");
-            *revoked.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-            return;
+            return e;
         }
     }
 }
