@@ -2,8 +2,8 @@
 //! dump as the body, against the real gateway over loopback: the reference's own curl and
 //! pycurl samples, the key, state and size refusals (nothing changed), memory under a
 //! 64 MiB body, resume by `Content-Range` and `?offset=`, one writer beside SFTP (both
-//! ways), a client cut off mid-body or gone silent, and `sftp put -a` going on from what an
-//! HTTP upload left.
+//! ways, on one node and across two), a cancel mid-body, a client cut off mid-body or gone
+//! silent, and `sftp put -a` going on from what an HTTP upload left.
 
 mod common;
 
@@ -459,48 +459,66 @@ fn customer(flags: &[&str], id: u64, len: usize) -> (Gateway, ClientKey, std::pa
     (g, key, src)
 }
 
-#[test]
-fn one_writer_at_a_time_beside_sftp() {
-    let (g, key, src) = customer(&["--lease-wait", "1s"], 70, 500_000);
-
-    // An SFTP write handle open: the HTTP upload waits --lease-wait, then is refused.
-    let mut holder = paramiko(&g, &key, "user_70", "hold");
+/// With a paramiko write handle held open through `sftp`, an upload of `src` to request
+/// `id` through `http` waits at least `wait`, then is refused `UPLOAD:BUSY` with the file
+/// unchanged; once the handle is closed, the same call goes through.
+fn busy_beside_a_write_handle(
+    sftp: &Gateway,
+    http: &Gateway,
+    key: &ClientKey,
+    id: u64,
+    src: &Path,
+    wait: Duration,
+) {
+    let query = format!("request={id}&key=secret-{id}");
+    let mut holder = paramiko(sftp, key, &format!("user_{id}"), "hold");
     let mut out = BufReader::new(holder.stdout.take().unwrap()).lines();
     assert_eq!(out.next().unwrap().unwrap(), "open");
     let started = Instant::now();
-    let (code, v) = post(&g, "request=70&key=secret-70", &src, &[]);
+    let (code, v) = post(http, &query, src, &[]);
     let waited = started.elapsed();
     assert_eq!(outcome(code, &v), "409 UPLOAD:BUSY", "{v}");
-    // The last attempt is the last that fits in the wait, polled every quarter of it.
-    assert!(waited >= Duration::from_millis(700), "{waited:?}");
-    assert!(waited < Duration::from_secs(10), "{waited:?}");
-    assert_eq!(bytes_of(&g.upload_path(70)), vec![b'x'; 1000]);
-    // Closed: the same call goes through.
+    assert!(
+        waited >= wait && waited < wait + Duration::from_secs(10),
+        "{waited:?}"
+    );
+    assert_eq!(bytes_of(&http.upload_path(id)), vec![b'x'; 1000]);
     let mut stdin = holder.stdin.take().unwrap();
     writeln!(stdin).unwrap();
     assert_eq!(out.next().unwrap().unwrap(), "closed");
-    let (code, v) = post(&g, "request=70&key=secret-70", &src, &[]);
-    assert_eq!((code, v["failures"].clone()), (200, json!([])), "{v}");
-    assert_eq!(sha256(&g.upload_path(70)), sha256(&src));
+    let (code, v) = post(http, &query, src, &[]);
+    assert_eq!(outcome(code, &v), "200 ", "{v}");
+    assert_eq!(sha256(&sftp.upload_path(id)), sha256(src));
     drop(stdin);
     holder.wait().unwrap();
+}
 
-    // The other way: an HTTP upload under way keeps SFTP write opens out.
-    let mut s = raw_upload(&g, "request=70&key=secret-70", 2000);
+/// While an upload to request `id` through `http` is under way, a paramiko write open
+/// through `sftp` is refused, saying `why`; then the upload ends well.
+fn sftp_kept_out_by_an_upload(http: &Gateway, sftp: &Gateway, key: &ClientKey, id: u64, why: &str) {
+    let mut s = raw_upload(http, &format!("request={id}&key=secret-{id}"), 2000);
     s.write_all(&[b'a'; 1000]).unwrap();
-    assert!(wait_until(Duration::from_secs(10), || g.upload_size(70) == 1000));
-    let opener = paramiko(&g, &key, "user_70", "open");
+    assert!(wait_until(Duration::from_secs(10), || http.upload_size(id) == 1000));
+    let opener = paramiko(sftp, key, &format!("user_{id}"), "open");
     let said = text(&opener.wait_with_output().unwrap().stdout);
     assert!(
-        said.starts_with("refused after") && said.contains("being written by another transfer"),
+        said.starts_with("refused after") && said.contains(why),
         "{said}"
     );
     s.write_all(&[b'b'; 1000]).unwrap();
     let (code, v) = read_answer(s);
-    assert_eq!((code, v["failures"].clone()), (200, json!([])), "{v}");
+    assert_eq!(outcome(code, &v), "200 ", "{v}");
     let mut want = vec![b'a'; 1000];
     want.extend([b'b'; 1000]);
-    assert_eq!(bytes_of(&g.upload_path(70)), want);
+    assert_eq!(bytes_of(&sftp.upload_path(id)), want);
+}
+
+#[test]
+fn one_writer_at_a_time_beside_sftp() {
+    let (g, key, src) = customer(&["--lease-wait", "1s"], 70, 500_000);
+    // The last attempt is the last that fits in the wait, polled every quarter of it.
+    busy_beside_a_write_handle(&g, &g, &key, 70, &src, Duration::from_millis(700));
+    sftp_kept_out_by_an_upload(&g, &g, &key, 70, "being written by another transfer");
 }
 
 #[test]
@@ -553,4 +571,16 @@ fn a_cancel_mid_body_stops_the_upload_within_seconds() {
     assert_eq!(v["failures"][0]["value"], "cancelled");
     assert_eq!(v["upload"]["size"], 1000);
     assert!(g.log().contains("stopping the upload"), "{}", g.log());
+}
+
+/// The same rule across nodes sharing a PostgreSQL store and the data directory: the
+/// lease is the one SFTP write handles take.
+#[test]
+fn one_writer_at_a_time_across_nodes() {
+    let db = common::postgres::database();
+    let flags = ["--store", &db.url, "--lease-wait", "2s"];
+    let (a, key, src) = customer(&flags, 75, 300_000);
+    let b = Gateway::start_node(&a, &flags);
+    busy_beside_a_write_handle(&b, &a, &key, 75, &src, Duration::from_millis(1400));
+    sftp_kept_out_by_an_upload(&a, &b, &key, 75, "through another gateway node");
 }
