@@ -584,3 +584,24 @@ fn one_writer_at_a_time_across_nodes() {
     busy_beside_a_write_handle(&b, &a, &key, 75, &src, Duration::from_millis(1400));
     sftp_kept_out_by_an_upload(&a, &b, &key, 75, "through another gateway node");
 }
+
+#[test]
+fn sigterm_ends_an_upload_synced_and_the_gateway_exits() {
+    let (mut g, _, _) = customer(&[], 95, 0);
+    let mut s = raw_upload(&g, "request=95&key=secret-95", 1_000_000);
+    s.write_all(&[b'a'; 5000]).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || g.upload_size(95) == 5000));
+    let mut child = g.child.take().unwrap();
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let (code, v) = read_answer(s);
+    assert_eq!(outcome(code, &v), "503 GATEWAY:STOPPING", "{v}");
+    assert_eq!(v["upload"]["size"], 5000);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(g.log().contains("upload closed"), "{}", g.log());
+    assert_eq!(g.upload_size(95), 5000);
+}

@@ -64,6 +64,9 @@ pub struct AdminState {
     pub throttled_log: std::sync::Mutex<crate::ratelog::LogBudget>,
     /// Host-key fingerprints and the algorithm set, for `GET /v1/server`.
     pub server_info: ServerInfo,
+    /// Cancelled when the gateway stops: customers' uploads end (synced) rather than hold
+    /// the stop up.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {

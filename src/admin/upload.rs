@@ -391,7 +391,18 @@ async fn receive(state: Arc<AdminState>, plan: Plan, body: Body) -> Response {
         }
     };
     let mut stream = body.into_data_stream();
-    let revoked = async { Stop::Refused(revoked(&state, plan.id).await) };
+    let revoked = async {
+        tokio::select! {
+            e = revoked(&state, plan.id) => Stop::Refused(e),
+            _ = state.shutdown.cancelled() => Stop::Refused(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Failure::new(
+                    "GATEWAY:STOPPING",
+                    "the gateway is stopping; resume with ?offset= at the size given",
+                ),
+            )),
+        }
+    };
     let (written, mut end) = write_body(
         &mut stream,
         &mut file,
@@ -442,6 +453,13 @@ async fn receive(state: Arc<AdminState>, plan: Plan, body: Body) -> Response {
             failures: Vec::new(),
         },
         Err(Stop::Interrupted(e)) => Stop::Interrupted(e).into_api(),
+        Err(Stop::Io(e)) => {
+            activity
+                .write_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Stop::Io(e).into_api()
+        }
+        Err(stop) if state.shutdown.is_cancelled() => stop.into_api(),
         Err(stop) => {
             // Refused mid-body: the rest is not wanted, but a client still sending it
             // should read why.
