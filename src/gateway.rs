@@ -19,9 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hook::Hook;
 use crate::keys::{fingerprint, parse_authorized_keys, AuthorizedKey};
-use crate::leases::Leases;
+use crate::leases::{Hold, Leases};
 use crate::metrics::{Derived, Metrics};
-use crate::sftp::{Activity, SharedFile, WriteClosed};
+use crate::sftp::{Activity, SharedFile, WriteClosed, WriteSummary};
 use crate::store::{
     update_with, Access, Changed, Decision, NodeSessions, Record, RequestSessions, State, Store,
     StoreError, Updated, MAX_PEERS_LISTED,
@@ -52,6 +52,22 @@ pub struct Grant {
     record: Record,
     /// [`Gateway::noted`] before that read: a change noted since is looked at again.
     noted: u64,
+}
+
+/// How an upload reached the gateway, as its upload-closed event says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    Sftp,
+    Http,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Sftp => "sftp",
+            Via::Http => "http",
+        }
+    }
 }
 
 /// A live, authenticated SSH connection.
@@ -292,32 +308,56 @@ impl Gateway {
         }
     }
 
-    /// What to do each time a write handle of this grant's session is closed: one audit
-    /// line, and the same event to the upload hook if one is configured.
+    /// What to do each time a write handle of this grant's session is closed: see
+    /// [`upload_closed`](Self::upload_closed).
     pub fn on_write_closed(self: &Arc<Self>, grant: &Grant, peer: SocketAddr) -> WriteClosed {
         let request = grant.request_id;
         let key = fingerprint(&grant.key);
-        let hook = self.hook.clone();
         let gateway = self.clone();
-        Arc::new(move |w| {
-            Metrics::inc(&gateway.metrics.uploads_completed_total);
-            let event = serde_json::json!({
-                "event": "upload-closed",
-                "request_id": request,
-                "user": Record::user_name(request),
-                "key_fingerprint": key,
-                "client": peer.to_string(),
-                "bytes_written": w.bytes,
-                "final_size": w.size,
-                "duration_ms": w.duration.as_millis() as u64,
-                "at": OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).ok(),
-            });
-            tracing::info!(target: "audit", event = "upload-closed", request, key = %key, peer = %peer,
-                bytes = w.bytes, size = w.size, duration_ms = w.duration.as_millis() as u64, "write handle closed");
-            if let Some(hook) = &hook {
-                hook.post(event);
-            }
-        })
+        Arc::new(move |w| gateway.upload_closed(request, Some(&key), peer, Via::Sftp, &w))
+    }
+
+    /// An upload of `request` ended with its file durable: an SFTP write handle was closed,
+    /// or an HTTP upload's body ended (`key`: the SSH key's fingerprint; an HTTP upload has
+    /// none). One audit line, and the same event to the upload hook if one is configured.
+    pub fn upload_closed(
+        &self,
+        request: u64,
+        key: Option<&str>,
+        peer: SocketAddr,
+        via: Via,
+        w: &WriteSummary,
+    ) {
+        Metrics::inc(&self.metrics.uploads_completed_total);
+        let event = serde_json::json!({
+            "event": "upload-closed",
+            "request_id": request,
+            "user": Record::user_name(request),
+            "key_fingerprint": key,
+            "via": via.as_str(),
+            "client": peer.to_string(),
+            "bytes_written": w.bytes,
+            "final_size": w.size,
+            "duration_ms": w.duration.as_millis() as u64,
+            "at": OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).ok(),
+        });
+        tracing::info!(target: "audit", event = "upload-closed", request, key = key.unwrap_or("-"), via = via.as_str(), peer = %peer,
+            bytes = w.bytes, size = w.size, duration_ms = w.duration.as_millis() as u64, "upload closed");
+        if let Some(hook) = &self.hook {
+            hook.post(event);
+        }
+    }
+
+    /// The size limit of uploads (`--max-upload-size`), as upload sessions apply it.
+    pub fn max_upload_size(&self) -> Option<u64> {
+        self.max_upload_size
+    }
+
+    /// The lease of request `id`'s upload for a writer that must be alone on it (an HTTP
+    /// upload): no SFTP write handle of the request is open here or on another node
+    /// while it is held, and none opens. Waits at most `--lease-wait`.
+    pub async fn lease_upload_alone(&self, id: u64) -> Result<Arc<Hold>, &'static str> {
+        self.leases.acquire_exclusive(id).await
     }
 
     /// The metrics page, with totals summed over every request's activity.

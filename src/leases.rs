@@ -3,6 +3,12 @@
 //! it, renewing all held ones on a timer in one call, and giving each up once its last
 //! holder is done (after the fsync, see [`crate::sftp::WriteLeases`]).
 //!
+//! On this node a lease is shared by the SFTP sessions of its request, unless it was taken
+//! [exclusively](Leases::acquire_exclusive) (an HTTP upload, which replaces or appends to
+//! the file as one stream): then no one else on this node shares it until it is released,
+//! and an exclusive taker waits, boundedly like for another node, until no one on this node
+//! holds it.
+//!
 //! A node trusts a lease only until the start of the call that last took or renewed it,
 //! plus the TTL, minus a margin: the backend counts the same TTL from a later instant (when
 //! its statement ran), so a node cut off from the backend stops acknowledging writes at
@@ -33,6 +39,10 @@ const POLL: Duration = Duration::from_millis(500);
 /// Told to a client whose write open waited out another node's lease.
 pub const HELD_ELSEWHERE: &str = "this upload is being written through another gateway node; \
      try again once that transfer has ended";
+/// Told to a client whose write waited out another writer of the upload on this node: an
+/// HTTP upload beside SFTP write handles, or the reverse.
+pub const IN_USE: &str = "this upload is being written by another transfer (an HTTP upload or \
+     an SFTP session) through this gateway node; try again once that transfer has ended";
 /// Told to a client when the lease store did not answer.
 pub const UNAVAILABLE: &str =
     "the upload's lease could not be taken (the lease store is unavailable); try again later";
@@ -80,6 +90,8 @@ struct Inner {
 struct Entry {
     lease: Arc<Lease>,
     hold: Weak<Hold>,
+    /// Taken by [`Leases::acquire_exclusive`]: shared with no one.
+    exclusive: bool,
 }
 
 struct Lease {
@@ -189,10 +201,17 @@ impl Leases {
     }
 
     /// This node's hold on the lease of `request`: the one it has, or a new one, waiting
-    /// (if `wait`) at most the configured bound while another node holds it. `Err`: why
-    /// not, for the client.
+    /// (if `wait`) at most the configured bound while another node holds it (or an
+    /// exclusive holder on this node). `Err`: why not, for the client.
     pub async fn acquire(&self, request: u64, wait: bool) -> Result<Arc<Hold>, &'static str> {
-        self.0.acquire(request, wait).await
+        self.0.acquire(request, wait, false).await
+    }
+
+    /// A hold on the lease of `request` that this node shares with no one until it is
+    /// dropped, for a writer that must be alone (an HTTP upload). Waits at most the
+    /// configured bound while anyone else holds it, here or on another node.
+    pub async fn acquire_exclusive(&self, request: u64) -> Result<Arc<Hold>, &'static str> {
+        self.0.acquire(request, true, true).await
     }
 
     /// Waits, at most the configured bound, while another node holds the lease of
@@ -227,18 +246,25 @@ impl Inner {
         turn.lock_owned().await
     }
 
-    /// The valid hold this node has on the lease, if any.
+    /// The valid hold this node has on the lease, if any, and whether it is exclusive.
+    fn local(&self, request: u64) -> Option<(Arc<Hold>, bool)> {
+        let held = lock(&self.held);
+        let entry = held.get(&request)?;
+        let hold = entry.hold.upgrade().filter(|h| h.valid())?;
+        Some((hold, entry.exclusive))
+    }
+
+    /// The valid hold this node has on the lease and shares, if any.
     fn shared(&self, request: u64) -> Option<Arc<Hold>> {
-        lock(&self.held)
-            .get(&request)
-            .and_then(|e| e.hold.upgrade())
-            .filter(|h| h.valid())
+        self.local(request)
+            .and_then(|(hold, exclusive)| (!exclusive).then_some(hold))
     }
 
     async fn acquire(
         self: &Arc<Self>,
         request: u64,
         wait: bool,
+        exclusive: bool,
     ) -> Result<Arc<Hold>, &'static str> {
         let deadline = Instant::now() + if wait { self.wait } else { Duration::ZERO };
         // Polled before its deadline is looked at: a free turn is taken even without wait.
@@ -246,20 +272,28 @@ impl Inner {
             return Err(self.refuse(request, HELD_ELSEWHERE));
         };
         let waiting = "waiting for another node to release the upload's lease";
-        self.retry(request, deadline, waiting, || self.try_acquire(request))
+        let attempt = || self.try_acquire(request, exclusive);
+        self.retry(request, deadline, waiting, attempt)
             .await
             .map_err(|why| self.refuse(request, why))
     }
 
     /// One attempt at the lease, under this request's turn.
-    async fn try_acquire(self: &Arc<Self>, request: u64) -> Result<Arc<Hold>, &'static str> {
-        if let Some(hold) = self.shared(request) {
-            return Ok(hold);
+    async fn try_acquire(
+        self: &Arc<Self>,
+        request: u64,
+        exclusive: bool,
+    ) -> Result<Arc<Hold>, &'static str> {
+        match self.local(request) {
+            Some((hold, false)) if !exclusive => return Ok(hold),
+            // Someone here holds it and must be alone, or this taker must.
+            Some(_) => return Err(IN_USE),
+            None => {}
         }
         let start = self.now();
         let call = self.backend.acquire(request, &self.node, self.ttl);
         match tokio::time::timeout(self.renew_every, call).await {
-            Ok(Ok(Some(fence))) => Ok(self.insert(request, fence, start)),
+            Ok(Ok(Some(fence))) => Ok(self.insert(request, fence, start, exclusive)),
             Ok(Ok(None)) => Err(HELD_ELSEWHERE),
             Ok(Err(e)) => {
                 tracing::warn!(request, error = %e, "cannot take an upload's lease");
@@ -304,7 +338,13 @@ impl Inner {
         why
     }
 
-    fn insert(self: &Arc<Self>, request: u64, fence: Fence, start: u64) -> Arc<Hold> {
+    fn insert(
+        self: &Arc<Self>,
+        request: u64,
+        fence: Fence,
+        start: u64,
+        exclusive: bool,
+    ) -> Arc<Hold> {
         let lease = Arc::new(Lease {
             request,
             fence,
@@ -318,6 +358,7 @@ impl Inner {
         let entry = Entry {
             lease,
             hold: Arc::downgrade(&hold),
+            exclusive,
         };
         // Replaces a lost lease, or one whose last hold is on its way out: their releases
         // name their own fence, which the backend no longer has.
@@ -331,13 +372,20 @@ impl Inner {
             return true;
         }
         let deadline = Instant::now() + self.wait;
-        let waiting = "waiting for another node to finish writing the upload";
+        let waiting = "waiting for another node or transfer to finish writing the upload";
         self.retry(request, deadline, waiting, || self.is_free(request))
             .await
             .is_ok()
     }
 
+    /// Free for this node's sessions: shared here, or no exclusive holder here and no
+    /// other node.
     async fn is_free(&self, request: u64) -> Result<(), ()> {
+        match self.local(request) {
+            Some((_, false)) => return Ok(()),
+            Some((_, true)) => return Err(()),
+            None => {}
+        }
         let call = self.backend.held_elsewhere(request, &self.node);
         match tokio::time::timeout(self.renew_every, call).await {
             Ok(Ok(false)) => return Ok(()),
@@ -629,6 +677,40 @@ mod tests {
 
         cut.down.store(true, Ordering::Relaxed);
         assert_eq!(leases.acquire(4, false).await.err(), Some(UNAVAILABLE));
+    }
+
+    /// An exclusive hold (an HTTP upload) waits out this node's shared holds (SFTP write
+    /// handles) and keeps new ones out, boundedly both ways; another node is kept out
+    /// like by any lease.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_exclusive_hold_is_alone_on_this_node() {
+        let (leases, cut) = keeper(15_000, 300);
+        let shared = leases.acquire(6, false).await.expect("free");
+        let started = Instant::now();
+        assert_eq!(leases.acquire_exclusive(6).await.err(), Some(IN_USE));
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        // Let go while the exclusive taker waits: it gets the lease.
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(shared);
+        });
+        let alone = leases.acquire_exclusive(6).await.expect("released");
+        assert!(alone.valid());
+        assert!(cut.backend.held_elsewhere(6, "other").await.unwrap());
+        let started = Instant::now();
+        assert_eq!(leases.acquire(6, true).await.err(), Some(IN_USE));
+        assert_eq!(leases.acquire_exclusive(6).await.err(), Some(IN_USE));
+        assert!(!leases.wait_until_free(6).await);
+        assert!(started.elapsed() >= Duration::from_millis(600));
+        // A session starting while it ends waits for it, then shares the next lease.
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(alone);
+        });
+        assert!(leases.wait_until_free(6).await);
+        let a = leases.acquire(6, false).await.expect("free again");
+        let b = leases.acquire(6, false).await.expect("shared");
+        assert!(Arc::ptr_eq(&a.lease, &b.lease));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -243,6 +243,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         page_https: cfg.page_https,
         throttled_log: Default::default(),
         server_info,
+        shutdown: shutdown.clone(),
     });
     let app = admin::router(state);
     let limits = admin::HttpLimits {

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -64,13 +63,7 @@ c.close()
 "#;
 
 fn run_reference_pycurl(g: &Gateway, keys: &Path) -> Value {
-    let shim = g.dir.path().join("py2shim");
-    std::fs::create_dir_all(&shim).unwrap();
-    std::fs::write(
-        shim.join("sitecustomize.py"),
-        "import urllib, urllib.parse\nurllib.urlencode = urllib.parse.urlencode\n",
-    )
-    .unwrap();
+    let shim = py2_shim(g.dir.path());
     let script = REFERENCE_PYCURL
         .replace(
             "@URL@",
@@ -512,35 +505,6 @@ fn ipv6_upload_and_from_patterns() {
     let out = g.sftp("user_10534", &key, "put src.bin openchs.70.cdump\n", work);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(sha256(&g.upload_path(10534)), sha256(&src));
-}
-
-/// A one-connection-at-a-time HTTP server that records request bodies.
-fn hook_server() -> (String, std::sync::mpsc::Receiver<Value>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut len = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; len];
-            reader.read_exact(&mut body).unwrap();
-            let _ = conn
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-            let _ = tx.send(serde_json::from_slice(&body).unwrap_or(Value::Null));
-        }
-    });
-    (url, rx)
 }
 
 #[test]

@@ -6,7 +6,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -89,21 +88,15 @@ fn attack(mode: &str, count: usize) -> (String, u64) {
     } else {
         "db.dump"
     };
-    let mut py = Command::new(python())
-        .arg("-c")
-        .arg(ATTACK)
-        .args([
-            &g.ssh_port.to_string(),
-            key.path.to_str().unwrap(),
-            name,
-            mode,
-            &count.to_string(),
-            &format!("user_{id}"),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (port, count, user) = (
+        g.ssh_port.to_string(),
+        count.to_string(),
+        format!("user_{id}"),
+    );
+    let mut py = spawn_python(
+        ATTACK,
+        &[&port, key.path.to_str().unwrap(), name, mode, &count, &user],
+    );
     let mut stdin = py.stdin.take().unwrap();
     let mut lines = BufReader::new(py.stdout.take().unwrap()).lines();
     let mut next = || lines.next().and_then(Result::ok).unwrap_or_default();

@@ -87,9 +87,76 @@ impl Throttle {
 
     /// The right key clears the source's count for that request only: a client holding one
     /// request's key must not be able to reset its count across requests with it.
-    fn succeeded(&self, id: u64, ip: IpAddr) {
+    pub(super) fn succeeded(&self, id: u64, ip: IpAddr) {
         self.pairs.clear(&(id, source_of(ip)));
     }
+
+    /// `KEY:THROTTLED` while `ip` is refused for request `id`, before its key is looked at.
+    pub(super) fn check(&self, id: u64, ip: IpAddr) -> Result<(), Failure> {
+        let Some(why) = self.blocked(id, ip) else {
+            return Ok(());
+        };
+        let message = match why {
+            Throttled::Request => {
+                "too many wrong keys for this request from your address: try again in a minute"
+            }
+            Throttled::Source => "too many wrong keys from your address: try again in a minute",
+        };
+        // Debug only: a throttled client may call as often as it likes.
+        tracing::debug!(request = id, ip = %ip, "access call throttled");
+        Err(Failure::new("KEY:THROTTLED", message))
+    }
+
+    /// Counts a wrong key (or an unknown request) from `ip` and logs it; the failure to
+    /// answer.
+    pub(super) fn wrong_key(&self, id: u64, ip: IpAddr) -> Failure {
+        self.failed(id, ip);
+        tracing::info!(target: "audit", event = "access-refused", request = id, ip = %ip, "wrong key or unknown request");
+        Failure::new("KEY:INVALID", "unknown request or wrong key")
+    }
+}
+
+/// Whether `key` is the key of `record`. An unknown request (`None`) and a wrong key look
+/// the same and cost the same hash, so that neither can be probed.
+pub(super) fn key_matches(record: Option<&Record>, key: &str) -> bool {
+    match record {
+        Some(r) => r.key_matches(key),
+        None => {
+            let _ = hash_key(key);
+            false
+        }
+    }
+}
+
+/// The caller's address. The listener is served with its peer addresses; without one
+/// (never in `serve`) all callers share one source, which only makes the throttle
+/// stricter.
+pub(super) fn client_addr(req: &Request) -> SocketAddr {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), |c| c.0)
+}
+
+/// A `<NAME>:MISSING` failure for each required parameter not given.
+pub(super) fn missing(params: &[(&str, bool)]) -> Vec<Failure> {
+    params
+        .iter()
+        .filter(|(_, given)| !given)
+        .map(|(name, _)| {
+            Failure::new(
+                &format!("{}:MISSING", name.to_ascii_uppercase()),
+                format!("the {name} parameter is required"),
+            )
+        })
+        .collect()
+}
+
+/// The `request` parameter: a request id.
+pub(super) fn request_id(raw: &str) -> Result<u64, Failure> {
+    raw.parse::<u64>().ok().filter(|id| *id > 0).ok_or_else(|| {
+        Failure::new("REQUEST:INVALID", "request must be a request id")
+            .value(raw.chars().take(40).collect::<String>())
+    })
 }
 
 fn reply(failures: Vec<Failure>) -> Json<Value> {
@@ -120,29 +187,16 @@ pub async fn request_sftp_access(
     State(state): State<Arc<AdminState>>,
     req: Request,
 ) -> Json<Value> {
-    // The listener is served with its peer addresses; without one (never in `serve`) all
-    // callers share one source, which only makes the throttle stricter.
-    let ip = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+    let ip = client_addr(&req).ip();
     let p = match params(&state, req).await {
         Ok(p) => p,
         Err(e) => return malformed(e),
     };
-    let mut missing = Vec::new();
-    for (name, given) in [
+    let missing = missing(&[
         ("request", p.request.is_some()),
         ("key", p.key.is_some()),
         ("ssh_keys", p.ssh_keys.is_some()),
-    ] {
-        if !given {
-            missing.push(Failure::new(
-                &format!("{}:MISSING", name.to_ascii_uppercase()),
-                format!("the {name} parameter is required"),
-            ));
-        }
-    }
+    ]);
     if !missing.is_empty() {
         return reply(missing);
     }
@@ -151,49 +205,27 @@ pub async fn request_sftp_access(
         p.key.unwrap_or_default(),
         p.ssh_keys.unwrap_or_default(),
     );
-    let Some(id) = raw_id.parse::<u64>().ok().filter(|id| *id > 0) else {
-        return reply(vec![Failure::new(
-            "REQUEST:INVALID",
-            "request must be a request id",
-        )
-        .value(raw_id.chars().take(40).collect::<String>())]);
+    let id = match request_id(&raw_id) {
+        Ok(id) => id,
+        Err(f) => return reply(vec![f]),
     };
-    if let Some(why) = state.throttle.blocked(id, ip) {
-        let message = match why {
-            Throttled::Request => {
-                "too many wrong keys for this request from your address: try again in a minute"
-            }
-            Throttled::Source => "too many wrong keys from your address: try again in a minute",
-        };
-        // Debug only: a throttled client may call as often as it likes.
-        tracing::debug!(request = id, ip = %ip, "access call throttled");
-        return reply(vec![Failure::new("KEY:THROTTLED", message)]);
+    if let Err(f) = state.throttle.check(id, ip) {
+        return reply(vec![f]);
     }
     let (now, ttl) = (OffsetDateTime::now_utc(), state.access_ttl);
-    let change = state.gateway.change(id, |record| match record {
-        Some(r) if r.key_matches(&key) => match grant(r, keys_file, now, ttl) {
-            Ok((updated, granted)) => (Decision::Put(updated), Outcome::Granted(granted)),
-            Err(failures) => (Decision::Keep, Outcome::Refused(failures)),
-        },
-        found => {
-            // Unknown request and wrong key look the same, and cost the same hash, so
-            // neither can be probed.
-            if found.is_none() {
-                let _ = hash_key(&key);
-            }
-            (Decision::Keep, Outcome::WrongKey)
+    let change = state.gateway.change(id, |record| {
+        let matched = key_matches(record, &key);
+        match record {
+            Some(r) if matched => match grant(r, keys_file, now, ttl) {
+                Ok((updated, granted)) => (Decision::Put(updated), Outcome::Granted(granted)),
+                Err(failures) => (Decision::Keep, Outcome::Refused(failures)),
+            },
+            _ => (Decision::Keep, Outcome::WrongKey),
         }
     });
     let granted = match change.await {
         Err(e) => return reply(ApiError::storage(e).failures),
-        Ok((_, Outcome::WrongKey)) => {
-            state.throttle.failed(id, ip);
-            tracing::info!(target: "audit", event = "access-refused", request = id, ip = %ip, "wrong key or unknown request");
-            return reply(vec![Failure::new(
-                "KEY:INVALID",
-                "unknown request or wrong key",
-            )]);
-        }
+        Ok((_, Outcome::WrongKey)) => return reply(vec![state.throttle.wrong_key(id, ip)]),
         Ok((_, Outcome::Refused(failures))) => {
             state.throttle.succeeded(id, ip);
             return reply(failures);
@@ -234,6 +266,19 @@ struct Granted {
     expires_at: OffsetDateTime,
     keys: usize,
     warnings: Vec<Value>,
+}
+
+/// `ACCESS:EXPIRED`: the operator's `expires_at` on `record` has passed.
+pub(super) fn closed_by_operator(record: &Record) -> Failure {
+    Failure::new(
+        "ACCESS:EXPIRED",
+        "the operator closed access to this request; only the operator can reopen it",
+    )
+    .value(
+        record
+            .operator_expires_at
+            .and_then(|t| t.format(&Rfc3339).ok()),
+    )
 }
 
 /// The record that opening access to `record` (whose key matched) with `keys_file` at
@@ -283,15 +328,7 @@ fn grant(
         })
         .collect();
     let Some(expires_at) = record.customer_expiry(now, ttl) else {
-        return Err(vec![Failure::new(
-            "ACCESS:EXPIRED",
-            "the operator closed SFTP access to this request; only the operator can reopen it",
-        )
-        .value(
-            record
-                .operator_expires_at
-                .and_then(|t| t.format(&Rfc3339).ok()),
-        )]);
+        return Err(vec![closed_by_operator(record)]);
     };
     let mut updated = record.clone();
     updated.ssh_keys = text;

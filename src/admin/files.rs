@@ -4,16 +4,16 @@
 use std::io::SeekFrom;
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures::StreamExt;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
+use super::body::{write_body, Admit, Stop};
 use super::requests::{existing, view};
 use super::{parse_id, AdminState, ApiError, ApiResult, Failure};
 use crate::store::{private, sync_dir_io};
@@ -41,17 +41,10 @@ pub async fn put_upgraded(
     let (std_file, tmp_path) = tmp.into_parts();
     let mut file = tokio::fs::File::from_std(std_file);
     let mut stream = body.into_data_stream();
-    let mut total: u64 = 0;
-    while let Some(chunk) = stream.next().await {
-        let chunk: Bytes = chunk.map_err(|e| {
-            ApiError::bad(
-                "BODY:INTERRUPTED",
-                format!("the upload was interrupted: {e}"),
-            )
-        })?;
-        total += chunk.len() as u64;
-        file.write_all(&chunk).await.map_err(ApiError::storage)?;
-    }
+    let forever = std::future::pending();
+    let (total, streamed) =
+        write_body(&mut stream, &mut file, |_, _| Admit::All, |_| {}, forever).await;
+    streamed.map_err(Stop::into_api)?;
     file.sync_all().await.map_err(ApiError::storage)?;
     drop(file);
     tmp_path

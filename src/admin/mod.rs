@@ -2,6 +2,7 @@
 //! `Authorization: Bearer <admin token>`; every body is the reference's failure envelope.
 
 mod access;
+mod body;
 mod error;
 mod files;
 mod form;
@@ -11,6 +12,7 @@ mod page;
 mod requests;
 mod server_info;
 mod session;
+mod upload;
 mod write_stall;
 
 use std::sync::Arc;
@@ -62,6 +64,9 @@ pub struct AdminState {
     pub throttled_log: std::sync::Mutex<crate::ratelog::LogBudget>,
     /// Host-key fingerprints and the algorithm set, for `GET /v1/server`.
     pub server_info: ServerInfo,
+    /// Cancelled when the gateway stops: customers' uploads end (synced) rather than hold
+    /// the stop up.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -94,6 +99,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route(
             "/database/v1/request_sftp_access",
             post(access::request_sftp_access),
+        )
+        .route(
+            "/database/v1/upload",
+            post(upload::upload).layer(axum::extract::DefaultBodyLimit::disable()),
         )
         .merge(api)
         .fallback(|| async {

@@ -70,7 +70,7 @@ impl Drop for Membership<'_> {
 }
 
 impl Activity {
-    pub(super) fn wrote(&self, n: usize) {
+    pub fn wrote(&self, n: usize) {
         self.bytes_written.fetch_add(n as u64, Ordering::Relaxed);
         self.last_write.store(
             time::OffsetDateTime::now_utc().unix_timestamp(),

@@ -8,7 +8,7 @@ pub mod postgres;
 pub mod store_contract;
 pub mod wire;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -563,6 +563,50 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// A one-connection-at-a-time HTTP server that records request bodies: the upload hook's
+/// receiver. Returns its URL and the bodies it received, parsed.
+pub fn hook_server() -> (String, std::sync::mpsc::Receiver<Value>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).unwrap();
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = tx.send(serde_json::from_slice(&body).unwrap_or(Value::Null));
+        }
+    });
+    (url, rx)
+}
+
+/// A directory to put on `PYTHONPATH` whose `sitecustomize.py` gives Python 3 the Python 2
+/// name the reference's pycurl samples import (`from urllib import urlencode`), so that
+/// they run unchanged.
+pub fn py2_shim(dir: &Path) -> PathBuf {
+    let shim = dir.join("py2shim");
+    std::fs::create_dir_all(&shim).unwrap();
+    std::fs::write(
+        shim.join("sitecustomize.py"),
+        "import urllib, urllib.parse\nurllib.urlencode = urllib.parse.urlencode\n",
+    )
+    .unwrap();
+    shim
+}
+
 /// Polls `cond` every 20 ms until it holds or `limit` passes.
 pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
@@ -598,6 +642,19 @@ pub fn run_python(script: &str, args: &[&str]) -> String {
         text(&out.stderr)
     );
     text(&out.stdout)
+}
+
+/// Starts a Python script with the test venv and `args`, its stdin and stdout piped (to
+/// drive it line by line).
+pub fn spawn_python(script: &str, args: &[&str]) -> Child {
+    Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 /// A Python with the test's client libraries (pycurl, paramiko, asyncssh,
