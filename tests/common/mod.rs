@@ -584,13 +584,13 @@ pub fn run_python(script: &str, args: &[&str]) -> String {
 }
 
 /// A Python with the test's client libraries (pycurl, paramiko, asyncssh,
-/// websocket-client) and ssh-audit, in a venv under `target/` created on first use. Test binaries run
+/// websocket-client), ssh-audit and schemathesis, in a venv under `target/` created on first use. Test binaries run
 /// one after another, so a `Once` per binary plus a marker file is enough to build it once.
 pub fn python() -> PathBuf {
     static ONCE: std::sync::Once = std::sync::Once::new();
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv");
     let py = venv.join("bin/python");
-    let marker = venv.join(".ready-4");
+    let marker = venv.join(".ready-5");
     ONCE.call_once(|| {
         if marker.exists() {
             return;
@@ -612,12 +612,13 @@ pub fn python() -> PathBuf {
                     "asyncssh==2.24.1",
                     "websocket-client==1.8.0",
                     "ssh-audit==3.3.0",
+                    "schemathesis==4.32.5",
                 ])
                 .status()
                 .is_ok_and(|s| s.success());
         assert!(
             ok,
-            "cannot set up the Python test venv (python3 -m venv, pip install pycurl paramiko asyncssh ssh-audit)"
+            "cannot set up the Python test venv (python3 -m venv, pip install pycurl paramiko asyncssh ssh-audit schemathesis)"
         );
         std::fs::write(&marker, b"").unwrap();
     });
