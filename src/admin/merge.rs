@@ -382,6 +382,19 @@ mod tests {
     }
 
     #[test]
+    fn put_replaces_the_request_key() {
+        let old = record(ReqState::Draft);
+        let body = PutRequest {
+            key: Some("new-secret".into()),
+            ..PutRequest::default()
+        };
+        let r = put(body, Some(&old), false).unwrap();
+        assert!(r.key_matches("new-secret"));
+        assert!(!r.key_matches(KEY));
+        assert_eq!(r.ssh_keys, old.ssh_keys);
+    }
+
+    #[test]
     fn put_reports_every_bad_field_in_order() {
         let body = PutRequest {
             filename: Some("../x".into()),
