@@ -8,15 +8,10 @@ use utoipa::ToSchema;
 
 use super::Reason;
 
-/// One failure.
+/// One failure. The fields are in alphabetical order, as the answers before this type had
+/// them (they were sorted JSON maps): a client comparing bytes sees no change.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Failure {
-    pub reason: Reason,
-    pub message: String,
-    /// The offending value (its first 40 characters for text), where that helps.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Value)]
-    pub value: Option<Value>,
     /// The values that would have been accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected: Option<Vec<String>>,
@@ -24,6 +19,12 @@ pub struct Failure {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
     pub line: Option<usize>,
+    pub message: String,
+    pub reason: Reason,
+    /// The offending value (its first 40 characters for text), where that helps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Value)]
+    pub value: Option<Value>,
 }
 
 impl Failure {
