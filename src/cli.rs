@@ -394,3 +394,14 @@ fn row(r: &RequestView) -> String {
         r.sessions
     )
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids_are_spelt_as_the_api_spells_them() {
+        assert_eq!(super::id_arg("10534"), Ok(10534));
+        for bad in ["+5", "05", "0", "-1", "5x", ""] {
+            assert!(super::id_arg(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -136,3 +136,59 @@ fn schemathesis_finds_nothing() {
     assert_eq!(code, 200, "{v}");
     eprintln!("schemathesis took {elapsed:?}");
 }
+
+/// One id parser: `+5` and `05` are refused by the operator's routes, the customers' call
+/// and the CLI alike, and `5` is accepted by all three.
+#[test]
+fn ids_have_one_spelling_everywhere() {
+    let g = Gateway::start();
+    let key = ClientKey::new(g.dir.path(), "k");
+    g.provision(5, "a.dump", &key);
+    let keys_file = key.path.with_extension("pub");
+    let access = |request: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "-X", "POST", "-F"])
+            .arg(format!("ssh_keys=@{}", keys_file.display()))
+            .args(["-F", &format!("request={request}"), "-F", "key=secret-5"])
+            .arg(format!(
+                "http://{}/database/v1/request_sftp_access",
+                g.admin
+            ))
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        reasons(&v)
+    };
+    let cli = |id: &str| {
+        Command::new(env!("CARGO_BIN_EXE_sftpgate"))
+            .args(["request", "show", id, "--admin"])
+            .arg(format!("http://{}", g.admin))
+            .env("SFTPGATE_ADMIN_TOKEN", TOKEN)
+            .output()
+            .unwrap()
+    };
+    for bad in ["+5", "05"] {
+        let (code, v) = g.api("GET", &format!("/v1/requests/{bad}"), None);
+        assert_eq!(
+            (code, reasons(&v)),
+            (400, vec!["REQUEST:INVALID_ID".to_string()])
+        );
+        assert_eq!(access(bad), ["REQUEST:INVALID"]);
+        let out = cli(bad);
+        assert!(!out.status.success());
+        assert!(
+            text(&out.stderr).contains("a request id is a positive integer"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(g.api("GET", "/v1/requests/5", None).0, 200);
+    assert_eq!(access("5"), Vec::<String>::new());
+    let out = cli("5");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("sftp -P"),
+        "{}",
+        text(&out.stdout)
+    );
+}
