@@ -4,9 +4,10 @@
 //! Like the reference, it always answers 200 with a JSON body whose `failures` list is
 //! empty on success.
 //!
-//! The whole decision (key, state, keys file, expiry) is taken in one `Gateway::change`,
-//! from the record as it is then: a call racing an operator's cancel or delete either
-//! comes before it (and is undone by it) or sees its result, never writes over it.
+//! The whole decision (key, state, keys file, expiry: `merge::customer_access`, a pure
+//! function) is taken in one `Gateway::change`, from the record as it is then: a call
+//! racing an operator's cancel or delete either comes before it (and is undone by it) or
+//! sees its result, never writes over it. This handler parses, throttles and answers.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
