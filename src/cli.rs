@@ -1,5 +1,6 @@
 //! The operator CLI: a thin client of the operator HTTP API, with the same defaults as
-//! `serve` (admin address and token file). Human-readable output, or `--json`.
+//! `serve` (admin address and token file). It sends and reads the contract's own types
+//! ([`crate::api`]). Human-readable output, or `--json`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,11 +10,21 @@ use futures::TryStreamExt;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper::Method;
-use serde_json::{json, Value};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio_util::io::ReaderStream;
 
+use crate::api::{
+    Deleted, Envelope, Failure, ListQuery, OneRequest, PutRequest, RequestList, RequestView,
+    StateChange,
+};
 use crate::http;
+
+/// A request id argument: spelt as the API spells ids (no sign, no leading zeros).
+fn id_arg(text: &str) -> Result<u64, String> {
+    crate::api::parse_id(text).ok_or_else(|| "a request id is a positive integer".to_string())
+}
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -44,6 +55,7 @@ pub struct ClientArgs {
 pub enum RequestCmd {
     /// Create or update a request
     Put {
+        #[arg(value_parser = id_arg)]
         id: u64,
         #[arg(long)]
         filename: Option<String>,
@@ -59,13 +71,21 @@ pub enum RequestCmd {
         expires_at: Option<String>,
     },
     /// Show one request
-    Show { id: u64 },
+    Show {
+        #[arg(value_parser = id_arg)]
+        id: u64,
+    },
     /// List all requests
     List,
     /// Change a request's state
-    State { id: u64, state: String },
+    State {
+        #[arg(value_parser = id_arg)]
+        id: u64,
+        state: String,
+    },
     /// Revoke a request (its sessions are closed)
     Delete {
+        #[arg(value_parser = id_arg)]
         id: u64,
         /// Also delete its files
         #[arg(long)]
@@ -76,13 +96,21 @@ pub enum RequestCmd {
 #[derive(clap::Subcommand)]
 pub enum UpgradedCmd {
     /// Upload the upgraded dump of a request
-    Put { id: u64, file: PathBuf },
+    Put {
+        #[arg(value_parser = id_arg)]
+        id: u64,
+        file: PathBuf,
+    },
 }
 
 #[derive(clap::Subcommand)]
 pub enum OriginalCmd {
     /// Download the customer's upload of a request
-    Get { id: u64, file: PathBuf },
+    Get {
+        #[arg(value_parser = id_arg)]
+        id: u64,
+        file: PathBuf,
+    },
 }
 
 pub struct Client {
@@ -112,13 +140,14 @@ impl Client {
         })
     }
 
-    async fn call(
+    /// Calls the API; a body with failures is an error, any other is read as `T`.
+    async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: http::Body,
         ctype: &str,
-    ) -> anyhow::Result<Value> {
+    ) -> anyhow::Result<T> {
         let auth = format!("Bearer {}", self.token);
         let url = format!("{}{path}", self.base);
         let resp = http::send(
@@ -131,28 +160,54 @@ impl Client {
         .await?;
         let status = resp.status();
         let bytes = http::body_bytes(resp).await?;
-        let v: Value = serde_json::from_slice(&bytes)
-            .with_context(|| format!("{url} answered {status} without JSON"))?;
-        check(&v)?;
-        Ok(v)
+        let envelope: Envelope = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{url} answered {status} without the API's JSON"))?;
+        check(&envelope.failures)?;
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("{url} answered {status} with JSON of another shape"))
     }
 
-    async fn call_json(
+    async fn call_json<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<Value> {
-        let body = body.map_or_else(http::empty, |b| http::full(b.to_string()));
+        body: Option<&impl Serialize>,
+    ) -> anyhow::Result<T> {
+        let body = match body {
+            Some(b) => http::full(serde_json::to_string(b)?),
+            None => http::empty(),
+        };
         self.call(method, path, body, "application/json").await
     }
 
-    fn print(&self, v: &Value, human: impl FnOnce(&Value) -> String) {
+    fn print<T: Serialize>(&self, v: &T, human: impl FnOnce(&T) -> String) {
         if self.json {
             println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
         } else {
             println!("{}", human(v));
         }
+    }
+
+    /// Every request, a page at a time.
+    async fn list_all(&self) -> anyhow::Result<RequestList> {
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let cursor = after.map(|a| format!("&after={a}")).unwrap_or_default();
+            let path = format!("/v1/requests?limit={}{cursor}", ListQuery::MAX_LIMIT);
+            let page: RequestList = self.call_json(Method::GET, &path, None::<&()>).await?;
+            all.extend(page.requests);
+            // A cursor that does not move on would loop for ever.
+            match page.next {
+                Some(n) if after.is_none_or(|a| n > a) => after = Some(n),
+                _ => break,
+            }
+        }
+        Ok(RequestList {
+            failures: Vec::new(),
+            requests: all,
+            next: None,
+        })
     }
 
     pub async fn request(&self, cmd: RequestCmd) -> anyhow::Result<()> {
@@ -165,74 +220,57 @@ impl Client {
                 state,
                 expires_at,
             } => {
-                let mut body = serde_json::Map::new();
-                if let Some(f) = filename {
-                    body.insert("filename".into(), f.into());
-                }
-                if let Some(k) = key {
-                    body.insert("key".into(), k.into());
-                }
-                if let Some(p) = ssh_keys {
-                    let text = std::fs::read_to_string(&p)
-                        .with_context(|| format!("cannot read {}", p.display()))?;
-                    body.insert("ssh_keys".into(), text.into());
-                }
-                if let Some(s) = state {
-                    body.insert("state".into(), s.into());
-                }
-                if let Some(t) = expires_at {
-                    body.insert(
-                        "expires_at".into(),
-                        if t == "none" { Value::Null } else { t.into() },
-                    );
-                }
-                let v = self
-                    .call_json(
-                        Method::PUT,
-                        &format!("/v1/requests/{id}"),
-                        Some(Value::Object(body)),
-                    )
+                let ssh_keys = match ssh_keys {
+                    Some(p) => Some(
+                        std::fs::read_to_string(&p)
+                            .with_context(|| format!("cannot read {}", p.display()))?,
+                    ),
+                    None => None,
+                };
+                let body = PutRequest {
+                    filename,
+                    key,
+                    state,
+                    ssh_keys,
+                    expires_at: expires_at.map(|t| (t != "none").then_some(t)),
+                };
+                let v: OneRequest = self
+                    .call_json(Method::PUT, &format!("/v1/requests/{id}"), Some(&body))
                     .await?;
-                self.print(&v, |v| describe(&v["request"]));
+                self.print(&v, |v| describe(&v.request));
             }
             RequestCmd::Show { id } => {
-                let v = self
-                    .call_json(Method::GET, &format!("/v1/requests/{id}"), None)
+                let v: OneRequest = self
+                    .call_json(Method::GET, &format!("/v1/requests/{id}"), None::<&()>)
                     .await?;
-                self.print(&v, |v| describe(&v["request"]));
+                self.print(&v, |v| describe(&v.request));
             }
             RequestCmd::List => {
-                let v = self.call_json(Method::GET, "/v1/requests", None).await?;
+                let v = self.list_all().await?;
                 self.print(&v, |v| {
-                    let rows: Vec<String> = v["requests"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(row)
-                        .collect();
-                    if rows.is_empty() {
+                    if v.requests.is_empty() {
                         "no requests".into()
                     } else {
-                        rows.join("\n")
+                        v.requests.iter().map(row).collect::<Vec<_>>().join("\n")
                     }
                 });
             }
             RequestCmd::State { id, state } => {
-                let v = self
+                let v: OneRequest = self
                     .call_json(
                         Method::POST,
                         &format!("/v1/requests/{id}/state"),
-                        Some(json!({"state": state})),
+                        Some(&StateChange { state }),
                     )
                     .await?;
-                self.print(&v, |v| describe(&v["request"]));
+                self.print(&v, |v| describe(&v.request));
             }
             RequestCmd::Delete { id, purge } => {
-                let v = self
+                let v: Deleted = self
                     .call_json(
                         Method::DELETE,
                         &format!("/v1/requests/{id}?purge={purge}"),
-                        None,
+                        None::<&()>,
                     )
                     .await?;
                 self.print(&v, |_| {
@@ -252,7 +290,7 @@ impl Client {
             .with_context(|| format!("cannot open {}", file.display()))?;
         let stream = ReaderStream::with_capacity(f, 256 * 1024).map_ok(Frame::data);
         let body = BodyExt::boxed(StreamBody::new(stream));
-        let v = self
+        let v: OneRequest = self
             .call(
                 Method::PUT,
                 &format!("/v1/requests/{id}/upgraded"),
@@ -263,7 +301,7 @@ impl Client {
         self.print(&v, |v| {
             format!(
                 "stored {} bytes as the upgraded dump of request {id}",
-                v["request"]["upgraded_filesize"]
+                v.request.upgraded_filesize.unwrap_or(0)
             )
         });
         Ok(())
@@ -281,10 +319,11 @@ impl Client {
         )
         .await?;
         if !resp.status().is_success() {
+            let status = resp.status();
             let bytes = http::body_bytes(resp).await?;
-            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            check(&v)?;
-            bail!("{url}: unexpected answer");
+            let envelope: Envelope = serde_json::from_slice(&bytes).unwrap_or_default();
+            check(&envelope.failures)?;
+            bail!("{url}: unexpected answer {status}");
         }
         let mut out = tokio::fs::File::create(file)
             .await
@@ -299,7 +338,7 @@ impl Client {
         }
         out.sync_all().await?;
         if self.json {
-            println!("{}", json!({"failures": [], "bytes": total}));
+            println!("{}", serde_json::json!({"failures": [], "bytes": total}));
         } else {
             println!("saved {total} bytes to {}", file.display());
         }
@@ -308,66 +347,61 @@ impl Client {
 }
 
 /// Fails with the API's failure messages, if any.
-fn check(v: &Value) -> anyhow::Result<()> {
-    let failures = v["failures"].as_array().cloned().unwrap_or_default();
+fn check(failures: &[Failure]) -> anyhow::Result<()> {
     if failures.is_empty() {
         return Ok(());
     }
     let lines: Vec<String> = failures
         .iter()
-        .map(|f| {
-            format!(
-                "{}: {}",
-                f["reason"].as_str().unwrap_or("?"),
-                f["message"].as_str().unwrap_or("")
-            )
-        })
+        .map(|f| format!("{}: {}", f.reason, f.message))
         .collect();
     bail!("{}", lines.join("\n"))
 }
 
-fn describe(r: &Value) -> String {
-    let s = |k: &str| match &r[k] {
-        Value::String(x) => x.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    };
-    let keys: Vec<String> = r["ssh_keys"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|k| {
-            format!(
-                "{} {} ({})",
-                k["fingerprint"].as_str().unwrap_or(""),
-                k["comment"].as_str().unwrap_or(""),
-                k["algorithm"].as_str().unwrap_or("")
-            )
-        })
+fn or_dash(v: Option<impl ToString>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+fn describe(r: &RequestView) -> String {
+    let keys: Vec<String> = r
+        .ssh_keys
+        .iter()
+        .map(|k| format!("{} {} ({})", k.fingerprint, k.comment, k.algorithm))
         .collect();
     format!(
         "request {} ({})\n  file:         {} ({} bytes uploaded, upgraded: {})\n  shared file:  {}\n  connect:      {}\n  expires:      {}\n  keys:         {}\n  sessions:     {} {}",
-        s("id"),
-        s("state"),
-        s("filename"),
-        s("filesize"),
-        s("upgraded_filesize"),
-        s("shared_file"),
-        s("sample_command"),
-        s("expires_at"),
+        r.id,
+        r.state.as_str(),
+        r.filename,
+        r.filesize,
+        or_dash(r.upgraded_filesize),
+        or_dash(r.shared_file.as_ref()),
+        r.sample_command,
+        or_dash(r.expires_at.and_then(crate::api::time_format::format)),
         if keys.is_empty() { "-".into() } else { keys.join("\n                ") },
-        s("sessions"),
-        r["peers"].as_array().map(|p| p.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
+        r.sessions,
+        r.peers.join(", "),
     )
 }
 
-fn row(r: &Value) -> String {
+fn row(r: &RequestView) -> String {
     format!(
         "{:>8}  {:<9}  {:<32}  {:>12} bytes  {} sessions",
-        r["id"],
-        r["state"].as_str().unwrap_or(""),
-        r["filename"].as_str().unwrap_or(""),
-        r["filesize"],
-        r["sessions"]
+        r.id,
+        r.state.as_str(),
+        r.filename,
+        r.filesize,
+        r.sessions
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids_are_spelt_as_the_api_spells_them() {
+        assert_eq!(super::id_arg("10534"), Ok(10534));
+        for bad in ["+5", "05", "0", "-1", "5x", ""] {
+            assert!(super::id_arg(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -5,6 +5,7 @@
 //! `ssh` and `admin` sit on top and are wired together by `server`.
 
 pub mod admin;
+pub mod api;
 pub mod cli;
 pub mod config;
 #[doc(hidden)]

@@ -13,7 +13,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, AdminState, PublishedHostKey, ServerInfo};
+use crate::admin::{self, AdminState};
+use crate::api::{PublishedHostKey, ServerInfo};
 use crate::config::{Config, StoreSpec};
 use crate::gateway::Gateway;
 use crate::hook::Hook;
@@ -126,7 +127,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 tracing::info!(r#type = %k.kind, algorithm = %algorithm, fingerprint = %fp, "loaded the host key");
             }
             PublishedHostKey {
-                r#type: k.kind.name(),
+                r#type: k.kind.name().to_string(),
                 algorithm: algorithm.to_string(),
                 fingerprint: fp,
                 // A key the set has no algorithm for (an ECDSA key under `hardened`) is
@@ -194,7 +195,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let tracker = TaskTracker::new();
     let server_info = ServerInfo {
         node: cfg.node_name.clone(),
-        algorithm_set: algorithms.set.name(),
+        algorithm_set: algorithms.set.name().to_string(),
         algorithms_overridden: algorithms.overridden,
         host_keys: published,
     };

@@ -4,9 +4,10 @@
 //! Like the reference, it always answers 200 with a JSON body whose `failures` list is
 //! empty on success.
 //!
-//! The whole decision (key, state, keys file, expiry) is taken in one `Gateway::change`,
-//! from the record as it is then: a call racing an operator's cancel or delete either
-//! comes before it (and is undone by it) or sees its result, never writes over it.
+//! The whole decision (key, state, keys file, expiry: `merge::customer_access`, a pure
+//! function) is taken in one `Gateway::change`, from the record as it is then: a call
+//! racing an operator's cancel or delete either comes before it (and is undone by it) or
+//! sees its result, never writes over it. This handler parses, throttles and answers.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -15,16 +16,16 @@ use std::time::Duration;
 use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::header;
 use axum::Json;
-use serde_json::{json, Value};
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::form::{parse_access_form, AccessParams as Params};
-use super::requests::keys_failures;
-use super::{AdminState, ApiError, Failure};
-use crate::keys::{parse_authorized_keys, MAX_BYTES};
+use super::merge::{customer_access, AccessDecision};
+use super::{AdminState, ApiError};
+use crate::api::{
+    parse_id, sample_command, AccessAnswer, AccessForm, AccessGranted, AccessQuery, Failure, Reason,
+};
 use crate::limits::{source_of, FailureCounter, FailurePolicy};
-use crate::store::{hash_key, Access, Decision, Record, State as ReqState};
+use crate::store::{hash_key, Decision, Record};
 
 /// Wrong keys allowed per request from one source within `WINDOW`; the source is then
 /// refused for that request for `BLOCK`. Counted per source so that strangers cannot lock
@@ -104,7 +105,7 @@ impl Throttle {
         };
         // Debug only: a throttled client may call as often as it likes.
         tracing::debug!(request = id, ip = %ip, "access call throttled");
-        Err(Failure::new("KEY:THROTTLED", message))
+        Err(Failure::new(Reason::KeyThrottled, message))
     }
 
     /// Counts a wrong key (or an unknown request) from `ip` and logs it; the failure to
@@ -112,7 +113,7 @@ impl Throttle {
     pub(super) fn wrong_key(&self, id: u64, ip: IpAddr) -> Failure {
         self.failed(id, ip);
         tracing::info!(target: "audit", event = "access-refused", request = id, ip = %ip, "wrong key or unknown request");
-        Failure::new("KEY:INVALID", "unknown request or wrong key")
+        Failure::new(Reason::KeyInvalid, "unknown request or wrong key")
     }
 }
 
@@ -138,33 +139,28 @@ pub(super) fn client_addr(req: &Request) -> SocketAddr {
 }
 
 /// A `<NAME>:MISSING` failure for each required parameter not given.
-pub(super) fn missing(params: &[(&str, bool)]) -> Vec<Failure> {
+pub(super) fn missing(params: &[(Reason, &str, bool)]) -> Vec<Failure> {
     params
         .iter()
-        .filter(|(_, given)| !given)
-        .map(|(name, _)| {
-            Failure::new(
-                &format!("{}:MISSING", name.to_ascii_uppercase()),
-                format!("the {name} parameter is required"),
-            )
-        })
+        .filter(|(_, _, given)| !given)
+        .map(|(reason, name, _)| Failure::new(*reason, format!("the {name} parameter is required")))
         .collect()
 }
 
-/// The `request` parameter: a request id.
+/// The `request` parameter: a request id ([`parse_id`]).
 pub(super) fn request_id(raw: &str) -> Result<u64, Failure> {
-    raw.parse::<u64>().ok().filter(|id| *id > 0).ok_or_else(|| {
-        Failure::new("REQUEST:INVALID", "request must be a request id")
+    parse_id(raw).ok_or_else(|| {
+        Failure::new(Reason::RequestInvalid, "request must be a request id")
             .value(raw.chars().take(40).collect::<String>())
     })
 }
 
-fn reply(failures: Vec<Failure>) -> Json<Value> {
-    Json(json!({ "failures": failures }))
+fn reply(failures: Vec<Failure>) -> Json<AccessAnswer> {
+    Json(AccessAnswer::refused(failures))
 }
 
-fn malformed(message: impl Into<String>) -> Json<Value> {
-    reply(vec![Failure::new("REQUEST:MALFORMED", message)])
+fn malformed(message: impl Into<String>) -> Json<AccessAnswer> {
+    reply(vec![Failure::new(Reason::RequestMalformed, message)])
 }
 
 /// Reads the whole body (within the router's body limit) and parses it with the query
@@ -183,19 +179,39 @@ async fn params(state: &Arc<AdminState>, req: Request) -> Result<Params, String>
     parse_access_form(query.as_deref(), &ctype, body).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/database/v1/request_sftp_access",
+    tag = "customer",
+    summary = "Open SFTP access (the customer's call)",
+    operation_id = "requestSftpAccess",
+    description = "The reference API's `request_sftp_access`. Authenticated by the request's own key, not the admin token. `request` and `key` come from the query string or the form (form fields win), the keys file from the form field `ssh_keys`. On success the request's keys are replaced with the uploaded ones and access opens for `--access-ttl`, never past the operator's `expires_at`. Always HTTP 200: the failures are in the body (`REQUEST:MALFORMED`, `REQUEST:MISSING`, `KEY:MISSING`, `SSH_KEYS:MISSING`, `REQUEST:INVALID`, `KEY:THROTTLED`, `KEY:INVALID`, `STATE:INVALID`, `SSH_KEYS:INVALID`, `SSH_KEYS:EMPTY`, `SSH_KEYS:TOO_LARGE`, `ACCESS:EXPIRED`, `STORAGE:UNAVAILABLE`).",
+    params(AccessQuery),
+    request_body(
+        description = "The keys file (and optionally `request` and `key`)",
+        content(
+            (AccessForm = "multipart/form-data"),
+            (AccessForm = "application/x-www-form-urlencoded"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "Granted (`failures` empty) or refused (`failures` only)", body = AccessAnswer),
+    ),
+    security(()),
+)]
 pub async fn request_sftp_access(
     State(state): State<Arc<AdminState>>,
     req: Request,
-) -> Json<Value> {
+) -> Json<AccessAnswer> {
     let ip = client_addr(&req).ip();
     let p = match params(&state, req).await {
         Ok(p) => p,
         Err(e) => return malformed(e),
     };
     let missing = missing(&[
-        ("request", p.request.is_some()),
-        ("key", p.key.is_some()),
-        ("ssh_keys", p.ssh_keys.is_some()),
+        (Reason::RequestMissing, "request", p.request.is_some()),
+        (Reason::KeyMissing, "key", p.key.is_some()),
+        (Reason::SshKeysMissing, "ssh_keys", p.ssh_keys.is_some()),
     ]);
     if !missing.is_empty() {
         return reply(missing);
@@ -214,133 +230,35 @@ pub async fn request_sftp_access(
     }
     let (now, ttl) = (OffsetDateTime::now_utc(), state.access_ttl);
     let change = state.gateway.change(id, |record| {
-        let matched = key_matches(record, &key);
-        match record {
-            Some(r) if matched => match grant(r, keys_file, now, ttl) {
-                Ok((updated, granted)) => (Decision::Put(updated), Outcome::Granted(granted)),
-                Err(failures) => (Decision::Keep, Outcome::Refused(failures)),
-            },
-            _ => (Decision::Keep, Outcome::WrongKey),
+        match customer_access(record, &key, keys_file, now, ttl) {
+            AccessDecision::Granted(updated, granted) => (Decision::Put(*updated), Ok(granted)),
+            refused => (Decision::Keep, Err(refused)),
         }
     });
     let granted = match change.await {
         Err(e) => return reply(ApiError::storage(e).failures),
-        Ok((_, Outcome::WrongKey)) => return reply(vec![state.throttle.wrong_key(id, ip)]),
-        Ok((_, Outcome::Refused(failures))) => {
+        Ok((_, Ok(granted))) => granted,
+        Ok((_, Err(AccessDecision::Refused(failures)))) => {
             state.throttle.succeeded(id, ip);
             return reply(failures);
         }
-        Ok((_, Outcome::Granted(granted))) => {
-            state.throttle.succeeded(id, ip);
-            granted
-        }
+        Ok((_, Err(_))) => return reply(vec![state.throttle.wrong_key(id, ip)]),
     };
-    let user = Record::user_name(id);
+    state.throttle.succeeded(id, ip);
     tracing::info!(target: "audit", event = "access-granted", request = id, keys = granted.keys, "sftp access opened");
-    Json(json!({
-        "failures": [],
-        "warnings": granted.warnings,
-        "request": {
-            "hostname": state.public_host,
-            "sftp_port": state.public_port,
-            "sftp_user": user,
-            "shared_file": granted.shared_file,
-            "request_id": id,
-            "sample_command": format!("sftp -P {} {}@{}", state.public_port, user, state.public_host),
-            "expires_at": granted.expires_at.format(&Rfc3339).ok(),
-        }
-    }))
-}
-
-/// What a call decided, taken out of the change.
-enum Outcome {
-    WrongKey,
-    /// The right key, but no access: the failures to answer.
-    Refused(Vec<Failure>),
-    Granted(Granted),
-}
-
-/// What the answer to a granted call tells.
-struct Granted {
-    shared_file: String,
-    expires_at: OffsetDateTime,
-    keys: usize,
-    warnings: Vec<Value>,
-}
-
-/// `ACCESS:EXPIRED`: the operator's `expires_at` on `record` has passed.
-pub(super) fn closed_by_operator(record: &Record) -> Failure {
-    Failure::new(
-        "ACCESS:EXPIRED",
-        "the operator closed access to this request; only the operator can reopen it",
-    )
-    .value(
-        record
-            .operator_expires_at
-            .and_then(|t| t.format(&Rfc3339).ok()),
-    )
-}
-
-/// The record that opening access to `record` (whose key matched) with `keys_file` at
-/// `now` makes, or why access is not opened, checked in the order the reference does.
-fn grant(
-    record: &Record,
-    keys_file: Vec<u8>,
-    now: OffsetDateTime,
-    ttl: time::Duration,
-) -> Result<(Record, Granted), Vec<Failure>> {
-    let access = match record.state {
-        ReqState::Draft | ReqState::Done => record.state,
-        other => {
-            return Err(vec![Failure::new(
-                "STATE:INVALID",
-                format!(
-                    "SFTP access needs the request in draft or done, it is {}",
-                    other.as_str()
-                ),
-            )
-            .value(other.as_str())
-            .expected(vec!["draft".into(), "done".into()])])
-        }
-    };
-    if keys_file.len() > MAX_BYTES {
-        return Err(vec![Failure::new(
-            "SSH_KEYS:TOO_LARGE",
-            format!(
-                "{} bytes, at most {MAX_BYTES} are accepted",
-                keys_file.len()
-            ),
-        )]);
-    }
-    let Ok(text) = String::from_utf8(keys_file) else {
-        return Err(vec![Failure::new(
-            "SSH_KEYS:INVALID",
-            "the SSH keys file is not UTF-8 text",
-        )]);
-    };
-    let keys = parse_authorized_keys(&text).map_err(keys_failures)?;
-    let warnings: Vec<Value> = keys
-        .iter()
-        .flat_map(|k| {
-            k.options.ignored.iter().map(move |o| {
-                json!({"line": k.line, "option": o, "message": format!("line {}: option {o} is not honoured by this server and was ignored", k.line)})
-            })
-        })
-        .collect();
-    let Some(expires_at) = record.customer_expiry(now, ttl) else {
-        return Err(vec![closed_by_operator(record)]);
-    };
-    let mut updated = record.clone();
-    updated.ssh_keys = text;
-    updated.expires_at = Some(expires_at);
-    updated.updated_at = now;
-    let granted = Granted {
-        shared_file: record.visible_name(access.access().unwrap_or(Access::Upload)),
-        expires_at,
-        keys: keys.len(),
-        warnings,
-    };
-    Ok((updated, granted))
+    Json(AccessAnswer {
+        failures: Vec::new(),
+        warnings: Some(granted.warnings),
+        request: Some(AccessGranted {
+            hostname: state.public_host.clone(),
+            sftp_port: state.public_port,
+            sftp_user: Record::user_name(id),
+            shared_file: granted.shared_file,
+            request_id: id,
+            sample_command: sample_command(&state.public_host, state.public_port, id),
+            expires_at: Some(granted.expires_at),
+        }),
+    })
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use super::ApiError;
+use crate::api::Reason;
 
 /// Why a body was not written to its end.
 #[derive(Debug)]
@@ -29,7 +30,7 @@ impl Stop {
     pub fn into_api(self) -> ApiError {
         match self {
             Stop::Interrupted(e) => ApiError::bad(
-                "BODY:INTERRUPTED",
+                Reason::BodyInterrupted,
                 format!("the upload was interrupted: {e}"),
             ),
             Stop::Io(e) => ApiError::storage(e),

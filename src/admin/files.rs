@@ -9,20 +9,36 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
 use super::body::{write_body, Admit, Stop};
-use super::requests::{existing, view};
-use super::{parse_id, AdminState, ApiError, ApiResult, Failure};
+use super::requests::existing;
+use super::view::view;
+use super::{parse_id, AdminState, ApiError, ApiResult};
+use crate::api::{Dump, Failure, OneRequest, Reason, Refusal, RequestIdPath};
 use crate::store::{private, sync_dir_io};
 
+#[utoipa::path(
+    put,
+    path = "/v1/requests/{id}/upgraded",
+    tag = "files",
+    summary = "Store the upgraded dump",
+    operation_id = "putUpgraded",
+    description = "The body is the dump itself, streamed to disk (no size limit but the disk's); it replaces the upgraded file atomically once whole.",
+    params(RequestIdPath),
+    request_body(content = inline(Dump), content_type = "application/octet-stream", description = "The upgraded dump (an empty body stores an empty file)"),
+    responses(
+        (status = 200, description = "Stored", body = OneRequest),
+        (status = 400, description = "`BODY:INTERRUPTED`", body = Refusal),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn put_upgraded(
     State(state): State<Arc<AdminState>>,
     Path(raw): Path<String>,
     body: Body,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<OneRequest>> {
     let id = parse_id(&raw)?;
     let record = existing(&state, id).await?;
     let path = state.gateway.upgraded_path(id);
@@ -55,37 +71,64 @@ pub async fn put_upgraded(
         .map_err(ApiError::storage)?
         .map_err(ApiError::storage)?;
     tracing::info!(target: "audit", event = "upgraded-stored", request = id, bytes = total, "upgraded file stored");
-    Ok(Json(
-        json!({"failures": [], "request": view(&state, &record)}),
-    ))
+    Ok(Json(OneRequest {
+        failures: Vec::new(),
+        request: view(&state, &record),
+    }))
 }
 
-/// A single byte range `start..=end` resolved against a file of `len` bytes.
+/// A single byte range `start..=end` resolved against a file of `len` bytes, from a
+/// `Range` header `bytes=START-[END]` or `bytes=-SUFFIX` (decimal digits only, spaces or
+/// tabs allowed around the parts: the pattern `get_original`'s spec gives).
 pub fn parse_range(h: &str, len: u64) -> Option<(u64, u64)> {
-    let spec = h.trim().strip_prefix("bytes=")?;
-    if spec.contains(',') {
-        return None;
-    }
+    let ows: &[char] = &[' ', '\t'];
+    let spec = h.trim_matches(ows).strip_prefix("bytes=")?;
     let (a, b) = spec.split_once('-')?;
-    let (a, b) = (a.trim(), b.trim());
+    let (a, b) = (a.trim_matches(ows), b.trim_matches(ows));
+    let number = |t: &str| {
+        (!t.is_empty() && t.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| t.parse::<u64>().ok())
+            .flatten()
+    };
     let (start, end) = if a.is_empty() {
-        let n: u64 = b.parse().ok()?;
+        let n = number(b)?;
         if n == 0 {
             return None;
         }
         (len.saturating_sub(n), len.checked_sub(1)?)
     } else {
-        let start: u64 = a.parse().ok()?;
+        let start = number(a)?;
         let end = if b.is_empty() {
             len.checked_sub(1)?
         } else {
-            b.parse::<u64>().ok()?.min(len.checked_sub(1)?)
+            number(b)?.min(len.checked_sub(1)?)
         };
         (start, end)
     };
     (start <= end && start < len).then_some((start, end))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/requests/{id}/original",
+    tag = "files",
+    summary = "Download the customer's upload",
+    operation_id = "getOriginal",
+    description = "The upload as it is now (it may still grow). One `Range: bytes=...` range is served as 206.",
+    params(
+        RequestIdPath,
+        ("Range" = Option<String>, Header, pattern = r"^[ \t]*bytes=[ \t]*([0-9]+[ \t]*-[ \t]*[0-9]*|-[ \t]*[0-9]+)[ \t]*$", description = "One byte range: `bytes=START-`, `bytes=START-END` or `bytes=-SUFFIX`; one that does not fit the file is answered 416"),
+    ),
+    responses(
+        (status = 200, description = "The whole upload", content_type = "application/octet-stream", body = inline(Dump)),
+        (status = 206, description = "The range asked for", content_type = "application/octet-stream", body = inline(Dump),
+            headers(("Content-Range" = String, description = "`bytes START-END/LENGTH`"))),
+        (status = 404, description = "`ORIGINAL:MISSING`", body = Refusal),
+        (status = 416, description = "`RANGE:INVALID`", body = Refusal,
+            headers(("Content-Range" = String, description = "`bytes */LENGTH`"))),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn get_original(
     State(state): State<Arc<AdminState>>,
     Path(raw): Path<String>,
@@ -99,7 +142,7 @@ pub async fn get_original(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
-                Failure::new("ORIGINAL:MISSING", "nothing was uploaded yet"),
+                Failure::new(Reason::OriginalMissing, "nothing was uploaded yet"),
             ))
         }
         Err(e) => return Err(ApiError::storage(e)),
@@ -119,7 +162,7 @@ pub async fn get_original(
                 let mut resp = ApiError::new(
                     StatusCode::RANGE_NOT_SATISFIABLE,
                     Failure::new(
-                        "RANGE:INVALID",
+                        Reason::RangeInvalid,
                         format!("cannot serve range {h} of a {len}-byte file"),
                     ),
                 )
@@ -161,5 +204,17 @@ mod tests {
         assert_eq!(parse_range("bytes=0-1,3-4", 100), None);
         assert_eq!(parse_range("items=0-1", 100), None);
         assert_eq!(parse_range("bytes=0-", 0), None);
+        assert_eq!(parse_range(" bytes=\t1 - 2 ", 100), Some((1, 2)));
+        for bad in [
+            "bytes=+5-",
+            "bytes=5-+9",
+            "bytes=- 0",
+            "bytes=-",
+            "bytes=٣-",
+            "null",
+            "bytes=0x1-",
+        ] {
+            assert_eq!(parse_range(bad, 100), None, "{bad}");
+        }
     }
 }

@@ -25,6 +25,7 @@ use tower::ServiceExt;
 use tower_http::timeout::TimeoutBody;
 
 use super::write_stall::WriteStall;
+use crate::api::{Failure, Reason, Refusal};
 
 /// The bounds on every connection to the listener (see `--http-*` in the README).
 #[derive(Clone, Copy, Debug)]
@@ -36,11 +37,13 @@ pub struct HttpLimits {
 
 /// What the connection past the cap is told before it is closed.
 fn refusal() -> Vec<u8> {
-    let body = serde_json::json!({"failures": [super::Failure::new(
-        "HTTP:TOO_MANY_CONNECTIONS",
-        "the operator API has too many open connections; retry shortly",
-    )]})
-    .to_string();
+    let body = serde_json::to_string(&Refusal {
+        failures: vec![Failure::new(
+            Reason::HttpTooManyConnections,
+            "the operator API has too many open connections; retry shortly",
+        )],
+    })
+    .unwrap_or_default();
     format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
          content-length: {}\r\nconnection: close\r\n\r\n{body}",

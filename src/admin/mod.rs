@@ -1,5 +1,6 @@
-//! The operator HTTP API (axum). Every route but `/healthz` takes
-//! `Authorization: Bearer <admin token>`; every body is the reference's failure envelope.
+//! The operator HTTP API (axum). The `/v1` routes take `Authorization: Bearer <admin
+//! token>`; every body is the reference's failure envelope (the types are in [`crate::api`],
+//! the spec served at `/openapi.json` in openapi.rs).
 
 mod access;
 mod body;
@@ -8,11 +9,14 @@ mod files;
 mod form;
 mod listener;
 mod login_throttle;
+mod merge;
+pub mod openapi;
 mod page;
 mod requests;
 mod server_info;
 mod session;
 mod upload;
+mod view;
 mod write_stall;
 
 use std::sync::Arc;
@@ -23,12 +27,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde_json::json;
 use subtle::ConstantTimeEq;
 
-pub use error::{ApiError, ApiResult, Failure};
+pub use error::{ApiError, ApiResult};
 pub use listener::{serve, HttpLimits};
-pub use server_info::{PublishedHostKey, ServerInfo};
 pub use session::Sessions;
 // Pure parsers, public only for the fuzz targets (see `crate::fuzzing`).
 #[doc(hidden)]
@@ -36,6 +38,7 @@ pub use files::parse_range;
 #[doc(hidden)]
 pub use form::{parse_access_form, AccessParams};
 
+use crate::api::{Failure, Health, Reason, Refusal, ServerInfo};
 use crate::gateway::Gateway;
 
 /// JSON bodies larger than this are refused; dumps go through the streaming routes.
@@ -89,6 +92,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::serve_spec))
         .merge(
             Router::new()
                 .route("/", get(page::index))
@@ -108,13 +112,13 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
-                Failure::new("ROUTE:NOT_FOUND", "no such route"),
+                Failure::new(Reason::RouteNotFound, "no such route"),
             )
         })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                Failure::new("METHOD:NOT_ALLOWED", "method not allowed on this route"),
+                Failure::new(Reason::MethodNotAllowed, "method not allowed on this route"),
             )
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY))
@@ -125,18 +129,34 @@ pub fn router(state: Arc<AdminState>) -> Router {
 /// before it), the data directory takes writes and the store answers: a node whose
 /// database is unreachable refuses every login, so the balancer should drain it (503,
 /// `STORAGE:UNAVAILABLE`) until it answers again.
-async fn healthz(State(state): State<Arc<AdminState>>) -> Response {
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "node",
+    summary = "Readiness, for load balancers",
+    operation_id = "healthz",
+    responses(
+        (status = 200, description = "Ready", body = Health),
+        (status = 503, description = "`HEALTH:DATA_DIR` or `STORAGE:UNAVAILABLE`", body = Refusal),
+    ),
+    security(()),
+)]
+pub(crate) async fn healthz(State(state): State<Arc<AdminState>>) -> Response {
     let dir = state.data_dir.clone();
     let writable = tokio::task::spawn_blocking(move || tempfile::tempfile_in(&dir).map(drop)).await;
     match writable {
         Ok(Ok(())) => match state.gateway.store_health().await {
-            Ok(()) => Json(json!({"failures": [], "status": "ok"})).into_response(),
+            Ok(()) => Json(Health {
+                failures: Vec::new(),
+                status: "ok".into(),
+            })
+            .into_response(),
             Err(e) => {
                 tracing::warn!(error = %e, "health check: the request store is unreachable");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     Failure::new(
-                        "STORAGE:UNAVAILABLE",
+                        Reason::StorageUnavailable,
                         "the request store (database) is unreachable; logins are refused",
                     ),
                 )
@@ -146,7 +166,7 @@ async fn healthz(State(state): State<Arc<AdminState>>) -> Response {
         Ok(Err(e)) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             Failure::new(
-                "HEALTH:DATA_DIR",
+                Reason::HealthDataDir,
                 format!("the data directory is not writable: {e}"),
             ),
         )
@@ -156,7 +176,19 @@ async fn healthz(State(state): State<Arc<AdminState>>) -> Response {
 }
 
 /// Prometheus text format; like /healthz it needs no token (it holds no secret).
-async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "node",
+    summary = "Prometheus metrics",
+    operation_id = "metrics",
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4", body = String, content_type = "text/plain; version=0.0.4"),
+        (status = 503, description = "`STORAGE:UNAVAILABLE`", body = Refusal),
+    ),
+    security(()),
+)]
+pub(crate) async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
     match state.gateway.render_metrics().await {
         Ok(page) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], page).into_response(),
         Err(e) => ApiError::storage(e).into_response(),
@@ -173,28 +205,30 @@ async fn require_token(State(state): State<Arc<AdminState>>, req: Request, next:
         None => ApiError::new(
             StatusCode::UNAUTHORIZED,
             Failure::new(
-                "AUTH:MISSING",
+                Reason::AuthMissing,
                 "an Authorization: Bearer <admin token> header is required",
             ),
         )
         .into_response(),
         Some(t) if !bool::from(t.trim().as_bytes().ct_eq(state.token.as_bytes())) => ApiError::new(
             StatusCode::UNAUTHORIZED,
-            Failure::new("AUTH:INVALID", "the admin token is not valid"),
+            Failure::new(Reason::AuthInvalid, "the admin token is not valid"),
         )
         .into_response(),
         Some(_) => next.run(req).await,
     }
 }
 
-/// Parses a request id from the path: a positive decimal integer.
+/// Parses a request id from the path (see [`crate::api::parse_id`]).
 pub(crate) fn parse_id(raw: &str) -> ApiResult<u64> {
-    match raw.parse::<u64>() {
-        Ok(id) if id > 0 && !raw.starts_with(['+', '0']) => Ok(id),
-        _ => Err(ApiError::new(
+    crate::api::parse_id(raw).ok_or_else(|| {
+        ApiError::new(
             StatusCode::BAD_REQUEST,
-            Failure::new("REQUEST:INVALID_ID", "a request id is a positive integer")
-                .value(raw.chars().take(40).collect::<String>()),
-        )),
-    }
+            Failure::new(
+                Reason::RequestInvalidId,
+                "a request id is a positive integer",
+            )
+            .value(raw.chars().take(40).collect::<String>()),
+        )
+    })
 }

@@ -1,147 +1,80 @@
 //! Request records: create/update, show, list, state changes, delete. Each change is one
-//! `Gateway::change`: what it decides is decided from the record as it is at that moment,
-//! so that a customer's `request_sftp_access` racing it cannot undo it.
+//! `Gateway::change`, whose decision (see merge.rs) is taken from the record as it is at
+//! that moment, so that a customer's `request_sftp_access` racing it cannot undo it.
 
-use std::path::Path as FsPath;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::{parse_id, AdminState, ApiError, ApiResult, Failure};
-use crate::gateway::Gateway;
-use crate::keys::{fingerprint, parse_authorized_keys, KeysError};
-use crate::store::{
-    hash_key, validate_filename, validate_key, Decision, Record, State as ReqState, Updated,
-    MAX_PEERS_LISTED,
+use super::merge::{check_transition, state_failure, OperatorPut};
+use super::view::view;
+use super::{parse_id, AdminState, ApiError, ApiResult};
+use crate::api::{
+    DeleteQuery, Deleted, Failure, ListQuery, OneRequest, PutRequest, Reason, Refusal,
+    RequestIdPath, RequestList, StateChange,
 };
+use crate::gateway::Gateway;
+use crate::store::{Decision, Record, State as ReqState, Updated};
 
-/// Turns an authorized_keys problem into the reference's failures.
-pub(crate) fn keys_failures(e: KeysError) -> Vec<Failure> {
-    match e {
-        KeysError::Invalid(lines) => lines
-            .into_iter()
-            .map(|l| Failure {
-                line: Some(l.line),
-                ..Failure::new(
-                    "SSH_KEYS:INVALID",
-                    format!("line {}: {}", l.line, l.message),
-                )
-                .value(l.value)
-            })
-            .collect(),
-        KeysError::Empty => vec![Failure::new(
-            "SSH_KEYS:EMPTY",
-            "the SSH keys file contains no public key",
-        )],
-        KeysError::TooLarge(m) => vec![Failure::new("SSH_KEYS:TOO_LARGE", m)],
-    }
-}
-
-fn state_failure(value: &str) -> Failure {
-    Failure::new("STATE:INVALID", format!("invalid state \"{value}\""))
-        .value(value)
-        .expected(
-            ReqState::ALL
-                .iter()
-                .map(|s| s.as_str().to_string())
-                .collect(),
-        )
-}
-
-fn rfc3339(t: OffsetDateTime) -> Value {
-    t.format(&Rfc3339).map(Value::String).unwrap_or(Value::Null)
-}
-
-/// The operator's view of a record: everything but the key.
-pub(crate) fn view(state: &AdminState, r: &Record) -> Value {
-    let g = &state.gateway;
-    let now = OffsetDateTime::now_utc();
-    let user = Record::user_name(r.id);
-    let shared = r.access_at(now).map(|a| r.visible_name(a));
-    let keys: Vec<Value> = g
-        .keys_of(r)
-        .iter()
-        .map(|k| {
-            json!({
-                "fingerprint": fingerprint(&k.key),
-                "algorithm": k.key.algorithm().as_str(),
-                "comment": k.key.comment().as_str_lossy(),
-            })
-        })
-        .collect();
-    let size = |p: std::path::PathBuf| std::fs::metadata(p).ok().map(|m| m.len());
-    let activity = g.activity(r.id);
-    let last_write = activity.last_write.load(Ordering::Relaxed);
-    let (sessions, peers, nodes) = live_sessions(state, r.id);
-    json!({
-        "id": r.id,
-        "filename": r.filename,
-        "state": r.state.as_str(),
-        "sftp_user": user,
-        "shared_file": shared,
-        "hostname": state.public_host,
-        "sftp_port": state.public_port,
-        "sample_command": format!("sftp -P {} {}@{}", state.public_port, user, state.public_host),
-        "expires_at": r.expires_at.map(rfc3339),
-        "operator_expires_at": r.operator_expires_at.map(rfc3339),
-        "ssh_keys": keys,
-        "filesize": size(g.upload_path(r.id)).unwrap_or(0),
-        "upgraded_filesize": size(g.upgraded_path(r.id)),
-        "last_write_at": (last_write > 0).then(|| OffsetDateTime::from_unix_timestamp(last_write).ok().map(rfc3339)),
-        "writing": activity.writers.load(Ordering::Relaxed) > 0,
-        "sessions": sessions,
-        "peers": peers,
-        "nodes": nodes,
-        "created_at": rfc3339(r.created_at),
-        "updated_at": rfc3339(r.updated_at),
+fn ok_one(state: &AdminState, r: &Record) -> Json<OneRequest> {
+    Json(OneRequest {
+        failures: Vec::new(),
+        request: view(state, r),
     })
 }
 
-/// The live sessions of request `id` on every node: their number, their client addresses
-/// (at most [`MAX_PEERS_LISTED`]) and both per node that has some (`[{node, sessions,
-/// peers}]`, this node first). Other nodes' sessions are as they last published them, a
-/// few seconds ago at most (a shared store only).
-fn live_sessions(state: &AdminState, id: u64) -> (usize, Vec<String>, Vec<Value>) {
-    let g = &state.gateway;
-    let here: Vec<String> = g.peers_of(id).iter().map(|p| p.to_string()).collect();
-    let mut per_node = Vec::new();
-    if !here.is_empty() {
-        let count = here.len();
-        let peers: Vec<String> = here.into_iter().take(MAX_PEERS_LISTED).collect();
-        per_node.push((state.node.clone(), count, peers));
-    }
-    for (node, r) in g.sessions_elsewhere(id) {
-        per_node.push((node, r.sessions, r.peers));
-    }
-    let sessions = per_node.iter().map(|(_, n, _)| n).sum();
-    let peers = per_node
-        .iter()
-        .flat_map(|(_, _, p)| p.iter().cloned())
-        .take(MAX_PEERS_LISTED)
-        .collect();
-    let nodes = per_node
-        .into_iter()
-        .map(|(node, sessions, peers)| json!({"node": node, "sessions": sessions, "peers": peers}))
-        .collect();
-    (sessions, peers, nodes)
+/// The page of `records` (ordered by id) that `q` asks for, and the cursor of the next
+/// page, if there are more.
+fn page<'a>(records: &'a [Record], q: &ListQuery) -> (Vec<&'a Record>, Option<u64>) {
+    let limit = q.limit.unwrap_or(ListQuery::DEFAULT_LIMIT) as usize;
+    let mut matching = records.iter().filter(|r| {
+        q.after.is_none_or(|a| r.id > a)
+            && q.state.is_none_or(|s| r.state == s)
+            && q.updated_since.is_none_or(|t| r.updated_at >= t)
+    });
+    let page: Vec<&Record> = matching.by_ref().take(limit).collect();
+    let next = matching.next().and(page.last().map(|r| r.id));
+    (page, next)
 }
 
-fn ok_one(state: &AdminState, r: &Record) -> Json<Value> {
-    Json(json!({"failures": [], "request": view(state, r)}))
-}
-
-pub async fn list(State(state): State<Arc<AdminState>>) -> ApiResult<Json<Value>> {
+#[utoipa::path(
+    get,
+    path = "/v1/requests",
+    operation_id = "listRequests",
+    tag = "requests",
+    summary = "List requests",
+    description = "Requests ordered by id, a page at a time: pass `next` as `after` for the next page.",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of requests", body = RequestList),
+        (status = 400, description = "`QUERY:INVALID`", body = Refusal),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn list(
+    State(state): State<Arc<AdminState>>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<RequestList>> {
+    let Query(q) = query.map_err(|e| ApiError::bad(Reason::QueryInvalid, e.body_text()))?;
+    if q.limit
+        .is_some_and(|l| !(1..=ListQuery::MAX_LIMIT).contains(&l))
+    {
+        return Err(ApiError::bad(
+            Reason::QueryInvalid,
+            format!("limit must be between 1 and {}", ListQuery::MAX_LIMIT),
+        ));
+    }
     let records = state.gateway.records().await.map_err(ApiError::storage)?;
-    let all: Vec<Value> = records.iter().map(|r| view(&state, r)).collect();
-    Ok(Json(json!({"failures": [], "requests": all})))
+    let (records, next) = page(&records, &q);
+    Ok(Json(RequestList {
+        failures: Vec::new(),
+        requests: records.into_iter().map(|r| view(&state, r)).collect(),
+        next,
+    }))
 }
 
 /// The record of request `id`, or the 404 every route gives for an unknown request.
@@ -154,29 +87,25 @@ pub(crate) async fn existing(state: &AdminState, id: u64) -> ApiResult<Record> {
         .ok_or_else(|| ApiError::not_found(id))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/requests/{id}",
+    tag = "requests",
+    summary = "Show a request",
+    operation_id = "showRequest",
+    params(RequestIdPath),
+    responses(
+        (status = 200, description = "The request", body = OneRequest),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn show(
     State(state): State<Arc<AdminState>>,
     Path(raw): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<OneRequest>> {
     let id = parse_id(&raw)?;
     let r = existing(&state, id).await?;
     Ok(ok_one(&state, &r))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PutBody {
-    filename: Option<String>,
-    key: Option<String>,
-    state: Option<String>,
-    ssh_keys: Option<String>,
-    #[serde(default, deserialize_with = "present")]
-    expires_at: Option<Option<String>>,
-}
-
-/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(d).map(Some)
 }
 
 /// The body of a JSON route: a size or transport problem is a failure like any other.
@@ -187,18 +116,25 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: JsonBody) -> ApiResult<T> {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                Failure::new("BODY:TOO_LARGE", "the body is larger than 1 MiB"),
+                Failure::new(Reason::BodyTooLarge, "the body is larger than 1 MiB"),
             )
         } else {
-            ApiError::bad("BODY:INVALID", e.body_text())
+            ApiError::bad(Reason::BodyInvalid, e.body_text())
         }
     })?;
-    serde_json::from_slice(&body).map_err(|e| {
+    let invalid = |e: &dyn std::fmt::Display| {
         ApiError::bad(
-            "BODY:INVALID_JSON",
+            Reason::BodyInvalidJson,
             format!("the body is not valid JSON for this route: {e}"),
         )
-    })
+    };
+    // An object, and nothing else: serde would also read a struct from an array of its
+    // fields' values (`[null, null]`), which no client means.
+    let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| invalid(&e))?;
+    if !value.is_object() {
+        return Err(invalid(&"the body must be a JSON object"));
+    }
+    serde_json::from_value(value).map_err(|e| invalid(&e))
 }
 
 /// Runs `decide` as a change of record `id`: a refusal it returns is the answer, a record
@@ -222,142 +158,40 @@ async fn change(
     Ok(record)
 }
 
-fn check_transition(upgraded: &FsPath, to: ReqState) -> Result<(), Failure> {
-    if to == ReqState::Done && !upgraded.is_file() {
-        return Err(Failure::new(
-            "UPGRADED:MISSING",
-            "a request can only be done once its upgraded file was uploaded (PUT /v1/requests/{id}/upgraded)",
-        ));
-    }
-    Ok(())
-}
-
+#[utoipa::path(
+    put,
+    path = "/v1/requests/{id}",
+    tag = "requests",
+    summary = "Create or update a request",
+    operation_id = "putRequest",
+    description = "`filename` and `key` are required to create a request; an update changes only the fields given. A request created under an id used before starts with no upload and no upgraded file.",
+    params(RequestIdPath),
+    request_body = PutRequest,
+    responses(
+        (status = 200, description = "The request as stored", body = OneRequest),
+        (status = 400, description = "`BODY:INVALID`, `BODY:INVALID_JSON`, or every failure of the body: `FILENAME:REQUIRED`, `FILENAME:INVALID`, `KEY:REQUIRED`, `KEY:INVALID`, `STATE:INVALID`, `SSH_KEYS:*`, `EXPIRES_AT:INVALID`, `UPGRADED:MISSING`", body = Refusal),
+        (status = 413, description = "`BODY:TOO_LARGE`", body = Refusal),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn put(
     State(state): State<Arc<AdminState>>,
     Path(raw): Path<String>,
     body: JsonBody,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<OneRequest>> {
     let id = parse_id(&raw)?;
-    let mut body: PutBody = parse_json(body)?;
-    // Parsed before the change: it does not depend on the record, and the change holds
-    // up the record's other writers while it runs.
-    let ssh_keys = body.ssh_keys.take().map(|text| {
-        parse_authorized_keys(&text)
-            .map(|_| text)
-            .map_err(keys_failures)
-    });
+    let put = OperatorPut::parse(parse_json(body)?);
     let upgraded = state.gateway.upgraded_path(id);
     let now = OffsetDateTime::now_utc();
     let record = change(&state.gateway, id, |existing| {
-        merge(id, body, ssh_keys, existing, &upgraded, now).map_err(|failures| ApiError {
-            status: StatusCode::BAD_REQUEST,
-            failures,
-        })
+        put.merge(id, existing, upgraded.is_file(), now)
+            .map_err(|failures| ApiError {
+                status: StatusCode::BAD_REQUEST,
+                failures,
+            })
     })
     .await?;
     Ok(ok_one(&state, &record))
-}
-
-/// The record a PUT makes of `existing` (or creates), or every failure found in its body
-/// in the order the fields come. `ssh_keys` is the body's keys text, taken out of it and
-/// parsed.
-fn merge(
-    id: u64,
-    body: PutBody,
-    ssh_keys: Option<Result<String, Vec<Failure>>>,
-    existing: Option<&Record>,
-    upgraded: &FsPath,
-    now: OffsetDateTime,
-) -> Result<Record, Vec<Failure>> {
-    let mut failures = Vec::new();
-
-    let filename = body
-        .filename
-        .or_else(|| existing.map(|r| r.filename.clone()));
-    match &filename {
-        None => failures.push(Failure::new(
-            "FILENAME:REQUIRED",
-            "filename is required to create a request",
-        )),
-        Some(f) => {
-            if let Err(e) = validate_filename(f) {
-                failures.push(
-                    Failure::new("FILENAME:INVALID", e.to_string())
-                        .value(f.chars().take(40).collect::<String>()),
-                );
-            }
-        }
-    }
-    let key_sha256 = match (body.key.as_deref(), existing) {
-        (Some(k), _) => match validate_key(k) {
-            Ok(()) => Some(hash_key(k)),
-            Err(e) => {
-                failures.push(Failure::new("KEY:INVALID", e));
-                None
-            }
-        },
-        (None, Some(r)) => Some(r.key_sha256.clone()),
-        (None, None) => {
-            failures.push(Failure::new(
-                "KEY:REQUIRED",
-                "key is required to create a request",
-            ));
-            None
-        }
-    };
-    let new_state = match body.state.as_deref() {
-        None => existing.map_or(ReqState::Draft, |r| r.state),
-        Some(s) => ReqState::parse(s).unwrap_or_else(|| {
-            failures.push(state_failure(s));
-            ReqState::Draft
-        }),
-    };
-    let ssh_keys = match ssh_keys {
-        Some(Ok(text)) => text,
-        Some(Err(e)) => {
-            failures.extend(e);
-            String::new()
-        }
-        None => existing.map(|r| r.ssh_keys.clone()).unwrap_or_default(),
-    };
-    // An expiry the operator sets is also the ceiling for the customer's own calls; one the
-    // operator leaves alone keeps both as they were (a customer's expiry included).
-    let (expires_at, operator_expires_at) = match body.expires_at {
-        None => existing.map_or((None, None), |r| (r.expires_at, r.operator_expires_at)),
-        Some(None) => (None, None),
-        Some(Some(t)) => match OffsetDateTime::parse(&t, &Rfc3339) {
-            Ok(t) => (Some(t), Some(t)),
-            Err(_) => {
-                failures.push(
-                    Failure::new(
-                        "EXPIRES_AT:INVALID",
-                        "expires_at must be an RFC 3339 time or null",
-                    )
-                    .value(t),
-                );
-                (None, None)
-            }
-        },
-    };
-    if failures.is_empty() && existing.is_none_or(|r| r.state != new_state) {
-        if let Err(f) = check_transition(upgraded, new_state) {
-            failures.push(f);
-        }
-    }
-    if !failures.is_empty() {
-        return Err(failures);
-    }
-    Ok(Record {
-        id,
-        filename: filename.unwrap_or_default(),
-        state: new_state,
-        key_sha256: key_sha256.unwrap_or_default(),
-        ssh_keys,
-        expires_at,
-        operator_expires_at,
-        created_at: existing.map_or(now, |r| r.created_at),
-        updated_at: now,
-    })
 }
 
 fn audit_change(new: &Record, old: Option<&Record>) {
@@ -379,19 +213,30 @@ fn audit_change(new: &Record, old: Option<&Record>) {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StateBody {
-    state: String,
-}
-
+#[utoipa::path(
+    post,
+    path = "/v1/requests/{id}/state",
+    tag = "requests",
+    summary = "Change a request's state",
+    operation_id = "setRequestState",
+    description = "Leaving `draft`/`done` closes the request's live sessions; `done` needs the upgraded file.",
+    params(RequestIdPath),
+    request_body = StateChange,
+    responses(
+        (status = 200, description = "The request in its new state", body = OneRequest),
+        (status = 400, description = "`BODY:INVALID`, `BODY:INVALID_JSON`, `STATE:INVALID`", body = Refusal),
+        (status = 409, description = "`UPGRADED:MISSING`", body = Refusal),
+        (status = 413, description = "`BODY:TOO_LARGE`", body = Refusal),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn set_state(
     State(state): State<Arc<AdminState>>,
     Path(raw): Path<String>,
     body: JsonBody,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<OneRequest>> {
     let id = parse_id(&raw)?;
-    let body: StateBody = parse_json(body)?;
+    let body: StateChange = parse_json(body)?;
     let to = ReqState::parse(&body.state);
     let upgraded = state.gateway.upgraded_path(id);
     let record = change(&state.gateway, id, |existing| {
@@ -400,7 +245,8 @@ pub async fn set_state(
         let existing = existing.ok_or_else(|| ApiError::not_found(id))?;
         let to =
             to.ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, state_failure(&body.state)))?;
-        check_transition(&upgraded, to).map_err(|f| ApiError::new(StatusCode::CONFLICT, f))?;
+        check_transition(upgraded.is_file(), to)
+            .map_err(|f| ApiError::new(StatusCode::CONFLICT, f))?;
         let mut record = existing.clone();
         record.state = to;
         record.updated_at = OffsetDateTime::now_utc();
@@ -410,20 +256,28 @@ pub async fn set_state(
     Ok(ok_one(&state, &record))
 }
 
-#[derive(Deserialize)]
-pub struct DeleteQuery {
-    #[serde(default)]
-    purge: bool,
-}
-
+#[utoipa::path(
+    delete,
+    path = "/v1/requests/{id}",
+    tag = "requests",
+    summary = "Revoke a request",
+    operation_id = "deleteRequest",
+    description = "Its live sessions are closed. With `purge=true` its files are deleted too, also those a delete without purge kept (then `request` is `null` if there was no record).",
+    params(RequestIdPath, DeleteQuery),
+    responses(
+        (status = 200, description = "The request as it was", body = Deleted),
+        (status = 400, description = "`QUERY:INVALID`", body = Refusal),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn delete(
     State(state): State<Arc<AdminState>>,
     Path(raw): Path<String>,
     query: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Deleted>> {
     let id = parse_id(&raw)?;
     let Query(q) =
-        query.map_err(|_| ApiError::bad("QUERY:INVALID", "purge must be true or false"))?;
+        query.map_err(|_| ApiError::bad(Reason::QueryInvalid, "purge must be true or false"))?;
     // Without a record, a purge still removes what a delete without purge left behind
     // (the answer's `request` is then null). The view is of the record being deleted.
     let (updated, view) = state
@@ -441,5 +295,84 @@ pub async fn delete(
         return Err(ApiError::not_found(id));
     }
     tracing::info!(target: "audit", event = "request-deleted", request = id, purge = q.purge, "deleted");
-    Ok(Json(json!({"failures": [], "request": view})))
+    Ok(Json(Deleted {
+        failures: Vec::new(),
+        request: view,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: u64, state: ReqState, minute: i64) -> Record {
+        let t = OffsetDateTime::from_unix_timestamp(1_790_000_000 + 60 * minute).unwrap();
+        Record {
+            id,
+            filename: "f".into(),
+            state,
+            key_sha256: String::new(),
+            ssh_keys: String::new(),
+            expires_at: None,
+            operator_expires_at: None,
+            created_at: t,
+            updated_at: t,
+        }
+    }
+
+    fn ids(p: (Vec<&Record>, Option<u64>)) -> (Vec<u64>, Option<u64>) {
+        (p.0.iter().map(|r| r.id).collect(), p.1)
+    }
+
+    #[test]
+    fn pages_follow_the_cursor_and_filters() {
+        let all: Vec<Record> = (1..=5)
+            .map(|i| {
+                record(
+                    i,
+                    if i % 2 == 0 {
+                        ReqState::Done
+                    } else {
+                        ReqState::Draft
+                    },
+                    i as i64,
+                )
+            })
+            .collect();
+        let q = |limit, after, state, since: Option<i64>| ListQuery {
+            limit,
+            after,
+            state,
+            updated_since: since.map(|m| record(0, ReqState::Draft, m).updated_at),
+        };
+        assert_eq!(
+            ids(page(&all, &q(None, None, None, None))),
+            (vec![1, 2, 3, 4, 5], None)
+        );
+        assert_eq!(
+            ids(page(&all, &q(Some(2), None, None, None))),
+            (vec![1, 2], Some(2))
+        );
+        assert_eq!(
+            ids(page(&all, &q(Some(2), Some(2), None, None))),
+            (vec![3, 4], Some(4))
+        );
+        assert_eq!(
+            ids(page(&all, &q(Some(2), Some(4), None, None))),
+            (vec![5], None)
+        );
+        assert_eq!(
+            ids(page(&all, &q(Some(1), None, Some(ReqState::Done), None))),
+            (vec![2], Some(2))
+        );
+        assert_eq!(
+            ids(page(&all, &q(None, None, None, Some(4)))),
+            (vec![4, 5], None)
+        );
+        // Exactly a full last page: no next.
+        assert_eq!(
+            ids(page(&all, &q(Some(5), None, None, None))),
+            (vec![1, 2, 3, 4, 5], None)
+        );
+    }
 }

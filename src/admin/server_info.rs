@@ -9,32 +9,21 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::Json;
-use serde::Serialize;
 
 use super::AdminState;
+use crate::api::ServerInfo;
 
-/// One host key as published.
-#[derive(Clone, Debug, Serialize)]
-pub struct PublishedHostKey {
-    /// `ed25519`, `ecdsa` or `rsa`, as `--host-key-types` names it.
-    pub r#type: &'static str,
-    /// The key's own algorithm (`ssh-ed25519`, `ecdsa-sha2-nistp256`, `ssh-rsa`).
-    pub algorithm: String,
-    /// `SHA256:...`, as OpenSSH prints it.
-    pub fingerprint: String,
-    /// The host-key algorithms it is offered under; empty if the set offers none for it.
-    pub offered_as: Vec<String>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct ServerInfo {
-    pub node: String,
-    pub algorithm_set: &'static str,
-    /// Whether the config file replaced any of the set's lists.
-    pub algorithms_overridden: bool,
-    pub host_keys: Vec<PublishedHostKey>,
-}
-
+#[utoipa::path(
+    get,
+    path = "/v1/server",
+    tag = "node",
+    summary = "This node's host keys and algorithm set",
+    operation_id = "getServer",
+    responses(
+        (status = 200, description = "The host-key fingerprints to publish", body = ServerInfo),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn get_server(State(state): State<Arc<AdminState>>) -> Json<ServerInfo> {
     Json(state.server_info.clone())
 }

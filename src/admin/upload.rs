@@ -26,14 +26,15 @@ use axum::extract::{Request, State};
 use axum::http::{header, request::Parts, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 use time::OffsetDateTime;
 use tokio::io::AsyncSeekExt;
 
-use super::access::{client_addr, closed_by_operator, key_matches, missing, request_id};
+use super::access::{client_addr, key_matches, missing, request_id};
 use super::body::{drain, write_body, Admit, Stop};
 use super::form::parse_access_form;
-use super::{AdminState, ApiError, Failure};
+use super::merge::closed_by_operator;
+use super::{AdminState, ApiError};
+use crate::api::{Dump, Failure, Reason, UploadAnswer, UploadQuery, UploadState};
 use crate::gateway::Via;
 use crate::leases::{Hold, UNAVAILABLE};
 use crate::sftp::{LeaseHold, WriteSummary};
@@ -91,7 +92,7 @@ fn parse_content_range(h: &str) -> Option<Range> {
 }
 
 fn invalid_range(message: impl Into<String>) -> ApiError {
-    ApiError::bad("RANGE:INVALID", message)
+    ApiError::bad(Reason::RangeInvalid, message)
 }
 
 /// The append range of a call, from `offset` and the `Content-Range` header, checked
@@ -122,7 +123,7 @@ fn range_of(
             .ok_or_else(|| {
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
-                    Failure::new("OFFSET:INVALID", "offset must be a byte count")
+                    Failure::new(Reason::OffsetInvalid, "offset must be a byte count")
                         .value(raw.chars().take(40).collect::<String>()),
                 )
             })?;
@@ -151,14 +152,14 @@ fn takes_upload(record: Option<&Record>, now: OffsetDateTime) -> Result<&Record,
     let Some(r) = record else {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            Failure::new("KEY:INVALID", "unknown request or wrong key"),
+            Failure::new(Reason::KeyInvalid, "unknown request or wrong key"),
         ));
     };
     if r.state != ReqState::Draft {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             Failure::new(
-                "STATE:INVALID",
+                Reason::StateInvalid,
                 format!(
                     "an upload needs the request in draft, it is {}",
                     r.state.as_str()
@@ -186,7 +187,7 @@ fn too_large(max: u64) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         Failure::new(
-            "UPLOAD:TOO_LARGE",
+            Reason::UploadTooLarge,
             format!("upload size limit of {max} bytes exceeded"),
         )
         .value(max),
@@ -211,7 +212,7 @@ async fn admit(state: &AdminState, parts: &Parts, peer: SocketAddr) -> Result<Pl
     let query = parts.uri.query();
     let p = parse_access_form(query, "", Bytes::new())
         .await
-        .map_err(|e| ApiError::bad("REQUEST:MALFORMED", e).into_response())?;
+        .map_err(|e| ApiError::bad(Reason::RequestMalformed, e).into_response())?;
     let offset: Option<String> = query
         .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
         .and_then(|pairs| {
@@ -220,7 +221,10 @@ async fn admit(state: &AdminState, parts: &Parts, peer: SocketAddr) -> Result<Pl
                 .find(|(k, _)| k == "offset")
                 .map(|(_, v)| v)
         });
-    let failures = missing(&[("request", p.request.is_some()), ("key", p.key.is_some())]);
+    let failures = missing(&[
+        (Reason::RequestMissing, "request", p.request.is_some()),
+        (Reason::KeyMissing, "key", p.key.is_some()),
+    ]);
     if !failures.is_empty() {
         return Err(ApiError {
             status: StatusCode::BAD_REQUEST,
@@ -264,9 +268,9 @@ async fn admit(state: &AdminState, parts: &Parts, peer: SocketAddr) -> Result<Pl
     }
     let hold = state.gateway.lease_upload_alone(id).await.map_err(|why| {
         let (status, reason) = if why == UNAVAILABLE {
-            (StatusCode::SERVICE_UNAVAILABLE, "STORAGE:UNAVAILABLE")
+            (StatusCode::SERVICE_UNAVAILABLE, Reason::StorageUnavailable)
         } else {
-            (StatusCode::CONFLICT, "UPLOAD:BUSY")
+            (StatusCode::CONFLICT, Reason::UploadBusy)
         };
         ApiError::new(status, Failure::new(reason, why)).into_response()
     })?;
@@ -287,7 +291,7 @@ async fn admit(state: &AdminState, parts: &Parts, peer: SocketAddr) -> Result<Pl
             let e = ApiError::new(
                 StatusCode::CONFLICT,
                 Failure::new(
-                    "OFFSET:MISMATCH",
+                    Reason::OffsetMismatch,
                     format!("the upload is {size} bytes: append at offset {size}"),
                 )
                 .value(at)
@@ -310,27 +314,49 @@ async fn admit(state: &AdminState, parts: &Parts, peer: SocketAddr) -> Result<Pl
 /// The answer to a call that got as far as the file: `failures` (none on success) and
 /// what the file is now.
 fn answer(e: ApiError, plan: Option<&Plan>, size: u64, written: u64) -> Response {
-    let mut upload = json!({"size": size});
-    if let Some(p) = plan {
-        let offset = match p.start {
-            Start::Replace => 0,
-            Start::Append(n) => n,
-        };
-        upload = json!({
-            "request_id": p.id,
-            "filename": p.filename,
-            "offset": offset,
-            "bytes_written": written,
-            "size": size,
-        });
-    }
-    (
-        e.status,
-        Json(json!({"failures": e.failures, "upload": upload})),
-    )
-        .into_response()
+    let upload = match plan {
+        Some(p) => UploadState {
+            request_id: Some(p.id),
+            filename: Some(p.filename.clone()),
+            offset: Some(match p.start {
+                Start::Replace => 0,
+                Start::Append(n) => n,
+            }),
+            bytes_written: Some(written),
+            size,
+        },
+        None => UploadState {
+            size,
+            ..UploadState::default()
+        },
+    };
+    let body = UploadAnswer {
+        failures: e.failures,
+        upload: Some(upload),
+    };
+    (e.status, Json(body)).into_response()
 }
 
+#[utoipa::path(
+    post,
+    path = "/database/v1/upload",
+    tag = "customer",
+    summary = "Upload the dump over HTTP (the customer's call)",
+    operation_id = "upload",
+    description = "The reference API's `upload`: the dump is the raw body, streamed to the request's one file (the same file as SFTP's), synced before the answer. Authenticated by the request's own key, draft only. Without `offset` (or `Content-Range`) it replaces the file; with `offset=N` or `Content-Range: bytes N-*/*` it appends, only when N is the current size. One writer at a time beside SFTP sessions: a busy upload waits `--lease-wait`, then 409 `UPLOAD:BUSY`.",
+    params(UploadQuery),
+    request_body(content = inline(Dump), content_type = "application/octet-stream", description = "The dump, or the rest of it from `offset`"),
+    responses(
+        (status = 200, description = "Stored (`failures` empty)", body = UploadAnswer),
+        (status = 400, description = "`REQUEST:MISSING`, `KEY:MISSING`, `REQUEST:INVALID`, `REQUEST:MALFORMED`, `OFFSET:INVALID`, `RANGE:INVALID`, `BODY:INTERRUPTED`", body = UploadAnswer),
+        (status = 403, description = "`KEY:INVALID`, `ACCESS:EXPIRED`", body = UploadAnswer),
+        (status = 409, description = "`STATE:INVALID`, `OFFSET:MISMATCH` (with the current size), `UPLOAD:BUSY`", body = UploadAnswer),
+        (status = 413, description = "`UPLOAD:TOO_LARGE`", body = UploadAnswer),
+        (status = 429, description = "`KEY:THROTTLED`", body = UploadAnswer),
+        (status = 503, description = "`STORAGE:UNAVAILABLE`, `UPLOAD:LEASE_LOST`, `GATEWAY:STOPPING`", body = UploadAnswer),
+    ),
+    security(()),
+)]
 pub async fn upload(State(state): State<Arc<AdminState>>, req: Request) -> Response {
     let peer = client_addr(&req);
     let (parts, body) = req.into_parts();
@@ -376,7 +402,7 @@ async fn receive(state: Arc<AdminState>, plan: Plan, body: Body) -> Response {
             return Admit::Nothing(Stop::Refused(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 Failure::new(
-                    "UPLOAD:LEASE_LOST",
+                    Reason::UploadLeaseLost,
                     "this node lost the upload's lease; resume with ?offset= at the size given",
                 ),
             )));
@@ -397,7 +423,7 @@ async fn receive(state: Arc<AdminState>, plan: Plan, body: Body) -> Response {
             _ = state.shutdown.cancelled() => Stop::Refused(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 Failure::new(
-                    "GATEWAY:STOPPING",
+                    Reason::GatewayStopping,
                     "the gateway is stopping; resume with ?offset= at the size given",
                 ),
             )),
@@ -442,7 +468,7 @@ async fn receive(state: Arc<AdminState>, plan: Plan, body: Body) -> Response {
         end = Err(Stop::Refused(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             Failure::new(
-                "UPLOAD:LEASE_LOST",
+                Reason::UploadLeaseLost,
                 "this node lost the upload's lease before the upload was synced; resume with ?offset=",
             ),
         )));
@@ -560,19 +586,19 @@ mod tests {
         assert_eq!(range_of(Some("7"), &h, None).unwrap().start, Some(7));
         for bad in ["", "x", "-1", "+7", "1e3"] {
             let e = range_of(Some(bad), &h, None).unwrap_err();
-            assert_eq!(e.failures[0].reason, "OFFSET:INVALID", "{bad}");
+            assert_eq!(e.failures[0].reason, Reason::OffsetInvalid, "{bad}");
         }
         h.insert(header::CONTENT_RANGE, "bytes 7-*/*".parse().unwrap());
         assert_eq!(range_of(Some("7"), &h, None).unwrap().start, Some(7));
         assert_eq!(
             range_of(Some("8"), &h, None).unwrap_err().failures[0].reason,
-            "RANGE:INVALID"
+            Reason::RangeInvalid
         );
         h.insert(header::CONTENT_RANGE, "bytes 7-9/10".parse().unwrap());
         assert_eq!(range_of(None, &h, Some(3)).unwrap().last, Some(9));
         for length in [None, Some(2), Some(4)] {
             let e = range_of(None, &h, length).unwrap_err();
-            assert_eq!(e.failures[0].reason, "RANGE:INVALID");
+            assert_eq!(e.failures[0].reason, Reason::RangeInvalid);
         }
     }
 }

@@ -11,8 +11,8 @@ mod record;
 pub use file::{sync_dir_io, FileStore};
 pub use lease::{Fence, LeaseError, LeaseStore, MemoryLeases};
 pub use record::{
-    constant_time_eq, hash_key, validate_filename, validate_key, Access, FilenameError, Record,
-    State,
+    constant_time_eq, hash_key, parse_id, validate_filename, validate_key, Access, FilenameError,
+    Record, State,
 };
 
 use std::path::PathBuf;

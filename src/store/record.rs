@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 /// Where an upgrade request stands; only `draft` and `done` grant SFTP access.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     Draft,
@@ -97,14 +97,7 @@ impl Record {
 
     /// Parses `user_<id>` back into the id; anything else is not a gateway user.
     pub fn parse_user(user: &str) -> Option<u64> {
-        let digits = user.strip_prefix("user_")?;
-        if digits.is_empty()
-            || digits.starts_with('0')
-            || !digits.bytes().all(|b| b.is_ascii_digit())
-        {
-            return None;
-        }
-        digits.parse().ok().filter(|id| *id > 0)
+        parse_id(user.strip_prefix("user_")?)
     }
 
     /// The access a login would get right now, or `None` when logins are refused.
@@ -147,6 +140,16 @@ impl Record {
             |k: &str| constant_time_eq(hash_key(k).as_bytes(), self.key_sha256.as_bytes());
         matches(key) || (key.contains(' ') && matches(&key.replace(' ', "+")))
     }
+}
+
+/// A request id as written anywhere (a path, a form, a user name, a command line): a
+/// positive decimal integer that fits in 64 bits, without sign, spaces or leading zeros, so
+/// that each id has exactly one spelling.
+pub fn parse_id(text: &str) -> Option<u64> {
+    if text.is_empty() || text.starts_with('0') || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// A request key must be non-empty and hold no whitespace or control characters, so
@@ -311,6 +314,30 @@ mod tests {
             "USER_1",
         ] {
             assert_eq!(Record::parse_user(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn ids_have_one_spelling() {
+        assert_eq!(parse_id("10534"), Some(10534));
+        assert_eq!(parse_id("18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            "",
+            "0",
+            "00",
+            "05",
+            "+5",
+            "-5",
+            " 5",
+            "5 ",
+            "5a",
+            "0x5",
+            "1e3",
+            "5.0",
+            "18446744073709551616",
+            "٣",
+        ] {
+            assert_eq!(parse_id(bad), None, "{bad:?}");
         }
     }
 

@@ -658,13 +658,13 @@ pub fn spawn_python(script: &str, args: &[&str]) -> Child {
 }
 
 /// A Python with the test's client libraries (pycurl, paramiko, asyncssh,
-/// websocket-client, ssh2-python) and ssh-audit, in a venv under `target/` created on first use. Test binaries run
+/// websocket-client, ssh2-python), ssh-audit and schemathesis, in a venv under `target/` created on first use. Test binaries run
 /// one after another, so a `Once` per binary plus a marker file is enough to build it once.
 pub fn python() -> PathBuf {
     static ONCE: std::sync::Once = std::sync::Once::new();
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv");
     let py = venv.join("bin/python");
-    let marker = venv.join(".ready-5");
+    let marker = venv.join(".ready-6");
     ONCE.call_once(|| {
         if marker.exists() {
             return;
@@ -688,12 +688,13 @@ pub fn python() -> PathBuf {
                     "ssh-audit==3.3.0",
                     // libssh2 1.11.1, bundled in its wheel (tests/host_keys.rs).
                     "ssh2-python==1.2.0.post1",
+                    "schemathesis==4.32.5",
                 ])
                 .status()
                 .is_ok_and(|s| s.success());
         assert!(
             ok,
-            "cannot set up the Python test venv (python3 -m venv, pip install pycurl paramiko asyncssh ssh-audit)"
+            "cannot set up the Python test venv (python3 -m venv, pip install pycurl paramiko asyncssh ssh-audit schemathesis)"
         );
         std::fs::write(&marker, b"").unwrap();
     });

@@ -1,0 +1,584 @@
+//! What a change of a request record decides, as pure functions of the record as it is, the
+//! parsed body and the time: the operator's `PUT /v1/requests/{id}` and the customer's
+//! `request_sftp_access`. No I/O, no state: the handlers run them inside
+//! `Gateway::change`, and the tests below run them directly.
+
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::api::{time_format, AccessWarning, Failure, PutRequest, Reason};
+use crate::keys::{parse_authorized_keys, KeysError, MAX_BYTES};
+use crate::store::{hash_key, validate_filename, validate_key, Record, State as ReqState};
+
+/// Turns an authorized_keys problem into the reference's failures.
+pub(crate) fn keys_failures(e: KeysError) -> Vec<Failure> {
+    match e {
+        KeysError::Invalid(lines) => lines
+            .into_iter()
+            .map(|l| {
+                Failure::new(
+                    Reason::SshKeysInvalid,
+                    format!("line {}: {}", l.line, l.message),
+                )
+                .value(l.value)
+                .line(l.line)
+            })
+            .collect(),
+        KeysError::Empty => vec![Failure::new(
+            Reason::SshKeysEmpty,
+            "the SSH keys file contains no public key",
+        )],
+        KeysError::TooLarge(m) => vec![Failure::new(Reason::SshKeysTooLarge, m)],
+    }
+}
+
+pub(crate) fn state_failure(value: &str) -> Failure {
+    Failure::new(Reason::StateInvalid, format!("invalid state \"{value}\""))
+        .value(value)
+        .expected(
+            ReqState::ALL
+                .iter()
+                .map(|s| s.as_str().to_string())
+                .collect(),
+        )
+}
+
+/// A request may be done only once its upgraded file is there.
+pub(crate) fn check_transition(upgraded_exists: bool, to: ReqState) -> Result<(), Failure> {
+    if to == ReqState::Done && !upgraded_exists {
+        return Err(Failure::new(
+            Reason::UpgradedMissing,
+            "a request can only be done once its upgraded file was uploaded (PUT /v1/requests/{id}/upgraded)",
+        ));
+    }
+    Ok(())
+}
+
+/// An operator's PUT body with what does not depend on the record already checked: its
+/// keys text parsed (before the change, which holds up the record's other writers).
+pub(crate) struct OperatorPut {
+    body: PutRequest,
+    ssh_keys: Option<Result<String, Vec<Failure>>>,
+}
+
+impl OperatorPut {
+    pub(crate) fn parse(mut body: PutRequest) -> OperatorPut {
+        let ssh_keys = body.ssh_keys.take().map(|text| {
+            parse_authorized_keys(&text)
+                .map(|_| text)
+                .map_err(keys_failures)
+        });
+        OperatorPut { body, ssh_keys }
+    }
+
+    /// The record this PUT makes of `existing` (or creates as request `id`) at `now`, or
+    /// every failure found in its body in the order the fields come. `upgraded_exists`:
+    /// whether the request's upgraded file is stored (`done` needs it).
+    pub(crate) fn merge(
+        self,
+        id: u64,
+        existing: Option<&Record>,
+        upgraded_exists: bool,
+        now: OffsetDateTime,
+    ) -> Result<Record, Vec<Failure>> {
+        let OperatorPut { body, ssh_keys } = self;
+        let mut failures = Vec::new();
+
+        let filename = body
+            .filename
+            .or_else(|| existing.map(|r| r.filename.clone()));
+        match &filename {
+            None => failures.push(Failure::new(
+                Reason::FilenameRequired,
+                "filename is required to create a request",
+            )),
+            Some(f) => {
+                if let Err(e) = validate_filename(f) {
+                    failures.push(
+                        Failure::new(Reason::FilenameInvalid, e.to_string())
+                            .value(f.chars().take(40).collect::<String>()),
+                    );
+                }
+            }
+        }
+        let key_sha256 = match (body.key.as_deref(), existing) {
+            (Some(k), _) => match validate_key(k) {
+                Ok(()) => Some(hash_key(k)),
+                Err(e) => {
+                    failures.push(Failure::new(Reason::KeyInvalid, e));
+                    None
+                }
+            },
+            (None, Some(r)) => Some(r.key_sha256.clone()),
+            (None, None) => {
+                failures.push(Failure::new(
+                    Reason::KeyRequired,
+                    "key is required to create a request",
+                ));
+                None
+            }
+        };
+        let new_state = match body.state.as_deref() {
+            None => existing.map_or(ReqState::Draft, |r| r.state),
+            Some(s) => ReqState::parse(s).unwrap_or_else(|| {
+                failures.push(state_failure(s));
+                ReqState::Draft
+            }),
+        };
+        let ssh_keys = match ssh_keys {
+            Some(Ok(text)) => text,
+            Some(Err(e)) => {
+                failures.extend(e);
+                String::new()
+            }
+            None => existing.map(|r| r.ssh_keys.clone()).unwrap_or_default(),
+        };
+        // An expiry the operator sets is also the ceiling for the customer's own calls; one
+        // the operator leaves alone keeps both as they were (a customer's expiry included).
+        let (expires_at, operator_expires_at) = match body.expires_at {
+            None => existing.map_or((None, None), |r| (r.expires_at, r.operator_expires_at)),
+            Some(None) => (None, None),
+            Some(Some(t)) => match OffsetDateTime::parse(&t, &Rfc3339) {
+                Ok(t) => (Some(t), Some(t)),
+                Err(_) => {
+                    failures.push(
+                        Failure::new(
+                            Reason::ExpiresAtInvalid,
+                            "expires_at must be an RFC 3339 time or null",
+                        )
+                        .value(t),
+                    );
+                    (None, None)
+                }
+            },
+        };
+        if failures.is_empty() && existing.is_none_or(|r| r.state != new_state) {
+            if let Err(f) = check_transition(upgraded_exists, new_state) {
+                failures.push(f);
+            }
+        }
+        if !failures.is_empty() {
+            return Err(failures);
+        }
+        Ok(Record {
+            id,
+            filename: filename.unwrap_or_default(),
+            state: new_state,
+            key_sha256: key_sha256.unwrap_or_default(),
+            ssh_keys,
+            expires_at,
+            operator_expires_at,
+            created_at: existing.map_or(now, |r| r.created_at),
+            updated_at: now,
+        })
+    }
+}
+
+/// What a customer's `request_sftp_access` decides.
+#[derive(Debug)]
+pub(crate) enum AccessDecision {
+    /// Unknown request or wrong key: the two look the same.
+    WrongKey,
+    /// The right key, but no access: the failures to answer.
+    Refused(Vec<Failure>),
+    /// The record to put, and what the answer tells.
+    Granted(Box<Record>, Granted),
+}
+
+/// What the answer to a granted call tells.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Granted {
+    pub shared_file: String,
+    pub expires_at: OffsetDateTime,
+    pub keys: usize,
+    pub warnings: Vec<AccessWarning>,
+}
+
+/// `ACCESS:EXPIRED`: the operator's `expires_at` on `record` has passed (for SFTP access
+/// and for HTTP uploads alike).
+pub(crate) fn closed_by_operator(record: &Record) -> Failure {
+    Failure::new(
+        Reason::AccessExpired,
+        "the operator closed access to this request; only the operator can reopen it",
+    )
+    .value(record.operator_expires_at.and_then(time_format::format))
+}
+
+/// Opening access to `existing` with `key` and the uploaded `keys_file` at `now` for `ttl`,
+/// checked in the order the reference does: the key, the state, the keys file, the
+/// operator's expiry.
+pub(crate) fn customer_access(
+    existing: Option<&Record>,
+    key: &str,
+    keys_file: Vec<u8>,
+    now: OffsetDateTime,
+    ttl: time::Duration,
+) -> AccessDecision {
+    let record = match existing {
+        Some(r) if r.key_matches(key) => r,
+        Some(_) => return AccessDecision::WrongKey,
+        None => {
+            // Unknown request and wrong key cost the same hash, so neither can be probed.
+            let _ = hash_key(key);
+            return AccessDecision::WrongKey;
+        }
+    };
+    let access = match record.state.access() {
+        Some(a) => a,
+        None => {
+            let state = record.state.as_str();
+            return AccessDecision::Refused(vec![Failure::new(
+                Reason::StateInvalid,
+                format!("SFTP access needs the request in draft or done, it is {state}"),
+            )
+            .value(state)
+            .expected(vec!["draft".into(), "done".into()])]);
+        }
+    };
+    if keys_file.len() > MAX_BYTES {
+        return AccessDecision::Refused(vec![Failure::new(
+            Reason::SshKeysTooLarge,
+            format!(
+                "{} bytes, at most {MAX_BYTES} are accepted",
+                keys_file.len()
+            ),
+        )]);
+    }
+    let Ok(text) = String::from_utf8(keys_file) else {
+        return AccessDecision::Refused(vec![Failure::new(
+            Reason::SshKeysInvalid,
+            "the SSH keys file is not UTF-8 text",
+        )]);
+    };
+    let keys = match parse_authorized_keys(&text) {
+        Ok(keys) => keys,
+        Err(e) => return AccessDecision::Refused(keys_failures(e)),
+    };
+    let warnings = keys
+        .iter()
+        .flat_map(|k| {
+            k.options.ignored.iter().map(move |o| AccessWarning {
+                line: k.line,
+                option: o.clone(),
+                message: format!(
+                    "line {}: option {o} is not honoured by this server and was ignored",
+                    k.line
+                ),
+            })
+        })
+        .collect();
+    let Some(expires_at) = record.customer_expiry(now, ttl) else {
+        return AccessDecision::Refused(vec![closed_by_operator(record)]);
+    };
+    let mut updated = record.clone();
+    updated.ssh_keys = text;
+    updated.expires_at = Some(expires_at);
+    updated.updated_at = now;
+    let granted = Granted {
+        shared_file: record.visible_name(access),
+        expires_at,
+        keys: keys.len(),
+        warnings,
+    };
+    AccessDecision::Granted(Box::new(updated), granted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ED: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKbk4EHF3X5miABPFC3UVX+U9igZJxLC2U169zVW+L4W alice@laptop";
+    const ED2: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILkTKxZZFaJpw0ripO9XTr2w4rcVNttxqGaeRf8LpgyX bob@desk";
+    const KEY: &str = "Aw7pItGVKFuZ_FOR3U8VFQ==";
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_790_000_000).unwrap()
+    }
+
+    fn record(state: ReqState) -> Record {
+        let then = now() - time::Duration::days(1);
+        Record {
+            id: 7,
+            filename: "openchs.70.cdump".into(),
+            state,
+            key_sha256: hash_key(KEY),
+            ssh_keys: ED.into(),
+            expires_at: None,
+            operator_expires_at: None,
+            created_at: then,
+            updated_at: then,
+        }
+    }
+
+    fn put(
+        body: PutRequest,
+        existing: Option<&Record>,
+        upgraded: bool,
+    ) -> Result<Record, Vec<Failure>> {
+        OperatorPut::parse(body).merge(7, existing, upgraded, now())
+    }
+
+    fn reasons(failures: &[Failure]) -> Vec<Reason> {
+        failures.iter().map(|f| f.reason).collect()
+    }
+
+    #[test]
+    fn put_creates_a_draft_record() {
+        let body = PutRequest {
+            filename: Some("a.dump".into()),
+            key: Some(KEY.into()),
+            ssh_keys: Some(format!("{ED}\n")),
+            ..PutRequest::default()
+        };
+        let r = put(body, None, false).unwrap();
+        assert_eq!(r.id, 7);
+        assert_eq!(r.filename, "a.dump");
+        assert_eq!(r.state, ReqState::Draft);
+        assert!(r.key_matches(KEY));
+        assert_eq!(r.ssh_keys, format!("{ED}\n"));
+        assert_eq!((r.expires_at, r.operator_expires_at), (None, None));
+        assert_eq!((r.created_at, r.updated_at), (now(), now()));
+    }
+
+    #[test]
+    fn put_needs_filename_and_key_to_create() {
+        let e = put(PutRequest::default(), None, false).unwrap_err();
+        assert_eq!(reasons(&e), [Reason::FilenameRequired, Reason::KeyRequired]);
+    }
+
+    #[test]
+    fn put_keeps_what_an_update_leaves_out() {
+        let old = Record {
+            expires_at: Some(now() + time::Duration::hours(3)),
+            ..record(ReqState::Draft)
+        };
+        let body = PutRequest {
+            filename: Some("b.dump".into()),
+            ..PutRequest::default()
+        };
+        let r = put(body, Some(&old), false).unwrap();
+        assert_eq!(r.filename, "b.dump");
+        assert_eq!(r.key_sha256, old.key_sha256);
+        assert_eq!(r.ssh_keys, old.ssh_keys);
+        assert_eq!(r.expires_at, old.expires_at);
+        assert_eq!(r.created_at, old.created_at);
+        assert_eq!(r.updated_at, now());
+    }
+
+    #[test]
+    fn put_replaces_keys_and_sets_the_ceiling() {
+        let old = record(ReqState::Draft);
+        let body = PutRequest {
+            ssh_keys: Some(ED2.into()),
+            expires_at: Some(Some("2026-12-01T00:00:00Z".into())),
+            ..PutRequest::default()
+        };
+        let r = put(body, Some(&old), false).unwrap();
+        assert_eq!(r.ssh_keys, ED2);
+        let t = OffsetDateTime::parse("2026-12-01T00:00:00Z", &Rfc3339).unwrap();
+        assert_eq!((r.expires_at, r.operator_expires_at), (Some(t), Some(t)));
+        // `null` lifts both.
+        let lifted = PutRequest {
+            expires_at: Some(None),
+            ..PutRequest::default()
+        };
+        let r = put(lifted, Some(&r), false).unwrap();
+        assert_eq!((r.expires_at, r.operator_expires_at), (None, None));
+    }
+
+    #[test]
+    fn put_replaces_the_request_key() {
+        let old = record(ReqState::Draft);
+        let body = PutRequest {
+            key: Some("new-secret".into()),
+            ..PutRequest::default()
+        };
+        let r = put(body, Some(&old), false).unwrap();
+        assert!(r.key_matches("new-secret"));
+        assert!(!r.key_matches(KEY));
+        assert_eq!(r.ssh_keys, old.ssh_keys);
+    }
+
+    #[test]
+    fn put_reports_every_bad_field_in_order() {
+        let body = PutRequest {
+            filename: Some("../x".into()),
+            key: Some("a b".into()),
+            state: Some("finished".into()),
+            ssh_keys: Some(format!("{ED}\nnot a key\n")),
+            expires_at: Some(Some("tomorrow".into())),
+        };
+        let e = put(body, Some(&record(ReqState::Draft)), false).unwrap_err();
+        assert_eq!(
+            reasons(&e),
+            [
+                Reason::FilenameInvalid,
+                Reason::KeyInvalid,
+                Reason::StateInvalid,
+                Reason::SshKeysInvalid,
+                Reason::ExpiresAtInvalid
+            ]
+        );
+        assert_eq!(e[3].line, Some(2));
+        assert_eq!(e[2].value, Some("finished".into()));
+    }
+
+    #[test]
+    fn put_done_needs_the_upgraded_file() {
+        let to_done = || PutRequest {
+            state: Some("done".into()),
+            ..PutRequest::default()
+        };
+        let old = record(ReqState::Progress);
+        let e = put(to_done(), Some(&old), false).unwrap_err();
+        assert_eq!(reasons(&e), [Reason::UpgradedMissing]);
+        assert_eq!(
+            put(to_done(), Some(&old), true).unwrap().state,
+            ReqState::Done
+        );
+        // Already done: not a transition, so a later update needs no file.
+        let done = record(ReqState::Done);
+        assert_eq!(
+            put(to_done(), Some(&done), false).unwrap().state,
+            ReqState::Done
+        );
+    }
+
+    fn access(existing: Option<&Record>, key: &str, keys: &str) -> AccessDecision {
+        customer_access(
+            existing,
+            key,
+            keys.as_bytes().to_vec(),
+            now(),
+            time::Duration::DAY,
+        )
+    }
+
+    fn refused(d: AccessDecision) -> Vec<Reason> {
+        match d {
+            AccessDecision::Refused(f) => reasons(&f),
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn access_replaces_the_keys_for_a_day() {
+        let old = record(ReqState::Draft);
+        let AccessDecision::Granted(r, g) =
+            access(Some(&old), KEY, &format!("restrict,pty {ED2}\n"))
+        else {
+            panic!("not granted");
+        };
+        assert_eq!(r.ssh_keys, format!("restrict,pty {ED2}\n"));
+        assert_eq!(r.expires_at, Some(now() + time::Duration::DAY));
+        assert_eq!(r.operator_expires_at, None);
+        assert_eq!((r.updated_at, r.created_at), (now(), old.created_at));
+        assert_eq!(g.shared_file, "openchs.70.cdump");
+        assert_eq!(g.keys, 1);
+        assert_eq!(g.warnings.len(), 1);
+        assert_eq!(
+            (g.warnings[0].line, g.warnings[0].option.as_str()),
+            (1, "pty")
+        );
+        // Done: the upgraded file is the one shared.
+        let AccessDecision::Granted(_, g) = access(Some(&record(ReqState::Done)), KEY, ED) else {
+            panic!("not granted");
+        };
+        assert_eq!(g.shared_file, "upgraded_openchs.70.cdump");
+    }
+
+    #[test]
+    fn access_wrong_key_and_unknown_request_look_alike() {
+        let old = record(ReqState::Draft);
+        assert!(matches!(
+            access(Some(&old), "wrong", ED),
+            AccessDecision::WrongKey
+        ));
+        assert!(matches!(access(None, KEY, ED), AccessDecision::WrongKey));
+        // The reference's curl sample leaves `+` unencoded: it arrives as a space.
+        let plus = Record {
+            key_sha256: hash_key("a+b=="),
+            ..old
+        };
+        assert!(matches!(
+            access(Some(&plus), "a b==", ED),
+            AccessDecision::Granted(..)
+        ));
+    }
+
+    #[test]
+    fn access_needs_draft_or_done() {
+        for state in [
+            ReqState::Pending,
+            ReqState::Progress,
+            ReqState::Failed,
+            ReqState::Cancelled,
+        ] {
+            assert_eq!(
+                refused(access(Some(&record(state)), KEY, ED)),
+                [Reason::StateInvalid]
+            );
+        }
+        // The state is checked before the keys file.
+        assert_eq!(
+            refused(access(Some(&record(ReqState::Cancelled)), KEY, "junk")),
+            [Reason::StateInvalid]
+        );
+    }
+
+    #[test]
+    fn access_refuses_bad_keys_files() {
+        let old = record(ReqState::Draft);
+        assert_eq!(
+            refused(access(
+                Some(&old),
+                KEY,
+                &format!("{ED}\nnot a key\nssh-ed25519 AAAA!!\n")
+            )),
+            [Reason::SshKeysInvalid, Reason::SshKeysInvalid]
+        );
+        assert_eq!(
+            refused(access(Some(&old), KEY, "# nothing\n\n")),
+            [Reason::SshKeysEmpty]
+        );
+        let huge = format!("{ED}\n").repeat(MAX_BYTES / ED.len() + 1);
+        assert_eq!(
+            refused(access(Some(&old), KEY, &huge)),
+            [Reason::SshKeysTooLarge]
+        );
+        let not_utf8 = customer_access(
+            Some(&old),
+            KEY,
+            vec![0xff, 0xfe],
+            now(),
+            time::Duration::DAY,
+        );
+        assert_eq!(refused(not_utf8), [Reason::SshKeysInvalid]);
+    }
+
+    #[test]
+    fn access_stays_under_the_operators_ceiling() {
+        let soon = now() + time::Duration::hours(2);
+        let capped = Record {
+            expires_at: Some(soon),
+            operator_expires_at: Some(soon),
+            ..record(ReqState::Draft)
+        };
+        let AccessDecision::Granted(r, g) = access(Some(&capped), KEY, ED) else {
+            panic!("not granted");
+        };
+        assert_eq!((r.expires_at, g.expires_at), (Some(soon), soon));
+        assert_eq!(r.operator_expires_at, Some(soon));
+        // Once it passed, only the operator can reopen access.
+        let past = Record {
+            operator_expires_at: Some(now() - time::Duration::minutes(1)),
+            ..capped
+        };
+        let AccessDecision::Refused(f) = access(Some(&past), KEY, ED) else {
+            panic!("not refused");
+        };
+        assert_eq!(reasons(&f), [Reason::AccessExpired]);
+        assert!(f[0].value.as_ref().is_some_and(|v| v.is_string()));
+    }
+}
