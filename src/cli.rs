@@ -38,6 +38,9 @@ pub struct ClientArgs {
     /// Print the API's JSON instead of text
     #[arg(long, global = true)]
     json: bool,
+    /// CA certificate (PEM) to trust for an https:// --admin, besides the system's roots
+    #[arg(long, global = true, value_name = "FILE")]
+    cacert: Option<PathBuf>,
 }
 
 #[derive(clap::Subcommand)]
@@ -60,8 +63,22 @@ pub enum RequestCmd {
     },
     /// Show one request
     Show { id: u64 },
-    /// List all requests
-    List,
+    /// List requests in id order: all of them (read a page of 1000 at a time), or with
+    /// --limit one page, whose last line names the --after of the next
+    List {
+        /// Only this many (1 to 1000): one page
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Only requests with ids above this one
+        #[arg(long, value_name = "ID")]
+        after: Option<u64>,
+        /// Only requests in this state
+        #[arg(long)]
+        state: Option<String>,
+        /// Only requests updated at or after this RFC 3339 time
+        #[arg(long, value_name = "TIME")]
+        updated_since: Option<String>,
+    },
     /// Change a request's state
     State { id: u64, state: String },
     /// Revoke a request (its sessions are closed)
@@ -105,6 +122,9 @@ impl Client {
                 .trim()
                 .to_string(),
         };
+        if args.cacert.is_some() {
+            http::init_tls(args.cacert.as_deref())?;
+        }
         Ok(Client {
             base: args.admin.trim_end_matches('/').to_string(),
             token,
@@ -201,8 +221,14 @@ impl Client {
                     .await?;
                 self.print(&v, |v| describe(&v["request"]));
             }
-            RequestCmd::List => {
-                let v = self.call_json(Method::GET, "/v1/requests", None).await?;
+            RequestCmd::List {
+                limit,
+                after,
+                state,
+                updated_since,
+            } => {
+                let v = self.list(limit, after, state, updated_since).await?;
+                let more = v["next"].as_u64().filter(|_| limit.is_some());
                 self.print(&v, |v| {
                     let rows: Vec<String> = v["requests"]
                         .as_array()
@@ -210,11 +236,15 @@ impl Client {
                         .flatten()
                         .map(row)
                         .collect();
-                    if rows.is_empty() {
+                    let mut out = if rows.is_empty() {
                         "no requests".into()
                     } else {
                         rows.join("\n")
+                    };
+                    if let Some(next) = more {
+                        out.push_str(&format!("\nmore: --after {next}"));
                     }
+                    out
                 });
             }
             RequestCmd::State { id, state } => {
@@ -244,6 +274,42 @@ impl Client {
             }
         }
         Ok(())
+    }
+
+    /// `GET /v1/requests`: the one page `limit` asks for, or else every page in turn,
+    /// answered as one listing (`next` null).
+    async fn list(
+        &self,
+        limit: Option<usize>,
+        after: Option<u64>,
+        state: Option<String>,
+        updated_since: Option<String>,
+    ) -> anyhow::Result<Value> {
+        let mut after = after;
+        let mut all = Vec::new();
+        loop {
+            let mut params = vec![("limit", limit.unwrap_or(1000).to_string())];
+            params.extend(after.map(|a| ("after", a.to_string())));
+            params.extend(state.clone().map(|s| ("state", s)));
+            params.extend(updated_since.clone().map(|t| ("updated_since", t)));
+            let query = serde_urlencoded::to_string(&params)?;
+            let mut v = self
+                .call_json(Method::GET, &format!("/v1/requests?{query}"), None)
+                .await?;
+            if limit.is_some() {
+                return Ok(v);
+            }
+            if let Some(page) = v["requests"].as_array_mut() {
+                all.append(page);
+            }
+            match v["next"].as_u64() {
+                // Each page starts past the last: a server that said otherwise would
+                // loop this for ever.
+                Some(next) if after.is_none_or(|a| next > a) => after = Some(next),
+                Some(next) => bail!("the API's next page ({next}) does not move forward"),
+                None => return Ok(json!({"failures": [], "requests": all, "next": null})),
+            }
+        }
     }
 
     pub async fn upgraded_put(&self, id: u64, file: &Path) -> anyhow::Result<()> {

@@ -23,8 +23,8 @@ use crate::leases::Leases;
 use crate::metrics::{Derived, Metrics};
 use crate::sftp::{Activity, SharedFile, WriteClosed};
 use crate::store::{
-    update_with, Access, Changed, Decision, NodeSessions, Record, RequestSessions, State, Store,
-    StoreError, Updated, MAX_PEERS_LISTED,
+    update_with, Access, Changed, Decision, NodeSessions, PageQuery, Record, RequestSessions,
+    State, Store, StoreError, Updated, MAX_PEERS_LISTED,
 };
 
 /// How often live sessions are checked against their request (expiry is noticed this fast).
@@ -171,6 +171,18 @@ impl Gateway {
     /// All records, ordered by id.
     pub async fn records(&self) -> Result<Vec<Record>, StoreError> {
         self.store.list().await
+    }
+
+    /// One page of records (see [`Store::page`]) and the `after` of the next page, `None`
+    /// when this one is the last: one more record is read to know.
+    pub async fn page(&self, query: &PageQuery) -> Result<(Vec<Record>, Option<u64>), StoreError> {
+        let mut probe = query.clone();
+        probe.limit = query.limit.saturating_add(1);
+        let mut records = self.store.page(&probe).await?;
+        let more = records.len() > query.limit;
+        records.truncate(query.limit);
+        let next = more.then(|| records.last().map(|r| r.id)).flatten();
+        Ok((records, next))
     }
 
     /// Where the customer's upload of request `id` lives.

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use super::list_query::parse_list_query;
 use super::{parse_id, AdminState, ApiError, ApiResult, Failure};
 use crate::gateway::Gateway;
 use crate::keys::{fingerprint, parse_authorized_keys, KeysError};
@@ -138,10 +139,25 @@ fn ok_one(state: &AdminState, r: &Record) -> Json<Value> {
     Json(json!({"failures": [], "request": view(state, r)}))
 }
 
-pub async fn list(State(state): State<Arc<AdminState>>) -> ApiResult<Json<Value>> {
-    let records = state.gateway.records().await.map_err(ApiError::storage)?;
-    let all: Vec<Value> = records.iter().map(|r| view(&state, r)).collect();
-    Ok(Json(json!({"failures": [], "requests": all})))
+/// One page of records in id order (see list_query.rs); `next` is the `after` of the next
+/// page, `null` on the last one.
+pub async fn list(
+    State(state): State<Arc<AdminState>>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let query = parse_list_query(raw.as_deref()).map_err(|failures| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        failures,
+    })?;
+    let (records, next) = state
+        .gateway
+        .page(&query)
+        .await
+        .map_err(ApiError::storage)?;
+    let page: Vec<Value> = records.iter().map(|r| view(&state, r)).collect();
+    Ok(Json(
+        json!({"failures": [], "requests": page, "next": next}),
+    ))
 }
 
 /// The record of request `id`, or the 404 every route gives for an unknown request.

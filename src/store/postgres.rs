@@ -29,7 +29,7 @@ use sqlx::{Postgres, Row, Transaction};
 use time::OffsetDateTime;
 
 use super::{
-    private, sync_dir_io, Changed, Decision, HostKey, NodeSessions, Operation, Record,
+    private, sync_dir_io, Changed, Decision, HostKey, NodeSessions, Operation, PageQuery, Record,
     RequestSessions, State, Store, StoreCounters, StoreCounting, StoreError, Updated,
 };
 
@@ -72,6 +72,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "leases",
         sql: include_str!("postgres/0004_leases.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "listing",
+        sql: include_str!("postgres/0005_listing.sql"),
     },
 ];
 
@@ -285,6 +290,26 @@ impl PgStore {
     pub async fn list(&self) -> Result<Vec<Record>, PgStoreError> {
         let sql = format!("{SELECT} ORDER BY r.id");
         let rows = query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(record_from).collect()
+    }
+
+    /// One page of records in id order (see [`Store::page`]): one query, served by the
+    /// primary key, or by the indexes of migration 5 for the filters. Statements are sent
+    /// unnamed, so PostgreSQL plans each with its values and the `IS NULL` branches of
+    /// absent filters fold away.
+    pub async fn page(&self, q: &PageQuery) -> Result<Vec<Record>, PgStoreError> {
+        let sql = format!(
+            "{SELECT} WHERE r.id > $1::numeric AND ($2::text IS NULL OR r.state = $2::text) \
+             AND ($3::timestamptz IS NULL OR r.updated_at >= $3::timestamptz) \
+             ORDER BY r.id LIMIT $4"
+        );
+        let rows = query(&sql)
+            .bind(q.after.to_string())
+            .bind(q.state.map(State::as_str))
+            .bind(q.updated_since)
+            .bind(i64::try_from(q.limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(record_from).collect()
     }
 
@@ -665,6 +690,10 @@ impl Store for PgStore {
 
     async fn list(&self) -> Result<Vec<Record>, StoreError> {
         Ok(self.counted(Operation::Read, PgStore::list(self).await)?)
+    }
+
+    async fn page(&self, query: &PageQuery) -> Result<Vec<Record>, StoreError> {
+        Ok(self.counted(Operation::Read, PgStore::page(self, query).await)?)
     }
 
     async fn update(&self, id: u64, change: super::Change<'_>) -> Result<Updated, StoreError> {
