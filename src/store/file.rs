@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::OwnedMutexGuard;
 
-use super::{private, Change, Decision, PageQuery, Record, Store, StoreError, Updated};
+use super::{private, Change, Decision, PageQuery, Record, State, Store, StoreError, Updated};
 
 const RECORD: &str = "request.json";
 
@@ -277,6 +277,17 @@ impl Store for FileStore {
             .take(query.limit)
             .cloned()
             .collect())
+    }
+
+    async fn count_by_state(&self) -> Result<[(State, u64); 6], StoreError> {
+        let cache = self.inner.cache.read().unwrap_or_else(|p| p.into_inner());
+        let mut counts = State::ALL.map(|s| (s, 0));
+        for r in cache.values() {
+            if let Some(c) = counts.iter_mut().find(|(s, _)| *s == r.state) {
+                c.1 += 1;
+            }
+        }
+        Ok(counts)
     }
 
     async fn update(&self, id: u64, change: Change<'_>) -> Result<Updated, StoreError> {

@@ -131,6 +131,9 @@ pub trait Store: Send + Sync + 'static {
     /// ordered by id: one page of the operator's listing, read without copying or sorting
     /// the records that are not on it.
     async fn page(&self, query: &PageQuery) -> Result<Vec<Record>, StoreError>;
+    /// How many records each state has (every state, zeros included), for the metrics
+    /// page: counted where the records are, without copying them out.
+    async fn count_by_state(&self) -> Result<[(State, u64); 6], StoreError>;
     /// Calls `change` once with the current record of `id` (or `None`), while no other
     /// update of `id` runs, and applies its decision durably. On `Ok` the change was called
     /// exactly once; on `Err` maybe not, and nothing was applied (a failed write may have

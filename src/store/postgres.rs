@@ -313,6 +313,26 @@ impl PgStore {
         rows.iter().map(record_from).collect()
     }
 
+    /// How many records each state has, in one `GROUP BY`.
+    pub async fn count_by_state(&self) -> Result<[(State, u64); 6], PgStoreError> {
+        let rows = query("SELECT state, count(*) AS n FROM records GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut counts = State::ALL.map(|s| (s, 0));
+        for row in &rows {
+            let state: String = row.try_get("state")?;
+            let n: i64 = row.try_get("n")?;
+            let state = State::parse(&state).ok_or_else(|| PgStoreError::Corrupt {
+                id: "?".into(),
+                why: format!("unknown state {state:?}"),
+            })?;
+            if let Some(c) = counts.iter_mut().find(|(s, _)| *s == state) {
+                c.1 = u64::try_from(n).unwrap_or(0);
+            }
+        }
+        Ok(counts)
+    }
+
     /// Reads record `id` locked, lets `change` decide, and applies the decision in the same
     /// transaction, so no other node's update of that id interleaves (no lost update).
     /// `change` runs while the record is locked: it must be quick and must not call the
@@ -694,6 +714,10 @@ impl Store for PgStore {
 
     async fn page(&self, query: &PageQuery) -> Result<Vec<Record>, StoreError> {
         Ok(self.counted(Operation::Read, PgStore::page(self, query).await)?)
+    }
+
+    async fn count_by_state(&self) -> Result<[(State, u64); 6], StoreError> {
+        Ok(self.counted(Operation::Read, PgStore::count_by_state(self).await)?)
     }
 
     async fn update(&self, id: u64, change: super::Change<'_>) -> Result<Updated, StoreError> {

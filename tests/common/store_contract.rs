@@ -4,7 +4,7 @@
 //! tests; `f` is an async fn returning `(store, guard)`, a fresh empty store and whatever
 //! must live as long as it (its database, its data directory); `D` is the store's
 //! `Decision` enum (`Keep`, `Put(Record)`, `Delete { purge }`). The store is only called
-//! through method syntax (`get`, `list`, `page`, `update`, `upload_path`, `upgraded_path`), so
+//! through method syntax (`get`, `list`, `page`, `count_by_state`, `update`, `upload_path`, `upgraded_path`), so
 //! inherent methods and the methods of a trait imported where the macro is invoked both
 //! work.
 //!
@@ -320,7 +320,7 @@ macro_rules! store_contract {
                 assert_eq!(store.list().await.expect("list"), vec![]);
             }
 
-            /// `page`: ids above `after` in order, at most `limit`, filtered by state and
+            /// `count_by_state` counts every state; `page`: ids above `after` in order, at most `limit`, filtered by state and
             /// `updated_at >= updated_since`; paging with any limit returns each once.
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn pages_in_id_order_with_filters() {
@@ -356,6 +356,12 @@ macro_rules! store_contract {
                     async move { store.page(&q).await.expect("page") }
                 };
                 assert_eq!(page(query(0, 100, None, None)).await, all);
+                let counts = store.count_by_state().await.expect("count");
+                for (state, n) in counts {
+                    let wanted = all.iter().filter(|r| r.state == state).count() as u64;
+                    assert_eq!(n, wanted, "{state:?}");
+                }
+                assert_eq!(counts.len(), 6);
                 assert_eq!(page(query(0, 3, None, None)).await, all[..3]);
                 assert_eq!(page(query(5, 2, None, None)).await, all[3..5]);
                 assert_eq!(page(query(12, 10, None, None)).await, all[6..]);
