@@ -49,6 +49,9 @@ pub struct ClientArgs {
     /// Print the API's JSON instead of text
     #[arg(long, global = true)]
     json: bool,
+    /// CA certificate (PEM) to trust for an https:// --admin, besides the system's roots
+    #[arg(long, global = true, value_name = "FILE")]
+    cacert: Option<PathBuf>,
 }
 
 #[derive(clap::Subcommand)]
@@ -75,8 +78,22 @@ pub enum RequestCmd {
         #[arg(value_parser = id_arg)]
         id: u64,
     },
-    /// List all requests
-    List,
+    /// List requests in id order: all of them (read a page of 1000 at a time), or with
+    /// --limit one page, whose last line names the --after of the next
+    List {
+        /// Only this many (1 to 1000): one page
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Only requests with ids above this one
+        #[arg(long, value_name = "ID")]
+        after: Option<u64>,
+        /// Only requests in this state
+        #[arg(long)]
+        state: Option<String>,
+        /// Only requests updated at or after this RFC 3339 time
+        #[arg(long, value_name = "TIME")]
+        updated_since: Option<String>,
+    },
     /// Change a request's state
     State {
         #[arg(value_parser = id_arg)]
@@ -133,6 +150,9 @@ impl Client {
                 .trim()
                 .to_string(),
         };
+        if args.cacert.is_some() {
+            http::init_tls(args.cacert.as_deref())?;
+        }
         Ok(Client {
             base: args.admin.trim_end_matches('/').to_string(),
             token,
@@ -188,28 +208,6 @@ impl Client {
         }
     }
 
-    /// Every request, a page at a time.
-    async fn list_all(&self) -> anyhow::Result<RequestList> {
-        let mut all = Vec::new();
-        let mut after = None;
-        loop {
-            let cursor = after.map(|a| format!("&after={a}")).unwrap_or_default();
-            let path = format!("/v1/requests?limit={}{cursor}", ListQuery::MAX_LIMIT);
-            let page: RequestList = self.call_json(Method::GET, &path, None::<&()>).await?;
-            all.extend(page.requests);
-            // A cursor that does not move on would loop for ever.
-            match page.next {
-                Some(n) if after.is_none_or(|a| n > a) => after = Some(n),
-                _ => break,
-            }
-        }
-        Ok(RequestList {
-            failures: Vec::new(),
-            requests: all,
-            next: None,
-        })
-    }
-
     pub async fn request(&self, cmd: RequestCmd) -> anyhow::Result<()> {
         match cmd {
             RequestCmd::Put {
@@ -245,14 +243,24 @@ impl Client {
                     .await?;
                 self.print(&v, |v| describe(&v.request));
             }
-            RequestCmd::List => {
-                let v = self.list_all().await?;
+            RequestCmd::List {
+                limit,
+                after,
+                state,
+                updated_since,
+            } => {
+                let v = self.list(limit, after, state, updated_since).await?;
+                let more = v.next.filter(|_| limit.is_some());
                 self.print(&v, |v| {
-                    if v.requests.is_empty() {
+                    let mut out = if v.requests.is_empty() {
                         "no requests".into()
                     } else {
                         v.requests.iter().map(row).collect::<Vec<_>>().join("\n")
+                    };
+                    if let Some(next) = more {
+                        out.push_str(&format!("\nmore: --after {next}"));
                     }
+                    out
                 });
             }
             RequestCmd::State { id, state } => {
@@ -282,6 +290,47 @@ impl Client {
             }
         }
         Ok(())
+    }
+
+    /// `GET /v1/requests`: the one page `limit` asks for, or else every page in turn,
+    /// answered as one listing (`next` null).
+    async fn list(
+        &self,
+        limit: Option<usize>,
+        after: Option<u64>,
+        state: Option<String>,
+        updated_since: Option<String>,
+    ) -> anyhow::Result<RequestList> {
+        let mut after = after;
+        let mut all = Vec::new();
+        loop {
+            let page_size = limit.unwrap_or(ListQuery::MAX_LIMIT as usize);
+            let mut params = vec![("limit", page_size.to_string())];
+            params.extend(after.map(|a| ("after", a.to_string())));
+            params.extend(state.clone().map(|s| ("state", s)));
+            params.extend(updated_since.clone().map(|t| ("updated_since", t)));
+            let query = serde_urlencoded::to_string(&params)?;
+            let page: RequestList = self
+                .call_json(Method::GET, &format!("/v1/requests?{query}"), None::<&()>)
+                .await?;
+            if limit.is_some() {
+                return Ok(page);
+            }
+            all.extend(page.requests);
+            match page.next {
+                // Each page starts past the last: a server that said otherwise would
+                // loop this for ever.
+                Some(next) if after.is_none_or(|a| next > a) => after = Some(next),
+                Some(next) => bail!("the API's next page ({next}) does not move forward"),
+                None => {
+                    return Ok(RequestList {
+                        failures: Vec::new(),
+                        requests: all,
+                        next: None,
+                    })
+                }
+            }
+        }
     }
 
     pub async fn upgraded_put(&self, id: u64, file: &Path) -> anyhow::Result<()> {

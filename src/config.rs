@@ -64,6 +64,16 @@ pub struct Settings {
     /// URL that receives a JSON POST each time an upload's write handle is closed
     #[arg(long, value_name = "URL")]
     pub on_upload_closed: Option<String>,
+    /// CA certificate file (PEM) trusted for an https:// hook besides the system's roots
+    #[arg(long, value_name = "FILE", env = "SFTPGATE_HOOK_CA")]
+    pub hook_ca: Option<PathBuf>,
+    /// Serve the operator HTTP listener over HTTPS with this PEM certificate chain (leaf
+    /// first), reloaded on SIGHUP; needs --tls-key
+    #[arg(long, value_name = "FILE", env = "SFTPGATE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 RSA or SEC1 EC)
+    #[arg(long, value_name = "FILE", env = "SFTPGATE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// Largest upload accepted per request, in bytes [default: no limit]
     #[arg(long, value_name = "BYTES")]
     pub max_upload_size: Option<u64>,
@@ -355,6 +365,9 @@ impl Settings {
             idle_timeout_secs: self.idle_timeout_secs.or(base.idle_timeout_secs),
             access_ttl: self.access_ttl.or(base.access_ttl),
             on_upload_closed: self.on_upload_closed.or(base.on_upload_closed),
+            hook_ca: self.hook_ca.or(base.hook_ca),
+            tls_cert: self.tls_cert.or(base.tls_cert),
+            tls_key: self.tls_key.or(base.tls_key),
             max_upload_size: self.max_upload_size.or(base.max_upload_size),
             penalty_failures: self.penalty_failures.or(base.penalty_failures),
             penalty_secs: self.penalty_secs.or(base.penalty_secs),
@@ -411,6 +424,9 @@ impl Settings {
             idle_timeout: Duration::from_secs(self.idle_timeout_secs.unwrap_or(600).max(1)),
             access_ttl: self.access_ttl.unwrap_or(Duration::from_secs(24 * 3600)),
             on_upload_closed: self.on_upload_closed,
+            hook_ca: self.hook_ca,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
             max_upload_size: self.max_upload_size,
             penalty_failures: self.penalty_failures.unwrap_or(100),
             penalty: Duration::from_secs(self.penalty_secs.unwrap_or(60)),
@@ -479,6 +495,11 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub access_ttl: Duration,
     pub on_upload_closed: Option<String>,
+    /// A CA (PEM) an https:// hook's certificate may chain to, besides the system's roots.
+    pub hook_ca: Option<PathBuf>,
+    /// The listener's certificate chain and key (both or neither: see `validate`).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub max_upload_size: Option<u64>,
     pub penalty_failures: u32,
     pub penalty: Duration,
@@ -517,6 +538,27 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "--proxy-from is set but --proxy-protocol is not: pass --proxy-protocol to read PROXY headers from those sources".into(),
             ));
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid(
+                    "--tls-cert needs --tls-key: the certificate's private key (PEM)".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "--tls-key needs --tls-cert: the certificate chain (PEM) it is the key of"
+                        .into(),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(url) = &self.on_upload_closed {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "--on-upload-closed {url}: only http:// and https:// URLs are supported"
+                )));
+            }
         }
         if self.host_key_types.is_empty() {
             return Err(ConfigError::Invalid(
@@ -717,6 +759,26 @@ mod tests {
             toml::from_str("algorithms = \"hardened\"\nhost-key-types = [\"ecdsa\"]").unwrap();
         let err = s.resolve().validate().unwrap_err().to_string();
         assert!(err.contains("no host key can be offered"), "{err}");
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs() {
+        let s: Settings =
+            toml::from_str("tls-cert = \"/etc/gw/cert.pem\"\ntls-key = \"/etc/gw/key.pem\"\nhook-ca = \"/etc/gw/ca.pem\"")
+                .unwrap();
+        let cfg = s.resolve();
+        assert!(cfg.validate().is_ok());
+        assert_eq!(cfg.tls_key, Some(PathBuf::from("/etc/gw/key.pem")));
+        assert_eq!(cfg.hook_ca, Some(PathBuf::from("/etc/gw/ca.pem")));
+        let s: Settings = toml::from_str("tls-cert = \"c.pem\"").unwrap();
+        let err = s.resolve().validate().unwrap_err().to_string();
+        assert!(err.contains("--tls-cert needs --tls-key"), "{err}");
+        let s: Settings = toml::from_str("tls-key = \"k.pem\"").unwrap();
+        let err = s.resolve().validate().unwrap_err().to_string();
+        assert!(err.contains("--tls-key needs --tls-cert"), "{err}");
+        let s: Settings = toml::from_str("on-upload-closed = \"ftp://h/x\"").unwrap();
+        let err = s.resolve().validate().unwrap_err().to_string();
+        assert!(err.contains("only http:// and https://"), "{err}");
     }
 
     #[test]

@@ -23,8 +23,8 @@ use crate::leases::{Hold, Leases};
 use crate::metrics::{Derived, Metrics};
 use crate::sftp::{Activity, SharedFile, WriteClosed, WriteSummary};
 use crate::store::{
-    update_with, Access, Changed, Decision, NodeSessions, Record, RequestSessions, State, Store,
-    StoreError, Updated, MAX_PEERS_LISTED,
+    update_with, Access, Changed, Decision, NodeSessions, PageQuery, Record, RequestSessions,
+    Store, StoreError, Updated, MAX_PEERS_LISTED,
 };
 
 /// How often live sessions are checked against their request (expiry is noticed this fast).
@@ -187,6 +187,18 @@ impl Gateway {
     /// All records, ordered by id.
     pub async fn records(&self) -> Result<Vec<Record>, StoreError> {
         self.store.list().await
+    }
+
+    /// One page of records (see [`Store::page`]) and the `after` of the next page, `None`
+    /// when this one is the last: one more record is read to know.
+    pub async fn page(&self, query: &PageQuery) -> Result<(Vec<Record>, Option<u64>), StoreError> {
+        let mut probe = query.clone();
+        probe.limit = query.limit.saturating_add(1);
+        let mut records = self.store.page(&probe).await?;
+        let more = records.len() > query.limit;
+        records.truncate(query.limit);
+        let next = more.then(|| records.last().map(|r| r.id)).flatten();
+        Ok((records, next))
     }
 
     /// Where the customer's upload of request `id` lives.
@@ -364,8 +376,8 @@ impl Gateway {
     pub async fn render_metrics(&self) -> Result<String, StoreError> {
         // While the store is down the page still answers (its error counters matter most
         // then), without the per-state gauge, and without waiting for the pool's timeout.
-        let records = match self.store.health().await {
-            Ok(()) => Some(self.store.list().await?),
+        let counts = match self.store.health().await {
+            Ok(()) => Some(self.store.count_by_state().await?),
             Err(_) => None,
         };
         let r = &self.retired;
@@ -384,17 +396,7 @@ impl Gateway {
             sent += a.bytes_read.load(Ordering::Relaxed);
             errors += a.write_errors.load(Ordering::Relaxed);
         }
-        let requests = records.map(|records| {
-            State::ALL
-                .iter()
-                .map(|st| {
-                    (
-                        st.as_str(),
-                        records.iter().filter(|r| r.state == *st).count() as u64,
-                    )
-                })
-                .collect()
-        });
+        let requests = counts.map(|counts| counts.iter().map(|(s, n)| (s.as_str(), *n)).collect());
         Ok(self.metrics.render(&Derived {
             bytes_received: received,
             bytes_sent: sent,
@@ -715,6 +717,7 @@ async fn next_change(feed: &mut Option<tokio::sync::mpsc::Receiver<Changed>>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::State;
     use crate::store::{hash_key, FileStore};
 
     const ED: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKbk4EHF3X5miABPFC3UVX+U9igZJxLC2U169zVW+L4W alice@laptop";

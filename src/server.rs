@@ -169,12 +169,37 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let ssh_addr = ssh_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 
-    if let Some(url) = &cfg.on_upload_closed {
-        anyhow::ensure!(
-            url.starts_with("http://"),
-            "--on-upload-closed {url}: only http:// URLs are supported"
+    // The roots an https:// hook is verified against, read once (config.validate checked
+    // the URL's scheme).
+    if cfg.on_upload_closed.is_some() || cfg.hook_ca.is_some() {
+        let roots = crate::http::init_tls(cfg.hook_ca.as_deref())?;
+        tracing::info!(
+            system = roots.system,
+            hook_ca = roots.extra,
+            "roots for https:// hooks"
         );
     }
+    // Read before the listener serves, so a bad file stops the start with its name; the
+    // SIGHUP handler is in place before anyone is told the gateway is up (SIGHUP's
+    // default would end the process).
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = Arc::new(admin::Tls::load(admin::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })?);
+            tracing::info!(cert = %cert.display(), fingerprint = %tls.fingerprint(), "the operator API serves HTTPS");
+            Some(tls)
+        }
+        _ => None,
+    };
+    let hangups = match &tls {
+        Some(_) => Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("cannot wait for SIGHUP")?,
+        ),
+        None => None,
+    };
     let hook = cfg.on_upload_closed.clone().map(Hook::start);
     let leases = Leases::start(
         lease_store,
@@ -241,7 +266,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         samples: Default::default(),
         sessions: admin::Sessions::new(cfg.page_session_ttl),
         logins: Default::default(),
-        page_https: cfg.page_https,
+        page_https: cfg.page_https || tls.is_some(),
         throttled_log: Default::default(),
         server_info,
         shutdown: shutdown.clone(),
@@ -252,10 +277,18 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         header_timeout: cfg.http_header_timeout,
         body_timeout: cfg.http_body_timeout,
     };
+    if let (Some(tls), Some(hangups)) = (&tls, hangups) {
+        tracker.spawn(admin::reload_on_hangup(
+            tls.clone(),
+            hangups,
+            shutdown.clone(),
+        ));
+    }
     tracker.spawn(admin::serve(
         admin_listener,
         app,
         limits,
+        tls.clone(),
         shutdown.clone(),
         tracker.clone(),
     ));
@@ -264,6 +297,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         node = %cfg.node_name,
         ssh = %ssh_addr,
         admin = %admin_addr,
+        https = tls.is_some(),
         proxy_protocol = cfg.proxy_protocol,
         proxy_from = %proxy_from.join(","),
         "listening"

@@ -10,35 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Reads until the server closes (EOF or reset) or `limit` passes; returns what was read
-/// and whether the server closed.
-fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (String, bool) {
-    let end = Instant::now() + limit;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return (text(&got), false);
-        }
-        s.set_read_timeout(Some(left)).unwrap();
-        match s.read(&mut buf) {
-            Ok(0) => return (text(&got), true),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (text(&got), true),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return (text(&got), false)
-            }
-            Err(e) => panic!("read: {e}"),
-        }
-    }
-}
-
 fn short_timeouts() -> Gateway {
     let mut g = Gateway::start();
     g.stop("TERM");

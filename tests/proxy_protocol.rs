@@ -8,7 +8,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::haproxy::Haproxy;
@@ -320,7 +320,6 @@ fn the_balancer_without_a_header_is_refused() {
 
 #[test]
 fn proxy_protocol_needs_its_sources() {
-    let dir = tempfile::tempdir().unwrap();
     for (args, needle) in [
         (&["--proxy-protocol"][..], "--proxy-from"),
         (&["--proxy-from", "10.0.0.0/8"][..], "--proxy-protocol"),
@@ -329,25 +328,8 @@ fn proxy_protocol_needs_its_sources() {
             "10.0.0.0/33",
         ),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_sftpgate"))
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--host-key-dir")
-            .arg(dir.path().join("keys"))
-            .args(args)
-            .env("SFTPGATE_ADMIN_TOKEN", TOKEN)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{args:?} started");
-        assert!(
-            text(&out.stderr).contains(needle),
-            "{args:?}: {}",
-            text(&out.stderr)
-        );
-        assert!(out.stdout.is_empty(), "{args:?} bound its listeners");
+        let err = refused_start(args);
+        assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
 

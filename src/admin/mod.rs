@@ -7,6 +7,7 @@ mod body;
 mod error;
 mod files;
 mod form;
+mod list_query;
 mod listener;
 mod login_throttle;
 mod merge;
@@ -15,6 +16,7 @@ mod page;
 mod requests;
 mod server_info;
 mod session;
+mod tls;
 mod upload;
 mod view;
 mod write_stall;
@@ -32,6 +34,7 @@ use subtle::ConstantTimeEq;
 pub use error::{ApiError, ApiResult};
 pub use listener::{serve, HttpLimits};
 pub use session::Sessions;
+pub use tls::{reload_on_hangup, Tls, TlsError, TlsFiles};
 // Pure parsers, public only for the fuzz targets (see `crate::fuzzing`).
 #[doc(hidden)]
 pub use files::parse_range;
@@ -60,7 +63,8 @@ pub struct AdminState {
     /// Status page logins, and failed ones per source.
     pub sessions: Sessions,
     pub logins: login_throttle::LoginThrottle,
-    /// The page is served over https by a proxy: its cookie gets `Secure`.
+    /// The page is served over https (this listener's TLS, or a proxy in front): its
+    /// cookie gets `Secure`.
     pub page_https: bool,
     /// Throttled attempts cost a client nothing to repeat: a few are logged per window,
     /// the rest counted into the next line.

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::{Extension, Form};
@@ -21,7 +21,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::{AdminState, ApiError};
-use crate::store::Record;
+use crate::store::{PageQuery, Record};
 
 const COOKIE: &str = "sftpgate_session";
 
@@ -99,15 +99,37 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-pub async fn index(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+/// Requests shown per page: the page refreshes every few seconds, so it reads one bounded
+/// page, never the whole store.
+const PAGE_ROWS: usize = 100;
+
+/// `/?after=<id>`: the page of requests after that id.
+#[derive(Deserialize)]
+pub struct PageAt {
+    after: Option<u64>,
+}
+
+pub async fn index(
+    State(state): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    // A bad `after` shows the first page.
+    at: Result<Query<PageAt>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     if !logged_in(&state, &headers) {
         return login_form(None).into_response();
     }
     let g = &state.gateway;
     let now = OffsetDateTime::now_utc();
     let mut rows = String::new();
-    let records = match g.records().await {
-        Ok(records) => records,
+    let after = at.ok().and_then(|Query(a)| a.after).unwrap_or(0);
+    let query = PageQuery {
+        after,
+        limit: PAGE_ROWS,
+        state: None,
+        updated_since: None,
+    };
+    let (records, next) = match g.page(&query).await {
+        Ok(page) => page,
         Err(e) => return ApiError::storage(e).into_response(),
     };
     for r in &records {
@@ -116,15 +138,27 @@ pub async fn index(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> 
     if records.is_empty() {
         rows.push_str("<tr><td colspan=\"7\">no requests</td></tr>");
     }
+    let shown = match (records.first(), records.last()) {
+        (Some(a), Some(b)) => format!("Requests {} to {} (by id)", a.id, b.id),
+        _ => "Requests: none".into(),
+    };
+    let mut links = String::new();
+    if after > 0 {
+        links.push_str("<a href=\"/\" id=\"first\">first page</a> ");
+    }
+    if let Some(next) = next {
+        links.push_str(&format!(
+            "<a href=\"/?after={next}\" id=\"next\">next page</a>"
+        ));
+    }
     Html(format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"3\">\
          <title>sftpgate</title><style>{STYLE}</style></head><body><h1>sftpgate</h1>\
-         <p>Requests: {}. Live sessions: {}. Updated {}.</p>\
+         <p>{shown}. Live sessions on this node: {}. Updated {}.</p>\
          <table id=\"requests\"><tr><th>Request</th><th>File</th><th>State</th><th>Uploaded</th>\
-         <th>Transfer now</th><th>Clients</th><th>Access expires</th></tr>{rows}</table>\
+         <th>Transfer now</th><th>Clients</th><th>Access expires</th></tr>{rows}</table><p>{links}</p>\
          <form method=\"post\" action=\"/logout\"><button type=\"submit\">Log out</button></form></body></html>",
-        records.len(),
-        records.iter().map(|r| g.peers_of(r.id).len()).sum::<usize>(),
+        g.metrics.sessions_current.load(Ordering::Relaxed),
         now.format(&Rfc3339).unwrap_or_default(),
     ))
     .into_response()

@@ -5,11 +5,12 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
 use time::OffsetDateTime;
 
+use super::list_query::parse_list_query;
 use super::merge::{check_transition, state_failure, OperatorPut};
 use super::view::view;
 use super::{parse_id, AdminState, ApiError, ApiResult};
@@ -25,20 +26,6 @@ fn ok_one(state: &AdminState, r: &Record) -> Json<OneRequest> {
         failures: Vec::new(),
         request: view(state, r),
     })
-}
-
-/// The page of `records` (ordered by id) that `q` asks for, and the cursor of the next
-/// page, if there are more.
-fn page<'a>(records: &'a [Record], q: &ListQuery) -> (Vec<&'a Record>, Option<u64>) {
-    let limit = q.limit.unwrap_or(ListQuery::DEFAULT_LIMIT) as usize;
-    let mut matching = records.iter().filter(|r| {
-        q.after.is_none_or(|a| r.id > a)
-            && q.state.is_none_or(|s| r.state == s)
-            && q.updated_since.is_none_or(|t| r.updated_at >= t)
-    });
-    let page: Vec<&Record> = matching.by_ref().take(limit).collect();
-    let next = matching.next().and(page.last().map(|r| r.id));
-    (page, next)
 }
 
 #[utoipa::path(
@@ -57,22 +44,20 @@ fn page<'a>(records: &'a [Record], q: &ListQuery) -> (Vec<&'a Record>, Option<u6
 )]
 pub async fn list(
     State(state): State<Arc<AdminState>>,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<RequestList>> {
-    let Query(q) = query.map_err(|e| ApiError::bad(Reason::QueryInvalid, e.body_text()))?;
-    if q.limit
-        .is_some_and(|l| !(1..=ListQuery::MAX_LIMIT).contains(&l))
-    {
-        return Err(ApiError::bad(
-            Reason::QueryInvalid,
-            format!("limit must be between 1 and {}", ListQuery::MAX_LIMIT),
-        ));
-    }
-    let records = state.gateway.records().await.map_err(ApiError::storage)?;
-    let (records, next) = page(&records, &q);
+    let query = parse_list_query(raw.as_deref()).map_err(|failures| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        failures,
+    })?;
+    let (records, next) = state
+        .gateway
+        .page(&query)
+        .await
+        .map_err(ApiError::storage)?;
     Ok(Json(RequestList {
         failures: Vec::new(),
-        requests: records.into_iter().map(|r| view(&state, r)).collect(),
+        requests: records.iter().map(|r| view(&state, r)).collect(),
         next,
     }))
 }
@@ -299,80 +284,4 @@ pub async fn delete(
         failures: Vec::new(),
         request: view,
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(id: u64, state: ReqState, minute: i64) -> Record {
-        let t = OffsetDateTime::from_unix_timestamp(1_790_000_000 + 60 * minute).unwrap();
-        Record {
-            id,
-            filename: "f".into(),
-            state,
-            key_sha256: String::new(),
-            ssh_keys: String::new(),
-            expires_at: None,
-            operator_expires_at: None,
-            created_at: t,
-            updated_at: t,
-        }
-    }
-
-    fn ids(p: (Vec<&Record>, Option<u64>)) -> (Vec<u64>, Option<u64>) {
-        (p.0.iter().map(|r| r.id).collect(), p.1)
-    }
-
-    #[test]
-    fn pages_follow_the_cursor_and_filters() {
-        let all: Vec<Record> = (1..=5)
-            .map(|i| {
-                record(
-                    i,
-                    if i % 2 == 0 {
-                        ReqState::Done
-                    } else {
-                        ReqState::Draft
-                    },
-                    i as i64,
-                )
-            })
-            .collect();
-        let q = |limit, after, state, since: Option<i64>| ListQuery {
-            limit,
-            after,
-            state,
-            updated_since: since.map(|m| record(0, ReqState::Draft, m).updated_at),
-        };
-        assert_eq!(
-            ids(page(&all, &q(None, None, None, None))),
-            (vec![1, 2, 3, 4, 5], None)
-        );
-        assert_eq!(
-            ids(page(&all, &q(Some(2), None, None, None))),
-            (vec![1, 2], Some(2))
-        );
-        assert_eq!(
-            ids(page(&all, &q(Some(2), Some(2), None, None))),
-            (vec![3, 4], Some(4))
-        );
-        assert_eq!(
-            ids(page(&all, &q(Some(2), Some(4), None, None))),
-            (vec![5], None)
-        );
-        assert_eq!(
-            ids(page(&all, &q(Some(1), None, Some(ReqState::Done), None))),
-            (vec![2], Some(2))
-        );
-        assert_eq!(
-            ids(page(&all, &q(None, None, None, Some(4)))),
-            (vec![4, 5], None)
-        );
-        // Exactly a full last page: no next.
-        assert_eq!(
-            ids(page(&all, &q(Some(5), None, None, None))),
-            (vec![1, 2, 3, 4, 5], None)
-        );
-    }
 }

@@ -106,6 +106,8 @@ reasons! {
     HealthDataDir = "HEALTH:DATA_DIR",
     /// The listener is at `--http-max-connections` (503, then closed).
     HttpTooManyConnections = "HTTP:TOO_MANY_CONNECTIONS",
+    /// Plain HTTP sent to a listener that serves HTTPS (`--tls-cert`): use an https:// URL.
+    HttpTlsRequired = "HTTP:TLS_REQUIRED",
     /// `upload`: `offset` (or a `Content-Range` start) is not a byte count.
     OffsetInvalid = "OFFSET:INVALID",
     /// `upload`: an append that does not start at the file's current size (409, with the size).

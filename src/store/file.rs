@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::OwnedMutexGuard;
 
-use super::{private, Change, Decision, Record, Store, StoreError, Updated};
+use super::{private, Change, Decision, PageQuery, Record, State, Store, StoreError, Updated};
 
 const RECORD: &str = "request.json";
 
@@ -263,6 +263,31 @@ impl Store for FileStore {
     async fn list(&self) -> Result<Vec<Record>, StoreError> {
         let cache = self.inner.cache.read().unwrap_or_else(|p| p.into_inner());
         Ok(cache.values().cloned().collect())
+    }
+
+    async fn page(&self, query: &PageQuery) -> Result<Vec<Record>, StoreError> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        // The cache is ordered by id: the page starts where `after` ends, and only the
+        // records on it are copied (filtered ones are skipped in place, under the read lock).
+        let cache = self.inner.cache.read().unwrap_or_else(|p| p.into_inner());
+        Ok(cache
+            .range((Excluded(query.after), Unbounded))
+            .map(|(_, r)| r)
+            .filter(|r| query.matches(r))
+            .take(query.limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn count_by_state(&self) -> Result<[(State, u64); 6], StoreError> {
+        let cache = self.inner.cache.read().unwrap_or_else(|p| p.into_inner());
+        let mut counts = State::ALL.map(|s| (s, 0));
+        for r in cache.values() {
+            if let Some(c) = counts.iter_mut().find(|(s, _)| *s == r.state) {
+                c.1 += 1;
+            }
+        }
+        Ok(counts)
     }
 
     async fn update(&self, id: u64, change: Change<'_>) -> Result<Updated, StoreError> {

@@ -18,6 +18,8 @@ pub use record::{
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use time::OffsetDateTime;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("i/o error on {path}: {source}")]
@@ -45,6 +47,28 @@ pub enum StoreError {
         recorded: String,
         by: String,
     },
+}
+
+/// What [`Store::page`] reads: a keyset page (by id, so that records created or deleted
+/// between two calls never shift the next page), with optional filters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageQuery {
+    /// Only ids above this one; 0 starts at the beginning.
+    pub after: u64,
+    /// At most this many records.
+    pub limit: usize,
+    /// Only records in this state.
+    pub state: Option<State>,
+    /// Only records updated at or after this time.
+    pub updated_since: Option<OffsetDateTime>,
+}
+
+impl PageQuery {
+    /// Whether `r` passes the filters (not the id bound).
+    pub fn matches(&self, r: &Record) -> bool {
+        self.state.is_none_or(|s| r.state == s)
+            && self.updated_since.is_none_or(|t| r.updated_at >= t)
+    }
 }
 
 /// A host key a node presents, by algorithm and SHA-256 fingerprint.
@@ -103,6 +127,13 @@ pub trait Store: Send + Sync + 'static {
     async fn get(&self, id: u64) -> Result<Option<Record>, StoreError>;
     /// All records, ordered by id.
     async fn list(&self) -> Result<Vec<Record>, StoreError>;
+    /// At most `query.limit` records with ids above `query.after` that match its filters,
+    /// ordered by id: one page of the operator's listing, read without copying or sorting
+    /// the records that are not on it.
+    async fn page(&self, query: &PageQuery) -> Result<Vec<Record>, StoreError>;
+    /// How many records each state has (every state, zeros included), for the metrics
+    /// page: counted where the records are, without copying them out.
+    async fn count_by_state(&self) -> Result<[(State, u64); 6], StoreError>;
     /// Calls `change` once with the current record of `id` (or `None`), while no other
     /// update of `id` runs, and applies its decision durably. On `Ok` the change was called
     /// exactly once; on `Err` maybe not, and nothing was applied (a failed write may have

@@ -29,7 +29,7 @@ use sqlx::{Postgres, Row, Transaction};
 use time::OffsetDateTime;
 
 use super::{
-    private, sync_dir_io, Changed, Decision, HostKey, NodeSessions, Operation, Record,
+    private, sync_dir_io, Changed, Decision, HostKey, NodeSessions, Operation, PageQuery, Record,
     RequestSessions, State, Store, StoreCounters, StoreCounting, StoreError, Updated,
 };
 
@@ -72,6 +72,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "leases",
         sql: include_str!("postgres/0004_leases.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "listing",
+        sql: include_str!("postgres/0005_listing.sql"),
     },
 ];
 
@@ -312,6 +317,46 @@ impl PgStore {
         let sql = format!("{SELECT} ORDER BY r.id");
         let rows = query(&sql).fetch_all(&self.pool).await?;
         rows.iter().map(record_from).collect()
+    }
+
+    /// One page of records in id order (see [`Store::page`]): one query, served by the
+    /// primary key, or by the indexes of migration 5 for the filters. Statements are sent
+    /// unnamed, so PostgreSQL plans each with its values and the `IS NULL` branches of
+    /// absent filters fold away.
+    pub async fn page(&self, q: &PageQuery) -> Result<Vec<Record>, PgStoreError> {
+        let sql = format!(
+            "{SELECT} WHERE r.id > $1::numeric AND ($2::text IS NULL OR r.state = $2::text) \
+             AND ($3::timestamptz IS NULL OR r.updated_at >= $3::timestamptz) \
+             ORDER BY r.id LIMIT $4"
+        );
+        let rows = query(&sql)
+            .bind(q.after.to_string())
+            .bind(q.state.map(State::as_str))
+            .bind(q.updated_since)
+            .bind(i64::try_from(q.limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(record_from).collect()
+    }
+
+    /// How many records each state has, in one `GROUP BY`.
+    pub async fn count_by_state(&self) -> Result<[(State, u64); 6], PgStoreError> {
+        let rows = query("SELECT state, count(*) AS n FROM records GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut counts = State::ALL.map(|s| (s, 0));
+        for row in &rows {
+            let state: String = row.try_get("state")?;
+            let n: i64 = row.try_get("n")?;
+            let state = State::parse(&state).ok_or_else(|| PgStoreError::Corrupt {
+                id: "?".into(),
+                why: format!("unknown state {state:?}"),
+            })?;
+            if let Some(c) = counts.iter_mut().find(|(s, _)| *s == state) {
+                c.1 = u64::try_from(n).unwrap_or(0);
+            }
+        }
+        Ok(counts)
     }
 
     /// Reads record `id` locked, lets `change` decide, and applies the decision in the same
@@ -691,6 +736,14 @@ impl Store for PgStore {
 
     async fn list(&self) -> Result<Vec<Record>, StoreError> {
         Ok(self.counted(Operation::Read, PgStore::list(self).await)?)
+    }
+
+    async fn page(&self, query: &PageQuery) -> Result<Vec<Record>, StoreError> {
+        Ok(self.counted(Operation::Read, PgStore::page(self, query).await)?)
+    }
+
+    async fn count_by_state(&self) -> Result<[(State, u64); 6], StoreError> {
+        Ok(self.counted(Operation::Read, PgStore::count_by_state(self).await)?)
     }
 
     async fn update(&self, id: u64, change: super::Change<'_>) -> Result<Updated, StoreError> {

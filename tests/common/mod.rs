@@ -9,6 +9,7 @@ pub mod store_contract;
 pub mod wire;
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -605,6 +606,65 @@ pub fn py2_shim(dir: &Path) -> PathBuf {
     )
     .unwrap();
     shim
+}
+
+/// Reads until the server closes (EOF or reset) or `limit` passes; returns what was read
+/// and whether the server closed.
+pub fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (String, bool) {
+    let end = Instant::now() + limit;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (text(&got), false);
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return (text(&got), true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (text(&got), true),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return (text(&got), false)
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+/// Runs `serve` on fresh directories with `args`, which must make it refuse to start:
+/// asserts it failed before its readiness line, and returns its stderr.
+pub fn refused_start(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sftpgate"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--host-key-dir")
+        .arg(dir.path().join("keys"))
+        .args(args)
+        .env("SFTPGATE_ADMIN_TOKEN", TOKEN)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "started with {args:?}");
+    assert!(
+        out.stdout.is_empty(),
+        "{args:?}: said it was ready: {}",
+        text(&out.stdout)
+    );
+    text(&out.stderr)
 }
 
 /// Polls `cond` every 20 ms until it holds or `limit` passes.

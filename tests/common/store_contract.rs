@@ -4,7 +4,7 @@
 //! tests; `f` is an async fn returning `(store, guard)`, a fresh empty store and whatever
 //! must live as long as it (its database, its data directory); `D` is the store's
 //! `Decision` enum (`Keep`, `Put(Record)`, `Delete { purge }`). The store is only called
-//! through method syntax (`get`, `list`, `update`, `upload_path`, `upgraded_path`), so
+//! through method syntax (`get`, `list`, `page`, `count_by_state`, `update`, `upload_path`, `upgraded_path`), so
 //! inherent methods and the methods of a trait imported where the macro is invoked both
 //! work.
 //!
@@ -318,6 +318,82 @@ macro_rules! store_contract {
                     .await
                     .is_err());
                 assert_eq!(store.list().await.expect("list"), vec![]);
+            }
+
+            /// `count_by_state` counts every state; `page`: ids above `after` in order, at most `limit`, filtered by state and
+            /// `updated_at >= updated_since`; paging with any limit returns each once.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn pages_in_id_order_with_filters() {
+                use sftpgate::store::PageQuery;
+                let (store, _guard) = fresh().await;
+                let base = record(1).updated_at;
+                let ids = [5u64, 1, 9, 1 << 63, u64::MAX, 3, 12, 7];
+                let mut all = Vec::new();
+                for (i, id) in ids.into_iter().enumerate() {
+                    let mut r = record(id);
+                    r.state = if i % 2 == 0 {
+                        State::Draft
+                    } else {
+                        State::Done
+                    };
+                    r.updated_at = base + time::Duration::minutes(i as i64);
+                    let put = r.clone();
+                    store
+                        .update(id, change(move |_| Decision::Put(put)))
+                        .await
+                        .expect("put");
+                    all.push(r);
+                }
+                all.sort_by_key(|r| r.id);
+                let query = |after, limit, state, updated_since| PageQuery {
+                    after,
+                    limit,
+                    state,
+                    updated_since,
+                };
+                let page = |q: PageQuery| {
+                    let store = &store;
+                    async move { store.page(&q).await.expect("page") }
+                };
+                assert_eq!(page(query(0, 100, None, None)).await, all);
+                let counts = store.count_by_state().await.expect("count");
+                for (state, n) in counts {
+                    let wanted = all.iter().filter(|r| r.state == state).count() as u64;
+                    assert_eq!(n, wanted, "{state:?}");
+                }
+                assert_eq!(counts.len(), 6);
+                assert_eq!(page(query(0, 3, None, None)).await, all[..3]);
+                assert_eq!(page(query(5, 2, None, None)).await, all[3..5]);
+                assert_eq!(page(query(12, 10, None, None)).await, all[6..]);
+                assert_eq!(page(query(1 << 63, 10, None, None)).await, all[7..]);
+                assert_eq!(page(query(u64::MAX, 10, None, None)).await, vec![]);
+                for limit in 1..=4 {
+                    for (state, since) in [
+                        (None, None),
+                        (Some(State::Draft), None),
+                        (Some(State::Done), Some(base + time::Duration::minutes(3))),
+                        (None, Some(base + time::Duration::minutes(5))),
+                        (Some(State::Cancelled), None),
+                    ] {
+                        let wanted: Vec<Record> = all
+                            .iter()
+                            .filter(|r| state.is_none_or(|s| r.state == s))
+                            .filter(|r| since.is_none_or(|t| r.updated_at >= t))
+                            .cloned()
+                            .collect();
+                        let (mut got, mut after) = (Vec::new(), 0);
+                        loop {
+                            let p = page(query(after, limit, state, since)).await;
+                            assert!(p.len() <= limit);
+                            got.extend(p.iter().cloned());
+                            match p.last() {
+                                Some(last) if p.len() == limit => after = last.id,
+                                _ => break,
+                            }
+                        }
+                        assert_eq!(got, wanted, "limit {limit}, {state:?}, {since:?}");
+                    }
+                }
             }
         }
     };
