@@ -17,7 +17,7 @@ use russh::keys::ssh_key::PublicKey;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use crate::hook::Hook;
+use crate::events::{Events, UploadClosed};
 use crate::keys::{fingerprint, parse_authorized_keys, AuthorizedKey};
 use crate::leases::Leases;
 use crate::metrics::{Derived, Metrics};
@@ -86,7 +86,8 @@ pub struct Gateway {
     /// changes through [`change`](Self::change).
     store: Arc<dyn Store>,
     pub metrics: Metrics,
-    hook: Option<Hook>,
+    /// The event outbox, with a hook configured.
+    events: Option<Arc<Events>>,
     /// This node's upload leases, handed to every upload session.
     leases: Leases,
     max_upload_size: Option<u64>,
@@ -136,7 +137,7 @@ impl Drop for LiveGuard {
 impl Gateway {
     pub fn new(
         store: Arc<dyn Store>,
-        hook: Option<Hook>,
+        events: Option<Arc<Events>>,
         leases: Leases,
         max_upload_size: Option<u64>,
         max_sessions_per_request: usize,
@@ -144,7 +145,7 @@ impl Gateway {
         Arc::new(Gateway {
             store,
             metrics: Metrics::default(),
-            hook,
+            events,
             leases,
             max_upload_size,
             max_sessions_per_request,
@@ -293,31 +294,47 @@ impl Gateway {
     }
 
     /// What to do each time a write handle of this grant's session is closed: one audit
-    /// line, and the same event to the upload hook if one is configured.
+    /// line, and with a hook the upload-closed event, stored in the outbox before the
+    /// CLOSE is answered. It runs on the session's request thread (which may block) and
+    /// returns the failure to answer with when the event could not be stored.
     pub fn on_write_closed(self: &Arc<Self>, grant: &Grant, peer: SocketAddr) -> WriteClosed {
         let request = grant.request_id;
         let key = fingerprint(&grant.key);
-        let hook = self.hook.clone();
         let gateway = self.clone();
         Arc::new(move |w| {
             Metrics::inc(&gateway.metrics.uploads_completed_total);
-            let event = serde_json::json!({
-                "event": "upload-closed",
-                "request_id": request,
-                "user": Record::user_name(request),
-                "key_fingerprint": key,
-                "client": peer.to_string(),
-                "bytes_written": w.bytes,
-                "final_size": w.size,
-                "duration_ms": w.duration.as_millis() as u64,
-                "at": OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).ok(),
-            });
+            let duration_ms = w.duration.as_millis() as u64;
             tracing::info!(target: "audit", event = "upload-closed", request, key = %key, peer = %peer,
-                bytes = w.bytes, size = w.size, duration_ms = w.duration.as_millis() as u64, "write handle closed");
-            if let Some(hook) = &hook {
-                hook.post(event);
-            }
+                bytes = w.bytes, size = w.size, duration_ms, "write handle closed");
+            let Some(events) = &gateway.events else {
+                return Ok(());
+            };
+            let event = Events::upload_closed(UploadClosed {
+                request_id: request,
+                key_fingerprint: &key,
+                client: peer.to_string(),
+                bytes_written: w.bytes,
+                final_size: w.size,
+                duration_ms,
+            });
+            tokio::runtime::Handle::current()
+                .block_on(events.emit(event))
+                .map(|_| ())
+                .map_err(|e| {
+                    format!(
+                        "the upload is saved, but its upload-closed event could not be recorded ({e}); \
+                         upload again to close it again (put -a resumes)"
+                    )
+                })
         })
+    }
+
+    /// Records whose expiry has passed by `now` (see [`Store::expired`]).
+    pub async fn expired_records(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<Vec<(u64, OffsetDateTime)>, StoreError> {
+        self.store.expired(now).await
     }
 
     /// The metrics page, with totals summed over every request's activity.
@@ -355,7 +372,12 @@ impl Gateway {
                 })
                 .collect()
         });
+        let events = match &self.events {
+            Some(e) => Some(e.stats().await),
+            None => None,
+        };
         Ok(self.metrics.render(&Derived {
+            events,
             bytes_received: received,
             bytes_sent: sent,
             transfer_errors: errors,

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;

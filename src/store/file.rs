@@ -265,6 +265,17 @@ impl Store for FileStore {
         Ok(cache.values().cloned().collect())
     }
 
+    async fn expired(
+        &self,
+        now: time::OffsetDateTime,
+    ) -> Result<Vec<(u64, time::OffsetDateTime)>, StoreError> {
+        let cache = self.inner.cache.read().unwrap_or_else(|p| p.into_inner());
+        Ok(cache
+            .values()
+            .filter_map(|r| r.expires_at.filter(|t| *t <= now).map(|t| (r.id, t)))
+            .collect())
+    }
+
     async fn update(&self, id: u64, change: Change<'_>) -> Result<Updated, StoreError> {
         let turn = self.turn(id).await;
         // Only writers change the cache, and this is the only writer of `id` now: what it

@@ -4,12 +4,16 @@
 
 mod file;
 mod lease;
+pub mod outbox;
+mod outbox_file;
 pub mod postgres;
 pub mod private;
 mod record;
 
 pub use file::{sync_dir_io, FileStore};
 pub use lease::{Fence, LeaseError, LeaseStore, MemoryLeases};
+pub use outbox::{Claim, Event, NewEvent, Outbox, OutboxError, OutboxStats, Release};
+pub use outbox_file::FileOutbox;
 pub use record::{
     constant_time_eq, hash_key, validate_filename, validate_key, Access, FilenameError, Record,
     State,
@@ -17,6 +21,8 @@ pub use record::{
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use time::OffsetDateTime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -154,6 +160,18 @@ pub trait Store: Send + Sync + 'static {
         _mine: &[RequestSessions],
     ) -> Result<Vec<NodeSessions>, StoreError> {
         Ok(Vec::new())
+    }
+    /// The records whose `expires_at` is `now` or earlier, as `(id, expires_at)`, for the
+    /// access-expired events. A database leaves out those whose expiry has its event
+    /// already (the outbox's mark, in the same database); any other store lists them all
+    /// and the outbox skips the marked ones.
+    async fn expired(&self, now: OffsetDateTime) -> Result<Vec<(u64, OffsetDateTime)>, StoreError> {
+        Ok(self
+            .list()
+            .await?
+            .into_iter()
+            .filter_map(|r| r.expires_at.filter(|t| *t <= now).map(|t| (r.id, t)))
+            .collect())
     }
     /// What the store counted so far (failed operations, change-feed reconnects), for
     /// the metrics page; zeros for a store that counts nothing.
