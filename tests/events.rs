@@ -561,3 +561,77 @@ fn access_expired_once_per_expiry_across_restarts() {
     assert_eq!(events[1]["seq"], 2);
     assert_eq!(rx.answered(200, 1, "access-expired"), 2);
 }
+
+/// `port key`: opens and closes `db.dump` for append until a close fails; prints the
+/// closes that succeeded and the failure's message.
+const UNTIL_REFUSED: &str = r#"
+import json, sys, paramiko
+from paramiko.sftp import CMD_CLOSE
+t = paramiko.Transport(("127.0.0.1", int(sys.argv[1])))
+t.connect(username="user_1", pkey=paramiko.Ed25519Key.from_private_key_file(sys.argv[2]))
+sftp = paramiko.SFTPClient.from_transport(t)
+closed, refused = 0, None
+while refused is None and closed < 100:
+    f = sftp.open("db.dump", "a")
+    f.write(b"x")
+    f.flush()
+    # The CLOSE sent by hand: paramiko's own close ignores a failure.
+    f._closed = True
+    try:
+        sftp._request(CMD_CLOSE, f.handle)
+        closed += 1
+    except IOError as e:
+        refused = str(e)
+print(json.dumps({"closed": closed, "refused": refused, "size": sftp.stat("db.dump").st_size}))
+"#;
+
+/// At the outbox's bound nothing is dropped: the CLOSE whose event finds no room is
+/// answered with a failure (and counted), the data written stays, and once the receiver
+/// has taken the waiting events the next close is accepted.
+#[test]
+fn a_full_outbox_fails_the_close_and_drops_nothing() {
+    let mut rx = Receiver::start("503", 0.0);
+    let (mut g, mut flags, key) = hooked(&rx, &[1]);
+    flags.extend(["--outbox-max-events".to_string(), "5".to_string()]);
+    g.stop("TERM");
+    g.launch(&strs(&flags));
+    let run = |g: &Gateway| -> Value {
+        let out = run_python(
+            UNTIL_REFUSED,
+            &[&g.ssh_port.to_string(), key.path.to_str().unwrap()],
+        );
+        serde_json::from_str(out.trim()).unwrap()
+    };
+    let v = run(&g);
+    assert_eq!(v["closed"], 5, "{v}");
+    let refused = v["refused"].as_str().unwrap_or_default();
+    assert!(
+        refused.contains("could not be recorded") && refused.contains("outbox is full"),
+        "{v}"
+    );
+    // The refused close's byte was written all the same.
+    assert_eq!(v["size"], 6);
+    assert_eq!(g.metric("outbox_refusals_total"), 1);
+    assert_eq!(g.metric("outbox_events"), 5);
+    rx.set("ok");
+    rx.wait_delivered(5, Duration::from_secs(30));
+    assert!(wait_until(Duration::from_secs(10), || g
+        .metric("outbox_events")
+        == 0));
+    // Room again: five more, then the bound again.
+    rx.set("503");
+    let v = run(&g);
+    assert_eq!(v["closed"], 5, "{v}");
+    assert_eq!(g.metric("outbox_refusals_total"), 2);
+    rx.set("ok");
+    rx.wait_delivered(10, Duration::from_secs(30));
+    let seqs: Vec<u64> = rx
+        .delivered()
+        .iter()
+        .map(|r| r["body"]["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+    // Sizes 1-5, then 7-11: the refused closes' events (sizes 6 and 12) were never stored.
+    assert_eq!(rx.delivered()[5]["body"]["final_size"], 7);
+    assert_eq!(rx.delivered()[9]["body"]["final_size"], 11);
+}
