@@ -23,6 +23,13 @@ use crate::store::{Event, NewEvent, Outbox, OutboxError, Record};
 
 /// How often expiries are looked for (as often as sessions are swept).
 const EXPIRY_EVERY: Duration = Duration::from_secs(1);
+/// Every this many looks, all expiries are looked at, not only those since the last look:
+/// an `expires_at` set in the past, or missed while the store failed, is noticed within a
+/// minute, while a second's look reads only the few recent ones.
+const FULL_LOOK_EVERY: u64 = 60;
+/// How far before the last look's time the next one starts: room for the clocks of the
+/// node and of a database to differ.
+const LOOK_OVERLAP: time::Duration = time::Duration::seconds(5);
 
 /// The outbox and what the delivery counts.
 pub struct Events {
@@ -93,19 +100,26 @@ impl Events {
     pub async fn run_expiries(self: Arc<Self>, gateway: Arc<Gateway>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(EXPIRY_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        // When the last look that stored everything it found began.
+        let mut last: Option<OffsetDateTime> = None;
+        for looks in 0u64.. {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.cancelled() => return,
             }
             let now = OffsetDateTime::now_utc();
-            let due = match gateway.expired_records(now).await {
+            let since = match looks % FULL_LOOK_EVERY {
+                0 => None,
+                _ => last.map(|t| t - LOOK_OVERLAP),
+            };
+            let due = match gateway.expired_records(now, since).await {
                 Ok(due) => due,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot look for expired requests");
                     continue;
                 }
             };
+            let mut complete = due.len() < crate::store::MAX_EXPIRED;
             for (request, expires_at) in due {
                 let mut m = Map::new();
                 m.insert("event".into(), "access-expired".into());
@@ -124,12 +138,16 @@ impl Events {
                         self.wake.notify_one();
                     }
                     Ok(None) => {}
-                    // Not marked either: the next sweep tries again.
+                    // Not marked either: the next look tries again.
                     Err(e) => {
                         self.refused(&e, "access-expired", request);
+                        complete = false;
                         break;
                     }
                 }
+            }
+            if complete {
+                last = Some(now);
             }
         }
     }

@@ -329,12 +329,14 @@ impl Gateway {
         })
     }
 
-    /// Records whose expiry has passed by `now` (see [`Store::expired`]).
+    /// Records whose expiry passed by `now`, after `since` if given (see
+    /// [`Store::expired`]).
     pub async fn expired_records(
         &self,
         now: OffsetDateTime,
+        since: Option<OffsetDateTime>,
     ) -> Result<Vec<(u64, OffsetDateTime)>, StoreError> {
-        self.store.expired(now).await
+        self.store.expired(now, since).await
     }
 
     /// The metrics page, with totals summed over every request's activity.

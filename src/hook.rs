@@ -77,8 +77,8 @@ pub fn backoff(attempts: u32, max: Duration) -> Duration {
     capped.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
 }
 
-/// Delivers until `shutdown`; then lets the POSTs in flight end (within the timeout) and
-/// releases their claims.
+/// Delivers until `shutdown`; then releases the claims (POSTs still waiting for their
+/// answer are given up: their events are sent again later).
 pub async fn run(events: Arc<Events>, settings: HookSettings, shutdown: CancellationToken) {
     let settings = Arc::new(settings);
     let mut workers = JoinSet::new();
@@ -155,7 +155,13 @@ async fn deliver_request(
             if shutdown.is_cancelled() || Instant::now() + settings.timeout >= deadline {
                 break 'claim Release::Done;
             }
-            match post(&settings, &event).await {
+            // A POST still waiting at shutdown is left: the event stays stored and is sent
+            // again after the restart (the receiver may have it already: at-least-once).
+            let sent = tokio::select! {
+                sent = post(&settings, &event) => sent,
+                _ = shutdown.cancelled() => break 'claim Release::Done,
+            };
+            match sent {
                 Ok(()) => {
                     events.deliveries.fetch_add(1, Ordering::Relaxed);
                     // Not recorded: sent again later, which the receiver's dedup absorbs.

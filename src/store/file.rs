@@ -268,11 +268,17 @@ impl Store for FileStore {
     async fn expired(
         &self,
         now: time::OffsetDateTime,
+        since: Option<time::OffsetDateTime>,
     ) -> Result<Vec<(u64, time::OffsetDateTime)>, StoreError> {
         let cache = self.inner.cache.read().unwrap_or_else(|p| p.into_inner());
         Ok(cache
             .values()
-            .filter_map(|r| r.expires_at.filter(|t| *t <= now).map(|t| (r.id, t)))
+            .filter_map(|r| {
+                r.expires_at
+                    .filter(|t| super::is_due(*t, now, since))
+                    .map(|t| (r.id, t))
+            })
+            .take(super::MAX_EXPIRED)
             .collect())
     }
 

@@ -161,16 +161,26 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<NodeSessions>, StoreError> {
         Ok(Vec::new())
     }
-    /// The records whose `expires_at` is `now` or earlier, as `(id, expires_at)`, for the
-    /// access-expired events. A database leaves out those whose expiry has its event
-    /// already (the outbox's mark, in the same database); any other store lists them all
-    /// and the outbox skips the marked ones.
-    async fn expired(&self, now: OffsetDateTime) -> Result<Vec<(u64, OffsetDateTime)>, StoreError> {
+    /// The records whose `expires_at` is `now` or earlier (and later than `since`, if
+    /// given), as `(id, expires_at)`, for the access-expired events; at most
+    /// [`MAX_EXPIRED`]. A database leaves out those whose expiry has its event already
+    /// (the outbox's mark, in the same database) and uses its own clock for `now`; any
+    /// other store lists them all and the outbox skips the marked ones.
+    async fn expired(
+        &self,
+        now: OffsetDateTime,
+        since: Option<OffsetDateTime>,
+    ) -> Result<Vec<(u64, OffsetDateTime)>, StoreError> {
         Ok(self
             .list()
             .await?
             .into_iter()
-            .filter_map(|r| r.expires_at.filter(|t| *t <= now).map(|t| (r.id, t)))
+            .filter_map(|r| {
+                r.expires_at
+                    .filter(|t| is_due(*t, now, since))
+                    .map(|t| (r.id, t))
+            })
+            .take(MAX_EXPIRED)
             .collect())
     }
     /// What the store counted so far (failed operations, change-feed reconnects), for
@@ -178,6 +188,14 @@ pub trait Store: Send + Sync + 'static {
     fn counters(&self) -> StoreCounters {
         StoreCounters::default()
     }
+}
+
+/// The most expiries [`Store::expired`] answers at once (the rest come at the next call).
+pub const MAX_EXPIRED: usize = 1000;
+
+/// Whether an expiry at `t` is in `(since, now]`.
+pub fn is_due(t: OffsetDateTime, now: OffsetDateTime, since: Option<OffsetDateTime>) -> bool {
+    t <= now && since.is_none_or(|s| t > s)
 }
 
 /// Client addresses listed per request and node (in the exchange and in the API); the

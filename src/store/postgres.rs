@@ -750,16 +750,20 @@ impl Store for PgStore {
     async fn expired(
         &self,
         _now: OffsetDateTime,
+        since: Option<OffsetDateTime>,
     ) -> Result<Vec<(u64, OffsetDateTime)>, StoreError> {
         // By the database's clock, as every node then agrees; only expiries without their
         // event yet (the outbox's mark).
         let read = async {
             let rows = query(
                 "SELECT r.id::text AS id, r.expires_at FROM records r \
-                 WHERE r.expires_at <= now() AND NOT EXISTS (SELECT 1 FROM outbox_expiries e \
+                 WHERE r.expires_at <= now() AND ($1::timestamptz IS NULL OR r.expires_at > $1) \
+                   AND NOT EXISTS (SELECT 1 FROM outbox_expiries e \
                      WHERE e.request_id = r.id AND e.expires_at = r.expires_at) \
-                 ORDER BY r.expires_at LIMIT 1000",
+                 ORDER BY r.expires_at LIMIT $2",
             )
+            .bind(since)
+            .bind(super::MAX_EXPIRED as i64)
             .fetch_all(&self.pool)
             .await?;
             rows.iter()
