@@ -88,6 +88,9 @@ pub struct Settings {
     /// failure [default: 100000]
     #[arg(long, value_name = "N")]
     pub outbox_max_events: Option<u64>,
+    /// Most events of one request waiting in the outbox [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub outbox_max_events_per_request: Option<u64>,
     /// Largest upload accepted per request, in bytes [default: no limit]
     #[arg(long, value_name = "BYTES")]
     pub max_upload_size: Option<u64>,
@@ -408,6 +411,9 @@ impl Settings {
             hook_backoff_max: self.hook_backoff_max.or(base.hook_backoff_max),
             hook_concurrency: self.hook_concurrency.or(base.hook_concurrency),
             outbox_max_events: self.outbox_max_events.or(base.outbox_max_events),
+            outbox_max_events_per_request: self
+                .outbox_max_events_per_request
+                .or(base.outbox_max_events_per_request),
             max_upload_size: self.max_upload_size.or(base.max_upload_size),
             penalty_failures: self.penalty_failures.or(base.penalty_failures),
             penalty_secs: self.penalty_secs.or(base.penalty_secs),
@@ -470,6 +476,10 @@ impl Settings {
             hook_backoff_max: self.hook_backoff_max.unwrap_or(Duration::from_secs(300)),
             hook_concurrency: self.hook_concurrency.unwrap_or(16).max(1),
             outbox_max_events: self.outbox_max_events.unwrap_or(100_000).max(1),
+            outbox_max_events_per_request: self
+                .outbox_max_events_per_request
+                .unwrap_or(10_000)
+                .max(1),
             max_upload_size: self.max_upload_size,
             penalty_failures: self.penalty_failures.unwrap_or(100),
             penalty: Duration::from_secs(self.penalty_secs.unwrap_or(60)),
@@ -544,6 +554,7 @@ pub struct Config {
     pub hook_backoff_max: Duration,
     pub hook_concurrency: usize,
     pub outbox_max_events: u64,
+    pub outbox_max_events_per_request: u64,
     pub max_upload_size: Option<u64>,
     pub penalty_failures: u32,
     pub penalty: Duration,

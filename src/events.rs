@@ -8,7 +8,7 @@
 //! logged.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::gateway::Gateway;
 use crate::metrics::EventStats;
+use crate::ratelog::{LogBudget, Verdict};
 use crate::store::{Event, NewEvent, Outbox, OutboxError, Record};
 
 /// How often expiries are looked for (as often as sessions are swept).
@@ -40,6 +41,8 @@ pub struct Events {
     pub failures: AtomicU64,
     /// Events the outbox refused.
     pub refusals: AtomicU64,
+    /// Lines for refusals and failed POSTs, which repeat for as long as their cause lasts.
+    log_budget: Mutex<LogBudget>,
 }
 
 /// An RFC 3339 timestamp for an event's fields.
@@ -55,12 +58,28 @@ impl Events {
             deliveries: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             refusals: AtomicU64::new(0),
+            log_budget: Mutex::default(),
         })
+    }
+
+    /// Whether a repeatable line may be logged now: `Some(lines left out since the last)`.
+    pub fn may_log(&self) -> Option<u64> {
+        match self
+            .log_budget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check()
+        {
+            Verdict::Log { suppressed } => Some(suppressed),
+            Verdict::Drop => None,
+        }
     }
 
     fn refused(&self, e: &OutboxError, event: &str, request: u64) {
         self.refusals.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(event, request, error = %e, "an event could not be stored in the outbox");
+        if let Some(suppressed) = self.may_log() {
+            tracing::error!(event, request, error = %e, suppressed, "an event could not be stored in the outbox");
+        }
     }
 
     /// Stores an event; durable once this returns `Ok`.

@@ -174,9 +174,12 @@ async fn deliver_request(
                 Err(why) => {
                     events.failures.fetch_add(1, Ordering::Relaxed);
                     let how = failed(&claim, delivered_any, &settings);
-                    if let Release::Failed { attempts, retry_in } = how {
+                    if let (Release::Failed { attempts, retry_in }, Some(suppressed)) =
+                        (how, events.may_log())
+                    {
                         tracing::warn!(request, event_id = %event.id, seq = event.seq, attempts,
-                            retry_in_ms = retry_in.as_millis() as u64, reason = %why, "the hook did not take an event");
+                            retry_in_ms = retry_in.as_millis() as u64, reason = %why, suppressed,
+                            "the hook did not take an event");
                     }
                     break 'claim how;
                 }

@@ -23,7 +23,7 @@ use crate::leases::{LeaseSettings, Leases};
 use crate::ssh::{PenaltyPolicy, ProxyPolicy, SourcePolicy, SshServer, SshSettings};
 use crate::store::postgres::{PgLeases, PgOutbox, PgStore};
 use crate::store::{
-    private, FileOutbox, FileStore, HostKey, LeaseStore, MemoryLeases, Outbox, Store,
+    private, FileOutbox, FileStore, HostKey, LeaseStore, MemoryLeases, Outbox, OutboxLimits, Store,
 };
 
 /// How long shutdown waits for sessions to flush and close.
@@ -184,10 +184,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let delivery = match &cfg.on_upload_closed {
         None => None,
         Some(url) => {
+            let limits = OutboxLimits {
+                events: cfg.outbox_max_events,
+                per_request: cfg.outbox_max_events_per_request,
+            };
             let outbox: Arc<dyn Outbox> = match &pool {
-                Some(pool) => Arc::new(PgOutbox::new(pool.clone(), cfg.outbox_max_events)),
+                Some(pool) => Arc::new(PgOutbox::new(pool.clone(), limits)),
                 None => Arc::new(
-                    FileOutbox::open(&cfg.data_dir, cfg.outbox_max_events)
+                    FileOutbox::open(&cfg.data_dir, limits)
                         .context("cannot open the event outbox")?,
                 ),
             };

@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::postgres::{database, TestDb};
 use serde_json::{Map, Value};
 use sftpgate::store::postgres::{PgOutbox, PgStore};
-use sftpgate::store::{FileOutbox, NewEvent, Outbox, OutboxError, Release};
+use sftpgate::store::{FileOutbox, NewEvent, Outbox, OutboxError, OutboxLimits, Release};
 use time::OffsetDateTime;
 
 const TTL: Duration = Duration::from_secs(60);
@@ -32,9 +32,17 @@ enum Keep {
     ),
 }
 
+/// At most `events` in all, and one fewer of one request.
+fn limits(events: u64) -> OutboxLimits {
+    OutboxLimits {
+        events,
+        per_request: events - 1,
+    }
+}
+
 async fn file(max: u64) -> (Arc<dyn Outbox>, Keep) {
     let dir = tempfile::tempdir().unwrap();
-    let outbox = FileOutbox::open(dir.path(), max).unwrap();
+    let outbox = FileOutbox::open(dir.path(), limits(max)).unwrap();
     (Arc::new(outbox), Keep::File(dir))
 }
 
@@ -44,7 +52,7 @@ async fn pg(max: u64) -> (Arc<dyn Outbox>, Keep) {
     let store = PgStore::connect(&db.url, dir.path())
         .await
         .unwrap_or_else(|e| panic!("connect: {e}"));
-    let outbox = PgOutbox::new(store.pool().clone(), max);
+    let outbox = PgOutbox::new(store.pool().clone(), limits(max));
     (Arc::new(outbox), Keep::Pg(db, dir))
 }
 
@@ -115,6 +123,11 @@ async fn expiries_once_and_the_bound(outbox: Arc<dyn Outbox>) {
             .map(|e| e.seq),
         Some(2)
     );
+    // Request 1 has its share (2); request 2 still has room.
+    assert!(matches!(
+        outbox.push(event(1)).await,
+        Err(OutboxError::RequestFull(2))
+    ));
     outbox.push(event(2)).await.unwrap();
     // The bound (3): counted as the delivery loop counts it.
     outbox.stats().await.unwrap();

@@ -12,7 +12,7 @@ mod record;
 
 pub use file::{sync_dir_io, FileStore};
 pub use lease::{Fence, LeaseError, LeaseStore, MemoryLeases};
-pub use outbox::{Claim, Event, NewEvent, Outbox, OutboxError, OutboxStats, Release};
+pub use outbox::{Claim, Event, NewEvent, Outbox, OutboxError, OutboxLimits, OutboxStats, Release};
 pub use outbox_file::FileOutbox;
 pub use record::{
     constant_time_eq, hash_key, validate_filename, validate_key, Access, FilenameError, Record,

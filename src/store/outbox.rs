@@ -59,6 +59,11 @@ pub enum OutboxError {
     /// The documented bound is reached: the event is refused (and counted), not dropped.
     #[error("the event outbox is full ({0} events wait for the hook)")]
     Full(u64),
+    /// One request's share of the outbox is used up: others still have room.
+    #[error(
+        "the event outbox holds {0} events of this request, the most one request may have waiting"
+    )]
+    RequestFull(u64),
     #[error("the event outbox cannot be written: {0}")]
     Io(String),
     #[error("the event outbox in PostgreSQL: {0}")]
@@ -95,10 +100,18 @@ pub struct OutboxStats {
     pub oldest: Option<OffsetDateTime>,
 }
 
+/// How many events may wait: in all, and of one request (so that one customer's events
+/// cannot take every other customer's room while the hook is away).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutboxLimits {
+    pub events: u64,
+    pub per_request: u64,
+}
+
 /// Where events wait for delivery. Every write is durable when it returns.
 #[async_trait::async_trait]
 pub trait Outbox: Send + Sync + 'static {
-    /// Stores `event` as its request's next one; `Full` past the bound.
+    /// Stores `event` as its request's next one; `Full` or `RequestFull` past a bound.
     async fn push(&self, event: NewEvent) -> Result<Event, OutboxError>;
     /// Stores `event` unless an event for this expiry (request, `expires_at`) was already
     /// stored, by any node, ever: `None` then. The mark and the event are one write.

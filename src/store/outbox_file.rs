@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 
-use super::outbox::{Claim, Event, NewEvent, Outbox, OutboxError, OutboxStats, Release};
+use super::outbox::{
+    Claim, Event, NewEvent, Outbox, OutboxError, OutboxLimits, OutboxStats, Release,
+};
 use super::{private, sync_dir_io};
 
 const LOG: &str = "events.log";
@@ -62,7 +64,7 @@ pub struct FileOutbox {
 
 struct Inner {
     dir: PathBuf,
-    max_events: u64,
+    limits: OutboxLimits,
     /// [`COMPACT_FLOOR`], smaller in tests.
     compact_floor: u64,
     state: Mutex<State>,
@@ -190,9 +192,9 @@ impl State {
 }
 
 impl FileOutbox {
-    /// Opens (creating) `data_dir/outbox/` and replays its log; at most `max_events`
-    /// events may wait at once.
-    pub fn open(data_dir: &Path, max_events: u64) -> Result<FileOutbox, OutboxError> {
+    /// Opens (creating) `data_dir/outbox/` and replays its log; at most `limits` events
+    /// may wait at once.
+    pub fn open(data_dir: &Path, limits: OutboxLimits) -> Result<FileOutbox, OutboxError> {
         let dir = data_dir.join("outbox");
         private::create_dir(&dir).map_err(io("cannot create", &dir))?;
         private::tighten_dir(&dir);
@@ -240,7 +242,7 @@ impl FileOutbox {
         Ok(FileOutbox {
             inner: Arc::new(Inner {
                 dir,
-                max_events,
+                limits,
                 compact_floor: COMPACT_FLOOR,
                 state: Mutex::new(state),
                 synced: Mutex::new(0),
@@ -280,8 +282,12 @@ impl Inner {
             if expiry.is_some() && st.expiries.get(&request) == expiry.as_ref() {
                 return Ok(None);
             }
-            if st.depth >= self.max_events {
+            if st.depth >= self.limits.events {
                 return Err(OutboxError::Full(st.depth));
+            }
+            let of_request = st.pending.get(&request).map_or(0, |q| q.len() as u64);
+            if of_request >= self.limits.per_request {
+                return Err(OutboxError::RequestFull(of_request));
             }
             let seq = st.last_seq.get(&request).copied().unwrap_or(0) + 1;
             let stored = event.numbered(seq);
@@ -491,10 +497,17 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(60);
 
+    fn limits(events: u64, per_request: u64) -> OutboxLimits {
+        OutboxLimits {
+            events,
+            per_request,
+        }
+    }
+
     #[tokio::test]
     async fn events_survive_a_restart_in_order_and_delivered_ones_stay_gone() {
         let dir = tempfile::tempdir().unwrap();
-        let outbox = FileOutbox::open(dir.path(), 100).unwrap();
+        let outbox = FileOutbox::open(dir.path(), limits(100, 100)).unwrap();
         for n in 1..=3 {
             assert_eq!(outbox.push(event(7, n)).await.unwrap().seq, n);
         }
@@ -516,7 +529,7 @@ mod tests {
             .unwrap()
             .write_all(b"{\"op\":\"event\",\"ev")
             .unwrap();
-        let outbox = FileOutbox::open(dir.path(), 100).unwrap();
+        let outbox = FileOutbox::open(dir.path(), limits(100, 100)).unwrap();
         assert_eq!(outbox.stats().await.unwrap().depth, 3);
         let claims = outbox.claim("n", 10, TTL).await.unwrap();
         let seven = claims.iter().find(|c| c.request_id == 7).unwrap();
@@ -535,7 +548,7 @@ mod tests {
     #[tokio::test]
     async fn the_bound_refuses_and_an_expiry_is_stored_once() {
         let dir = tempfile::tempdir().unwrap();
-        let outbox = FileOutbox::open(dir.path(), 2).unwrap();
+        let outbox = FileOutbox::open(dir.path(), limits(2, 2)).unwrap();
         let t = OffsetDateTime::now_utc();
         assert!(outbox.push_expiry(event(1, 1), t).await.unwrap().is_some());
         assert!(outbox.push_expiry(event(1, 2), t).await.unwrap().is_none());
@@ -545,7 +558,7 @@ mod tests {
             Err(OutboxError::Full(2))
         ));
         drop(outbox);
-        let outbox = FileOutbox::open(dir.path(), 2).unwrap();
+        let outbox = FileOutbox::open(dir.path(), limits(2, 2)).unwrap();
         assert!(outbox.push_expiry(event(1, 3), t).await.unwrap().is_none());
         let later = t + time::Duration::hours(1);
         // A new expiry of the same request is a new event (once there is room).
@@ -558,7 +571,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_request_waits_for_its_backoff_and_compaction_keeps_what_is_live() {
         let dir = tempfile::tempdir().unwrap();
-        let mut outbox = FileOutbox::open(dir.path(), 1_000_000).unwrap();
+        let mut outbox = FileOutbox::open(dir.path(), limits(1_000_000, 1_000_000)).unwrap();
         let floor = 64 * 1024;
         Arc::get_mut(&mut outbox.inner).unwrap().compact_floor = floor;
         outbox.push(event(1, 1)).await.unwrap();
@@ -588,7 +601,7 @@ mod tests {
             .len();
         assert!(len < 4 * floor, "{len}");
         drop(outbox);
-        let outbox = FileOutbox::open(dir.path(), 1_000_000).unwrap();
+        let outbox = FileOutbox::open(dir.path(), limits(1_000_000, 1_000_000)).unwrap();
         let stats = outbox.stats().await.unwrap();
         assert_eq!(stats.depth, 1);
         assert_eq!(outbox.push(event(2, 0)).await.unwrap().seq, 501);

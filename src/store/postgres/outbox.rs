@@ -16,11 +16,13 @@ use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Row, Transaction};
 use time::OffsetDateTime;
 
-use crate::store::outbox::{Claim, Event, NewEvent, Outbox, OutboxError, OutboxStats, Release};
+use crate::store::outbox::{
+    Claim, Event, NewEvent, Outbox, OutboxError, OutboxLimits, OutboxStats, Release,
+};
 
 pub struct PgOutbox {
     pool: PgPool,
-    max_events: u64,
+    limits: OutboxLimits,
     /// The depth as last counted, plus the events stored here since.
     depth: AtomicU64,
 }
@@ -38,17 +40,17 @@ fn secs(d: Duration) -> f64 {
 }
 
 impl PgOutbox {
-    pub fn new(pool: PgPool, max_events: u64) -> PgOutbox {
+    pub fn new(pool: PgPool, limits: OutboxLimits) -> PgOutbox {
         PgOutbox {
             pool,
-            max_events,
+            limits,
             depth: AtomicU64::new(0),
         }
     }
 
     fn check_room(&self) -> Result<(), OutboxError> {
         let depth = self.depth.load(Ordering::Relaxed);
-        if depth >= self.max_events {
+        if depth >= self.limits.events {
             return Err(OutboxError::Full(depth));
         }
         Ok(())
@@ -62,18 +64,24 @@ impl PgOutbox {
     ) -> Result<Event, OutboxError> {
         let request = event.request_id.to_string();
         // The row lock taken here orders concurrent stores of one request: the second
-        // gets the next number once the first has committed.
-        let seq: i64 = query(
+        // gets the next number once the first has committed. No row: the request's share
+        // is used up (the transaction is rolled back, an expiry's mark with it).
+        let row = query(
             "INSERT INTO outbox_requests (request_id, last_seq, pending) VALUES ($1::numeric, 1, 1) \
              ON CONFLICT (request_id) DO UPDATE SET last_seq = outbox_requests.last_seq + 1, \
                  pending = outbox_requests.pending + 1 \
+               WHERE outbox_requests.pending < $2 \
              RETURNING last_seq",
         )
         .bind(&request)
-        .fetch_one(&mut *tx)
+        .bind(i64::try_from(self.limits.per_request).unwrap_or(i64::MAX))
+        .fetch_optional(&mut *tx)
         .await
-        .and_then(|r| r.try_get("last_seq"))
         .map_err(db)?;
+        let Some(row) = row else {
+            return Err(OutboxError::RequestFull(self.limits.per_request));
+        };
+        let seq: i64 = row.try_get("last_seq").map_err(db)?;
         let stored = event.numbered(u64::try_from(seq).unwrap_or(0));
         query(
             "INSERT INTO outbox_events (request_id, seq, event_id, body, created_at) \
