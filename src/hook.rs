@@ -90,7 +90,11 @@ pub async fn run(events: Arc<Events>, settings: HookSettings, shutdown: Cancella
         if free > 0 {
             let started = Instant::now();
             let ttl = settings.claim_ttl();
-            match events.outbox.claim(&settings.node, free, ttl).await {
+            let claimed = tokio::select! {
+                claimed = events.outbox.claim(&settings.node, free, ttl) => claimed,
+                _ = shutdown.cancelled() => break,
+            };
+            match claimed {
                 Ok(claims) => {
                     claim_failed = false;
                     // Counted from before the claim was asked for: the store counts its
