@@ -61,7 +61,8 @@ pub struct Settings {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "duration_opt")]
     pub access_ttl: Option<Duration>,
-    /// URL that receives a JSON POST each time an upload's write handle is closed
+    /// URL that receives each event (an upload's write handle closed, access expired) as
+    /// a signed JSON POST, from the durable outbox, until it answers 2xx
     #[arg(long, value_name = "URL")]
     pub on_upload_closed: Option<String>,
     /// CA certificate file (PEM) trusted for an https:// hook besides the system's roots
@@ -74,6 +75,32 @@ pub struct Settings {
     /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 RSA or SEC1 EC)
     #[arg(long, value_name = "FILE", env = "SFTPGATE_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// The key the hook's POSTs are signed with (HMAC-SHA256); never logged
+    // The environment's value is not shown in --help.
+    #[arg(long, value_name = "SECRET", env = "SFTPGATE_HOOK_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    #[serde(default, deserialize_with = "secret_opt")]
+    pub hook_secret: Option<Secret>,
+    /// A file holding the hook's signing key (its one line; surrounding whitespace is cut)
+    #[arg(long, value_name = "FILE")]
+    pub hook_secret_file: Option<PathBuf>,
+    /// How long one POST to the hook may take to be answered [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration_opt")]
+    pub hook_timeout: Option<Duration>,
+    /// The longest wait between a request's retries (they double from 1s) [default: 5m]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration_opt")]
+    pub hook_backoff_max: Option<Duration>,
+    /// Requests whose events are delivered at once [default: 16]
+    #[arg(long, value_name = "N")]
+    pub hook_concurrency: Option<usize>,
+    /// Most events waiting in the outbox; past it an upload's CLOSE is answered with a
+    /// failure [default: 100000]
+    #[arg(long, value_name = "N")]
+    pub outbox_max_events: Option<u64>,
+    /// Most events of one request waiting in the outbox [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub outbox_max_events_per_request: Option<u64>,
     /// Largest upload accepted per request, in bytes [default: no limit]
     #[arg(long, value_name = "BYTES")]
     pub max_upload_size: Option<u64>,
@@ -164,6 +191,29 @@ pub struct Settings {
     #[arg(long, value_name = "NAME[,NAME...]", value_delimiter = ',')]
     #[serde(default, deserialize_with = "list_opt")]
     pub macs: Option<Vec<String>>,
+}
+
+/// A secret setting: its `Debug` never shows it (settings are printed with `{:?}`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+pub fn parse_secret(s: &str) -> Result<Secret, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("the hook secret is empty".into());
+    }
+    Ok(Secret(s.to_string()))
+}
+
+fn secret_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_secret(&s).map(Some).map_err(serde::de::Error::custom)
 }
 
 /// Which store holds the records.
@@ -368,6 +418,15 @@ impl Settings {
             hook_ca: self.hook_ca.or(base.hook_ca),
             tls_cert: self.tls_cert.or(base.tls_cert),
             tls_key: self.tls_key.or(base.tls_key),
+            hook_secret: self.hook_secret.or(base.hook_secret),
+            hook_secret_file: self.hook_secret_file.or(base.hook_secret_file),
+            hook_timeout: self.hook_timeout.or(base.hook_timeout),
+            hook_backoff_max: self.hook_backoff_max.or(base.hook_backoff_max),
+            hook_concurrency: self.hook_concurrency.or(base.hook_concurrency),
+            outbox_max_events: self.outbox_max_events.or(base.outbox_max_events),
+            outbox_max_events_per_request: self
+                .outbox_max_events_per_request
+                .or(base.outbox_max_events_per_request),
             max_upload_size: self.max_upload_size.or(base.max_upload_size),
             penalty_failures: self.penalty_failures.or(base.penalty_failures),
             penalty_secs: self.penalty_secs.or(base.penalty_secs),
@@ -427,6 +486,16 @@ impl Settings {
             hook_ca: self.hook_ca,
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
+            hook_secret: self.hook_secret,
+            hook_secret_file: self.hook_secret_file,
+            hook_timeout: self.hook_timeout.unwrap_or(Duration::from_secs(10)),
+            hook_backoff_max: self.hook_backoff_max.unwrap_or(Duration::from_secs(300)),
+            hook_concurrency: self.hook_concurrency.unwrap_or(16).max(1),
+            outbox_max_events: self.outbox_max_events.unwrap_or(100_000).max(1),
+            outbox_max_events_per_request: self
+                .outbox_max_events_per_request
+                .unwrap_or(10_000)
+                .max(1),
             max_upload_size: self.max_upload_size,
             penalty_failures: self.penalty_failures.unwrap_or(100),
             penalty: Duration::from_secs(self.penalty_secs.unwrap_or(60)),
@@ -500,6 +569,13 @@ pub struct Config {
     /// The listener's certificate chain and key (both or neither: see `validate`).
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub hook_secret: Option<Secret>,
+    pub hook_secret_file: Option<PathBuf>,
+    pub hook_timeout: Duration,
+    pub hook_backoff_max: Duration,
+    pub hook_concurrency: usize,
+    pub outbox_max_events: u64,
+    pub outbox_max_events_per_request: u64,
     pub max_upload_size: Option<u64>,
     pub penalty_failures: u32,
     pub penalty: Duration,
@@ -560,6 +636,19 @@ impl Config {
                 )));
             }
         }
+        if self.hook_secret.is_some() && self.hook_secret_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "--hook-secret and --hook-secret-file are both set: give the hook's key one way"
+                    .into(),
+            ));
+        }
+        if self.on_upload_closed.is_none()
+            && (self.hook_secret.is_some() || self.hook_secret_file.is_some())
+        {
+            return Err(ConfigError::Invalid(
+                "a hook secret is set but no hook: add --on-upload-closed URL".into(),
+            ));
+        }
         if self.host_key_types.is_empty() {
             return Err(ConfigError::Invalid(
                 "--host-key-types is empty: name at least one of ed25519, ecdsa, rsa".into(),
@@ -576,6 +665,20 @@ impl Config {
 }
 
 impl Config {
+    /// The hook's signing key, read from `--hook-secret-file` if that is how it is given.
+    pub fn hook_key(&self) -> Result<Option<Secret>, ConfigError> {
+        let Some(path) = &self.hook_secret_file else {
+            return Ok(self.hook_secret.clone());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        parse_secret(&text)
+            .map(Some)
+            .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))
+    }
+
     /// The algorithm set with the config file's lists in place; refuses unknown names, and
     /// a host-key list that no configured host-key type can serve.
     pub fn algorithms(&self) -> Result<Algorithms, ConfigError> {
@@ -779,6 +882,45 @@ mod tests {
         let s: Settings = toml::from_str("on-upload-closed = \"ftp://h/x\"").unwrap();
         let err = s.resolve().validate().unwrap_err().to_string();
         assert!(err.contains("only http:// and https://"), "{err}");
+    }
+
+    #[test]
+    fn hook_settings_and_a_secret_never_printed() {
+        let cfg = Settings::default().resolve();
+        assert_eq!(
+            (cfg.hook_timeout, cfg.hook_backoff_max, cfg.hook_concurrency),
+            (Duration::from_secs(10), Duration::from_secs(300), 16)
+        );
+        assert_eq!(cfg.outbox_max_events, 100_000);
+        let s: Settings = toml::from_str(
+            "on-upload-closed = \"http://h/e\"\nhook-secret = \"s3cret\"\nhook-backoff-max = \"2s\"",
+        )
+        .unwrap();
+        let cfg = s.resolve();
+        assert!(cfg.validate().is_ok());
+        assert_eq!(cfg.hook_key().unwrap(), Some(Secret("s3cret".into())));
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let s = Settings {
+            on_upload_closed: Some("http://h/e".into()),
+            hook_secret_file: Some(file.clone()),
+            ..Settings::default()
+        };
+        assert_eq!(
+            s.resolve().hook_key().unwrap(),
+            Some(Secret("from-file".into()))
+        );
+        let both = Settings {
+            on_upload_closed: Some("http://h/e".into()),
+            hook_secret: Some(Secret("a".into())),
+            hook_secret_file: Some(file),
+            ..Settings::default()
+        };
+        let err = both.resolve().validate().unwrap_err().to_string();
+        assert!(err.contains("both"), "{err}");
+        assert!(toml::from_str::<Settings>("hook-secret = \" \"").is_err());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use russh::keys::ssh_key::PublicKey;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use crate::hook::Hook;
+use crate::events::{Events, UploadClosed};
 use crate::keys::{fingerprint, parse_authorized_keys, AuthorizedKey};
 use crate::leases::{Hold, Leases};
 use crate::metrics::{Derived, Metrics};
@@ -102,7 +102,8 @@ pub struct Gateway {
     /// changes through [`change`](Self::change).
     store: Arc<dyn Store>,
     pub metrics: Metrics,
-    hook: Option<Hook>,
+    /// The event outbox, with a hook configured.
+    events: Option<Arc<Events>>,
     /// This node's upload leases, handed to every upload session.
     leases: Leases,
     max_upload_size: Option<u64>,
@@ -152,7 +153,7 @@ impl Drop for LiveGuard {
 impl Gateway {
     pub fn new(
         store: Arc<dyn Store>,
-        hook: Option<Hook>,
+        events: Option<Arc<Events>>,
         leases: Leases,
         max_upload_size: Option<u64>,
         max_sessions_per_request: usize,
@@ -160,7 +161,7 @@ impl Gateway {
         Arc::new(Gateway {
             store,
             metrics: Metrics::default(),
-            hook,
+            events,
             leases,
             max_upload_size,
             max_sessions_per_request,
@@ -321,43 +322,59 @@ impl Gateway {
     }
 
     /// What to do each time a write handle of this grant's session is closed: see
-    /// [`upload_closed`](Self::upload_closed).
+    /// [`upload_closed`](Self::upload_closed). It runs on the session's request thread
+    /// (which may block) and returns the failure to answer the CLOSE with when the event
+    /// could not be stored.
     pub fn on_write_closed(self: &Arc<Self>, grant: &Grant, peer: SocketAddr) -> WriteClosed {
         let request = grant.request_id;
         let key = fingerprint(&grant.key);
         let gateway = self.clone();
-        Arc::new(move |w| gateway.upload_closed(request, Some(&key), peer, Via::Sftp, &w))
+        Arc::new(move |w| {
+            tokio::runtime::Handle::current().block_on(gateway.upload_closed(
+                request,
+                Some(&key),
+                peer,
+                Via::Sftp,
+                &w,
+            ))
+        })
     }
 
     /// An upload of `request` ended with its file durable: an SFTP write handle was closed,
     /// or an HTTP upload's body ended (`key`: the SSH key's fingerprint; an HTTP upload has
-    /// none). One audit line, and the same event to the upload hook if one is configured.
-    pub fn upload_closed(
+    /// none). One audit line, and with a hook the upload-closed event, stored in the
+    /// outbox before this returns (so before the client is answered); the failure to
+    /// answer with when it could not be stored.
+    pub async fn upload_closed(
         &self,
         request: u64,
         key: Option<&str>,
         peer: SocketAddr,
         via: Via,
         w: &WriteSummary,
-    ) {
+    ) -> Result<(), String> {
         Metrics::inc(&self.metrics.uploads_completed_total);
-        let event = serde_json::json!({
-            "event": "upload-closed",
-            "request_id": request,
-            "user": Record::user_name(request),
-            "key_fingerprint": key,
-            "via": via.as_str(),
-            "client": peer.to_string(),
-            "bytes_written": w.bytes,
-            "final_size": w.size,
-            "duration_ms": w.duration.as_millis() as u64,
-            "at": OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).ok(),
-        });
+        let duration_ms = w.duration.as_millis() as u64;
         tracing::info!(target: "audit", event = "upload-closed", request, key = key.unwrap_or("-"), via = via.as_str(), peer = %peer,
-            bytes = w.bytes, size = w.size, duration_ms = w.duration.as_millis() as u64, "upload closed");
-        if let Some(hook) = &self.hook {
-            hook.post(event);
-        }
+            bytes = w.bytes, size = w.size, duration_ms, "upload closed");
+        let Some(events) = &self.events else {
+            return Ok(());
+        };
+        let event = Events::upload_closed(UploadClosed {
+            request_id: request,
+            key_fingerprint: key,
+            via: via.as_str(),
+            client: peer.to_string(),
+            bytes_written: w.bytes,
+            final_size: w.size,
+            duration_ms,
+        });
+        events.emit(event).await.map(|_| ()).map_err(|e| {
+            format!(
+                "the upload is saved, but its upload-closed event could not be recorded ({e}); \
+                 upload again to close it again (put -a resumes)"
+            )
+        })
     }
 
     /// The size limit of uploads (`--max-upload-size`), as upload sessions apply it.
@@ -370,6 +387,16 @@ impl Gateway {
     /// while it is held, and none opens. Waits at most `--lease-wait`.
     pub async fn lease_upload_alone(&self, id: u64) -> Result<Arc<Hold>, &'static str> {
         self.leases.acquire_exclusive(id).await
+    }
+
+    /// Records whose expiry passed by `now`, after `since` if given (see
+    /// [`Store::expired`]).
+    pub async fn expired_records(
+        &self,
+        now: OffsetDateTime,
+        since: Option<OffsetDateTime>,
+    ) -> Result<Vec<(u64, OffsetDateTime)>, StoreError> {
+        self.store.expired(now, since).await
     }
 
     /// The metrics page, with totals summed over every request's activity.
@@ -397,7 +424,12 @@ impl Gateway {
             errors += a.write_errors.load(Ordering::Relaxed);
         }
         let requests = counts.map(|counts| counts.iter().map(|(s, n)| (s.as_str(), *n)).collect());
+        let events = match &self.events {
+            Some(e) => Some(e.stats().await),
+            None => None,
+        };
         Ok(self.metrics.render(&Derived {
+            events,
             bytes_received: received,
             bytes_sent: sent,
             transfer_errors: errors,

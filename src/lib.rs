@@ -8,6 +8,7 @@ pub mod admin;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;

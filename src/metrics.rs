@@ -26,6 +26,25 @@ pub struct Derived {
     pub requests: Vec<(&'static str, u64)>,
     pub store: StoreCounters,
     pub leases: LeaseStats,
+    /// `None` without a hook (no outbox then).
+    pub events: Option<EventStats>,
+}
+
+/// The event outbox and its delivery (see `crate::events`, `crate::hook`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventStats {
+    /// Events waiting for the hook.
+    pub depth: u64,
+    pub bytes: u64,
+    /// Age of the oldest waiting event; 0 when none waits.
+    pub oldest_age_secs: u64,
+    /// Events the receiver took (2xx) from this node.
+    pub deliveries: u64,
+    /// POSTs from this node that failed (no answer, or not 2xx).
+    pub failures: u64,
+    /// Events the outbox refused (full, or failing): their CLOSE was answered with a
+    /// failure, or the expiry is tried again.
+    pub refusals: u64,
 }
 
 /// The node's upload leases (see `crate::leases`).
@@ -176,6 +195,37 @@ impl Metrics {
             "Times the gateway fell behind the shared store's change feed (all live records are re-read).",
             &[("", d.store.feed_overflows)],
         );
+        let e = d.events.unwrap_or_default();
+        for (name, kind, help, value) in [
+            ("outbox_events", "gauge", "Events waiting in the outbox for the hook.", e.depth),
+            ("outbox_bytes", "gauge", "Bytes of the events waiting in the outbox.", e.bytes),
+            (
+                "outbox_oldest_age_seconds",
+                "gauge",
+                "Age of the oldest event waiting in the outbox (0: none waits).",
+                e.oldest_age_secs,
+            ),
+            (
+                "outbox_refusals_total",
+                "counter",
+                "Events the outbox refused (full or failing): the upload's CLOSE failed, or the expiry is retried.",
+                e.refusals,
+            ),
+            (
+                "hook_deliveries_total",
+                "counter",
+                "Events this node delivered to the hook (answered 2xx).",
+                e.deliveries,
+            ),
+            (
+                "hook_failures_total",
+                "counter",
+                "Event POSTs from this node that failed (no answer within the timeout, or not 2xx); each is retried.",
+                e.failures,
+            ),
+        ] {
+            metric(name, kind, help, &[("", value)]);
+        }
         out
     }
 }
@@ -199,7 +249,13 @@ mod tests {
                 ..LeaseStats::default()
             },
             store: StoreCounters::default(),
+            events: Some(EventStats {
+                depth: 4,
+                ..EventStats::default()
+            }),
         });
+        assert!(text.contains("sftpgate_outbox_events 4\n"));
+        assert!(text.contains("sftpgate_hook_deliveries_total 0\n"));
         assert!(text.contains("sftpgate_lease_losses_total 3\n"));
         assert!(text
             .contains("# TYPE sftpgate_connections_total counter\nsftpgate_connections_total 1\n"));

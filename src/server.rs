@@ -16,13 +16,16 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, AdminState};
 use crate::api::{PublishedHostKey, ServerInfo};
 use crate::config::{Config, StoreSpec};
+use crate::events::Events;
 use crate::gateway::Gateway;
-use crate::hook::Hook;
+use crate::hook::{self, HookSettings};
 use crate::keys::{fingerprint, load_or_generate_host_keys};
 use crate::leases::{LeaseSettings, Leases};
 use crate::ssh::{PenaltyPolicy, ProxyPolicy, SourcePolicy, SshServer, SshSettings};
-use crate::store::postgres::{PgLeases, PgStore};
-use crate::store::{private, FileStore, HostKey, LeaseStore, MemoryLeases, Store};
+use crate::store::postgres::{PgLeases, PgOutbox, PgStore};
+use crate::store::{
+    private, FileOutbox, FileStore, HostKey, LeaseStore, MemoryLeases, Outbox, OutboxLimits, Store,
+};
 
 /// How long shutdown waits for sessions to flush and close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
@@ -96,7 +99,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     cfg.validate()?;
     private::create_dir(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
-    // A shared store brings its own leases; one node alone keeps them in memory.
+    // A shared store brings its own leases and outbox; one node alone keeps its leases in
+    // memory and its outbox in the data directory.
+    let mut pool = None;
     let (store, lease_store): (Arc<dyn Store>, Arc<dyn LeaseStore>) = match &cfg.store {
         StoreSpec::File => (
             Arc::new(FileStore::open(&cfg.data_dir).context("cannot open the request store")?),
@@ -108,6 +113,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 .await
                 .with_context(|| format!("cannot open the store {}", cfg.store.redacted()))?;
             let leases = PgLeases::new(pg.pool().clone());
+            pool = Some(pg.pool().clone());
             (Arc::new(pg), Arc::new(leases))
         }
     };
@@ -200,7 +206,37 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         ),
         None => None,
     };
-    let hook = cfg.on_upload_closed.clone().map(Hook::start);
+    // Without a hook nothing is stored: nobody would take the events.
+    let delivery = match &cfg.on_upload_closed {
+        None => None,
+        Some(url) => {
+            let limits = OutboxLimits {
+                events: cfg.outbox_max_events,
+                per_request: cfg.outbox_max_events_per_request,
+            };
+            let outbox: Arc<dyn Outbox> = match &pool {
+                Some(pool) => Arc::new(PgOutbox::new(pool.clone(), limits)),
+                None => Arc::new(
+                    FileOutbox::open(&cfg.data_dir, limits)
+                        .context("cannot open the event outbox")?,
+                ),
+            };
+            let settings = HookSettings {
+                url: url.clone(),
+                secret: cfg.hook_key()?.map(|s| s.0.into_bytes()),
+                node: cfg.node_name.clone(),
+                timeout: cfg.hook_timeout,
+                backoff_max: cfg.hook_backoff_max,
+                concurrency: cfg.hook_concurrency,
+            };
+            if settings.secret.is_none() {
+                tracing::warn!(
+                    "the hook's events are not signed: set --hook-secret or --hook-secret-file"
+                );
+            }
+            Some((Events::new(outbox), settings))
+        }
+    };
     let leases = Leases::start(
         lease_store,
         LeaseSettings {
@@ -211,7 +247,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     );
     let gateway = Gateway::new(
         store,
-        hook,
+        delivery.as_ref().map(|(events, _)| events.clone()),
         leases,
         cfg.max_upload_size,
         cfg.max_sessions_per_request,
@@ -248,6 +284,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let ssh = SshServer::new(gateway.clone(), &settings);
     tracker.spawn(ssh.serve(ssh_listener, shutdown.clone(), tracker.clone()));
     tracker.spawn(gateway.clone().run_sweeper(shutdown.clone()));
+    if let Some((events, settings)) = delivery {
+        tracker.spawn(
+            events
+                .clone()
+                .run_expiries(gateway.clone(), shutdown.clone()),
+        );
+        tracker.spawn(hook::run(events, settings, shutdown.clone()));
+    }
     tracker.spawn(
         gateway
             .clone()

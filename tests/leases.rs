@@ -214,6 +214,7 @@ async fn the_lease_is_released_after_the_last_write_handle_is_fsynced() {
             std::thread::sleep(Duration::from_millis(100));
             let held = futures::executor::block_on(backend.held_elsewhere(REQUEST, OTHER));
             seen.lock().unwrap().push(held.unwrap());
+            Ok(())
         })
     };
     let file = upload(dir.path(), leases.for_request(REQUEST));

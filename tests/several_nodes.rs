@@ -12,21 +12,15 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::haproxy::{Balance, Haproxy};
-use common::postgres::{database, Cluster};
+use common::postgres::{database, node_flags, Cluster};
 use common::*;
 
-/// Two nodes on a fresh database; the second shares the first's directories. Short
-/// leases: a killed node's upload is free again within 3 s (the default is 15 s).
+/// Two nodes on a fresh database; the second shares the first's directories, with short
+/// leases ([`node_flags`]).
 fn two_nodes() -> (Gateway, Gateway, common::postgres::TestDb) {
     let db = database();
-    let flags = [
-        "--store",
-        &db.url,
-        "--lease-ttl",
-        "3s",
-        "--lease-wait",
-        "5s",
-    ];
+    let flags = node_flags(&db);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let a = Gateway::start_with(&flags);
     let b = Gateway::start_node(&a, &flags);
     (a, b, db)

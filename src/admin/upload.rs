@@ -453,17 +453,31 @@ async fn receive(state: Arc<AdminState>, plan: Plan, body: Body) -> Response {
         Err(e) => return ApiError::storage(e).into_response(),
     };
     drop(file);
-    state.gateway.upload_closed(
-        plan.id,
-        None,
-        plan.peer,
-        Via::Http,
-        &WriteSummary {
-            bytes: written,
-            size,
-            duration: opened.elapsed(),
-        },
-    );
+    let recorded = state
+        .gateway
+        .upload_closed(
+            plan.id,
+            None,
+            plan.peer,
+            Via::Http,
+            &WriteSummary {
+                bytes: written,
+                size,
+                duration: opened.elapsed(),
+            },
+        )
+        .await;
+    // The event is what starts the upgrade: an upload whose event could not be stored is
+    // not acknowledged (its bytes are kept; the same call again, or `?offset=` with no
+    // body, closes it again).
+    if let Err(why) = recorded {
+        if end.is_ok() {
+            end = Err(Stop::Refused(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Failure::new(Reason::StorageUnavailable, why),
+            )));
+        }
+    }
     if end.is_ok() && !plan.hold.valid() {
         end = Err(Stop::Refused(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -54,8 +54,11 @@ pub struct SessionSummary {
     pub requests: u64,
 }
 
-/// Called on every close of a write handle.
-pub type WriteClosed = Arc<dyn Fn(WriteSummary) + Send + Sync>;
+/// Called on every close of a write handle, after its fsync, on the session's request
+/// thread (it may block: the CLOSE is answered once it returns). An `Err` is the reason
+/// the close is answered with `SSH_FX_FAILURE` (what reports the close could not be
+/// recorded); the file stays as written.
+pub type WriteClosed = Arc<dyn Fn(WriteSummary) -> Result<(), String> + Send + Sync>;
 
 struct OpenFile {
     file: Arc<File>,
@@ -603,23 +606,25 @@ impl Session {
                 // Kept until the reply is decided: the hold goes after the fsync.
                 let lease = f.lease.clone();
                 match self.finish_file(f) {
-                    Ok(()) if lease.is_some_and(|l| !l.valid()) => {
+                    Ok(Ok(())) if lease.is_some_and(|l| !l.valid()) => {
                         self.status(id, StatusCode::Failure, LEASE_LOST)
                     }
-                    Ok(()) => self.ok(id),
+                    Ok(Ok(())) => self.ok(id),
+                    Ok(Err(unrecorded)) => self.status(id, StatusCode::Failure, &unrecorded),
                     Err(e) => self.fail_io(id, &e),
                 }
             }
         }
     }
 
-    /// Makes a written file durable and reports the write.
-    fn finish_file(&self, f: OpenFile) -> std::io::Result<()> {
+    /// Makes a written file durable and reports the write; the inner `Err` is the
+    /// report's failure (see [`WriteClosed`]).
+    fn finish_file(&self, f: OpenFile) -> std::io::Result<Result<(), String>> {
         let duration_ms = f.opened.elapsed().as_millis() as u64;
         let sent = f.sent.load(Ordering::Relaxed);
         if !f.write {
             tracing::info!(target: "audit", event = "file-closed", file = %f.name, bytes_read = sent, duration_ms, "file closed");
-            return Ok(());
+            return Ok(Ok(()));
         }
         self.activity.writers.fetch_sub(1, Ordering::Relaxed);
         f.file.sync_data()?;
@@ -634,14 +639,14 @@ impl Session {
             duration_ms,
             "file closed"
         );
-        if let Some(cb) = &self.on_write_closed {
-            cb(WriteSummary {
-                bytes: f.written,
-                size,
-                duration: f.opened.elapsed(),
-            });
-        }
-        Ok(())
+        let Some(cb) = &self.on_write_closed else {
+            return Ok(Ok(()));
+        };
+        Ok(cb(WriteSummary {
+            bytes: f.written,
+            size,
+            duration: f.opened.elapsed(),
+        }))
     }
 
     /// The same rule across nodes, once per upload session: a client cut off while
@@ -702,8 +707,13 @@ impl Session {
     fn close_all(&mut self) {
         for (_, h) in std::mem::take(&mut self.handles) {
             if let Handle::File(f) = h {
-                if let Err(e) = self.finish_file(f) {
-                    tracing::warn!(error = %e, "could not sync the file at session end");
+                match self.finish_file(f) {
+                    Ok(Ok(())) => {}
+                    // Nobody to answer: the report's own failure was logged where it failed.
+                    Ok(Err(unrecorded)) => {
+                        tracing::warn!(reason = %unrecorded, "a handle left open was closed at session end")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not sync the file at session end"),
                 }
             }
         }

@@ -290,6 +290,23 @@ impl Store for FileStore {
         Ok(counts)
     }
 
+    async fn expired(
+        &self,
+        now: time::OffsetDateTime,
+        since: Option<time::OffsetDateTime>,
+    ) -> Result<Vec<(u64, time::OffsetDateTime)>, StoreError> {
+        let cache = self.inner.cache.read().unwrap_or_else(|p| p.into_inner());
+        Ok(cache
+            .values()
+            .filter_map(|r| {
+                r.expires_at
+                    .filter(|t| super::is_due(*t, now, since))
+                    .map(|t| (r.id, t))
+            })
+            .take(super::MAX_EXPIRED)
+            .collect())
+    }
+
     async fn update(&self, id: u64, change: Change<'_>) -> Result<Updated, StoreError> {
         let turn = self.turn(id).await;
         // Only writers change the cache, and this is the only writer of `id` now: what it

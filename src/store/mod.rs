@@ -4,12 +4,16 @@
 
 mod file;
 mod lease;
+pub mod outbox;
+mod outbox_file;
 pub mod postgres;
 pub mod private;
 mod record;
 
 pub use file::{sync_dir_io, FileStore};
 pub use lease::{Fence, LeaseError, LeaseStore, MemoryLeases};
+pub use outbox::{Claim, Event, NewEvent, Outbox, OutboxError, OutboxLimits, OutboxStats, Release};
+pub use outbox_file::FileOutbox;
 pub use record::{
     constant_time_eq, hash_key, parse_id, validate_filename, validate_key, Access, FilenameError,
     Record, State,
@@ -186,11 +190,41 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<NodeSessions>, StoreError> {
         Ok(Vec::new())
     }
+    /// The records whose `expires_at` is `now` or earlier (and later than `since`, if
+    /// given), as `(id, expires_at)`, for the access-expired events; at most
+    /// [`MAX_EXPIRED`]. A database leaves out those whose expiry has its event already
+    /// (the outbox's mark, in the same database) and uses its own clock for `now`; any
+    /// other store lists them all and the outbox skips the marked ones.
+    async fn expired(
+        &self,
+        now: OffsetDateTime,
+        since: Option<OffsetDateTime>,
+    ) -> Result<Vec<(u64, OffsetDateTime)>, StoreError> {
+        Ok(self
+            .list()
+            .await?
+            .into_iter()
+            .filter_map(|r| {
+                r.expires_at
+                    .filter(|t| is_due(*t, now, since))
+                    .map(|t| (r.id, t))
+            })
+            .take(MAX_EXPIRED)
+            .collect())
+    }
     /// What the store counted so far (failed operations, change-feed reconnects), for
     /// the metrics page; zeros for a store that counts nothing.
     fn counters(&self) -> StoreCounters {
         StoreCounters::default()
     }
+}
+
+/// The most expiries [`Store::expired`] answers at once (the rest come at the next call).
+pub const MAX_EXPIRED: usize = 1000;
+
+/// Whether an expiry at `t` is in `(since, now]`.
+pub fn is_due(t: OffsetDateTime, now: OffsetDateTime, since: Option<OffsetDateTime>) -> bool {
+    t <= now && since.is_none_or(|s| t > s)
 }
 
 /// Client addresses listed per request and node (in the exchange and in the API); the

@@ -16,8 +16,10 @@
 //! tables): a node not yet upgraded keeps running on the newer schema.
 
 mod leases;
+mod outbox;
 
 pub use leases::PgLeases;
+pub use outbox::PgOutbox;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -77,6 +79,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 5,
         name: "listing",
         sql: include_str!("postgres/0005_listing.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "outbox",
+        sql: include_str!("postgres/0006_outbox.sql"),
     },
 ];
 
@@ -815,6 +822,39 @@ impl Store for PgStore {
             rows.iter()
                 .map(record_from)
                 .collect::<Result<Vec<Record>, PgStoreError>>()
+        };
+        Ok(self.counted(Operation::Read, read.await)?)
+    }
+
+    async fn expired(
+        &self,
+        _now: OffsetDateTime,
+        since: Option<OffsetDateTime>,
+    ) -> Result<Vec<(u64, OffsetDateTime)>, StoreError> {
+        // By the database's clock, as every node then agrees; only expiries without their
+        // event yet (the outbox's mark).
+        let read = async {
+            let rows = query(
+                "SELECT r.id::text AS id, r.expires_at FROM records r \
+                 WHERE r.expires_at <= now() AND ($1::timestamptz IS NULL OR r.expires_at > $1) \
+                   AND NOT EXISTS (SELECT 1 FROM outbox_expiries e \
+                     WHERE e.request_id = r.id AND e.expires_at = r.expires_at) \
+                 ORDER BY r.expires_at LIMIT $2",
+            )
+            .bind(since)
+            .bind(super::MAX_EXPIRED as i64)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|row| -> Result<(u64, OffsetDateTime), PgStoreError> {
+                    let id: String = row.try_get("id")?;
+                    let id = id.parse().map_err(|_| PgStoreError::Corrupt {
+                        id: id.clone(),
+                        why: "the id is not a request id".into(),
+                    })?;
+                    Ok((id, row.try_get("expires_at")?))
+                })
+                .collect::<Result<Vec<_>, PgStoreError>>()
         };
         Ok(self.counted(Operation::Read, read.await)?)
     }

@@ -62,6 +62,22 @@ impl Drop for TestDb {
     }
 }
 
+/// The flags of a gateway node on `db`, with short upload leases: a killed node's upload
+/// is free again within 3 s (the default is 15 s).
+pub fn node_flags(db: &TestDb) -> Vec<String> {
+    [
+        "--store",
+        &db.url,
+        "--lease-ttl",
+        "3s",
+        "--lease-wait",
+        "5s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// Creates a fresh, empty database for one test on the shared server (started on first
 /// use).
 pub fn database() -> TestDb {
