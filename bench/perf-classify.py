@@ -15,6 +15,8 @@ shares. bench/cost-breakdown.sh turns it into CPU-s/GiB.
 The rules, in the order they apply (a sample gets exactly one category):
 
 1. Kernel leaf (the sample's innermost frames are in the kernel): the kernel part decides.
+   Samples inside perf's own tracepoint handlers (perf_trace_*, perf_tp_*: the syscall counts
+   taken beside the samples) are the rest, named so.
    a. Walking from the leaf, an interrupt or softirq boundary (handle_softirqs, do_softirq,
       irq_exit_rcu, sysvec_*, common_interrupt) reached first: the frames under it decide:
       network receive/transmit (net_rx_action, napi, tcp_, ip_, netif, skb) -> kernel socket;
@@ -43,7 +45,8 @@ The rules, in the order they apply (a sample gets exactly one category):
    frame that belongs to a category decides ("the innermost owner pays"):
    - cipher and MAC: the crypto crates (aws-lc-sys, ring, chacha20, poly1305, aes, aes-gcm,
      ghash, polyval, ctr, cipher, universal-hash, aead) by source file, or a C/assembler symbol
-     of aws-lc/ring/OpenSSL naming chacha, poly1305, aes, gcm, ghash, gfmul or clmul;
+     of aws-lc/ring/OpenSSL naming chacha, poly1305, aes, gcm, ghash, gfmul, clmul or aead
+     (aws-lc's other helpers, OPENSSL_memcpy and the like, are their caller's);
    - allocation: glibc's malloc family (malloc, free, realloc, calloc, _int_*, tcache,
      unlink_chunk, sysmalloc, ...), __rust_alloc/__rust_dealloc/__rust_realloc and
      library/alloc's alloc.rs and raw_vec (the growth of a Vec);
@@ -54,8 +57,8 @@ The rules, in the order they apply (a sample gets exactly one category):
      syscall() wrapper (std's futex calls), mio's epoll selector and waker, crossbeam;
    - SSH framing and decoding: the russh crates (russh, russh-util, russh-cryptovec) and
      ssh-key/ssh-encoding;
-   - our SFTP parsing and queueing: sftpgate's own source (any file outside the registry and
-     the standard library, or a sftpgate:: symbol) and the russh-sftp crate;
+   - our SFTP parsing and queueing: sftpgate's own source (any .rs file outside the registry,
+     vendored crates and the standard library, or a sftpgate:: symbol) and the russh-sftp crate;
    - the rest, named: tracing (logging), timekeeping (vdso clock_gettime, std time), other
      crates by name.
    Transparent (never decide, the caller pays): glibc's mem*/str* routines (a memcpy belongs
@@ -136,6 +139,8 @@ LIBC_CALL = [
 def classify_kernel(kframes, caller=""):
     """kframes: kernel symbols, leaf first; caller: the first user frame's symbol.
     Returns (category, reason), or None when the kernel frames leave it to the caller."""
+    if any(n.startswith(("perf_trace_", "perf_syscall_", "perf_tp_")) for n in kframes):
+        return "rest", "perf stat's own tracepoints"
     for i, name in enumerate(kframes):
         if IRQ_BOUNDARY.match(name):
             below = kframes[:i]
@@ -187,13 +192,13 @@ def classify_kernel(kframes, caller=""):
 # ---- user rules ----
 CRYPTO_CRATES = {"aws-lc-sys", "aws-lc-rs", "ring", "chacha20", "poly1305", "aes", "aes-gcm",
                  "ghash", "polyval", "ctr", "cipher", "universal-hash", "aead", "chacha20poly1305"}
-CRYPTO_SYM = re.compile(r"(chacha|poly1305|aes|gcm|ghash|gfmul|clmul)", re.I)
+CRYPTO_SYM = re.compile(r"(chacha|poly1305|aes|gcm|ghash|gfmul|clmul|aead)", re.I)
 CRYPTO_LIB_SYM = re.compile(r"^(aws_lc_|ring_core_|GFp_|CRYPTO_|ChaCha20|Poly1305|aes|gcm_|"
                             r"ossl_|EVP_|_?aesni|_?vpaes|bsaes)", re.I)
 SSH_CRATES = {"russh", "russh-util", "russh-cryptovec", "russh-keys", "ssh-key", "ssh-encoding",
               "ssh-cipher"}
 SFTP_CRATES = {"russh-sftp"}
-WAKE_CRATES = {"parking_lot", "parking_lot_core", "crossbeam-channel", "crossbeam-utils",
+WAKE_CRATES = {"parking_lot", "parking_lot_core", "lock_api", "crossbeam-channel", "crossbeam-utils",
                "crossbeam-queue", "crossbeam-epoch", "event-listener"}
 TRANSPARENT_CRATES = {"bytes", "futures", "futures-util", "futures-core", "futures-channel",
                       "pin-project", "pin-project-lite", "memchr", "smallvec", "hashbrown",
@@ -216,10 +221,11 @@ LIBC_TRANSPARENT = re.compile(r"^(__)?(mem|str|wmem|bcmp|__memcpy|__memmove|__me
                               r"^__GI___pthread_(enable|disable)_asynccancel|^__errno_location")
 TIME_SYM = re.compile(r"(clock_gettime|gettimeofday|__vdso_|^time$)")
 
-REGISTRY = re.compile(r"/(?:registry/src/[^/]+|git/checkouts/[^/]+/[^/]+|vendor)/"
+# crates.io and git dependencies, vendored ones, and the standard library's own (/rust/deps/)
+REGISTRY = re.compile(r"/(?:registry/src/[^/]+|git/checkouts/[^/]+/[^/]+|vendor|rust/deps)/"
                       r"([A-Za-z0-9_\-]+?)-\d+\.\d+\.\d+[^/]*/(.*)$")
-RUSTLIB = re.compile(r"/rustc/[0-9a-f]+/library/([a-z_]+)/src/(.*)$|/lib/rustlib/src/rust/"
-                     r"library/([a-z_]+)/src/(.*)$")
+RUSTLIB = re.compile(r"/rustc/[0-9a-f]+/library/([a-z_\-]+)/(?:[a-z_\-]+/)?src/(.*)$|"
+                     r"/lib/rustlib/src/rust/library/([a-z_\-]+)/(?:[a-z_\-]+/)?src/(.*)$")
 
 
 def frame_owner(name, file, dso):
@@ -300,9 +306,9 @@ def frame_owner(name, file, dso):
     if name.startswith(("tokio::runtime", "<tokio::runtime")):
         return "wake", "tokio runtime"
     if file and (file.endswith(".c") or file.endswith(".S") or file.endswith(".h")):
-        if "aws-lc" in file or "/ring" in file:
-            return ("cipher", name) if CRYPTO_SYM.search(name + file) else ("rest", "aws-lc other")
-    return "", None
+        if ("aws-lc" in file or "/ring" in file) and CRYPTO_SYM.search(name + file):
+            return "cipher", name
+    return "", None  # aws-lc's helpers (OPENSSL_memcpy...): their caller's
 
 
 class Symbolizer:
