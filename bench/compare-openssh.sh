@@ -27,7 +27,6 @@ RESULTS=${RESULTS:-$repo/bench/RESULTS.md}
 BASELINE=${BASELINE:-$repo/../shared/bench/openssh-baseline.sh}
 USER_ID=50001
 U=user_$USER_ID
-TICK=$(getconf CLK_TCK)
 
 die() { echo "compare-openssh: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root (the OpenSSH side needs a system user and a chroot)"
@@ -42,7 +41,7 @@ esac
 
 B=$(mktemp -d /tmp/sftpgate-bench.XXXXXX)
 chmod 755 "$B" # the OpenSSH side walks this path as its user, PostgreSQL's as its own
-OWORK=$B/openssh
+. "$repo/bench/lib.sh" # free_port, start_openssh, start_gate, sftp_to, server_cpu...
 GATE_PID=
 FILE_PID=
 PGDIR=
@@ -50,60 +49,18 @@ cleanup() {
   [ -n "$GATE_PID" ] && kill "$GATE_PID" 2>/dev/null || true
   [ -n "$FILE_PID" ] && kill "$FILE_PID" 2>/dev/null || true
   [ -n "$PGDIR" ] && bash "$repo/bench/pg.sh" stop "$PGDIR" || true
-  WORK=$OWORK bash "$BASELINE" stop >/dev/null 2>&1 || true
+  stop_openssh
   rm -rf "$B"
-  if [ -n "$CG" ]; then rmdir "$CG/gate" "$CG/openssh" "$CG" 2>/dev/null || true; fi
+  cg_remove
 }
 trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-now() { date +%s.%N; }
-# Server CPU is read from a cpuacct cgroup per side, which keeps counting the CPU of sshd's
-# per-connection processes after they exit (sshd does not always reap them promptly, so
-# its cutime is not a reliable total). Without cgroups: utime+stime+cutime+cstime.
-CG=/sys/fs/cgroup/cpuacct/sftpgate-bench.$$
-if ! mkdir -p "$CG/gate" "$CG/openssh" 2>/dev/null; then CG=; fi
-cpu_of() { awk -v t="$TICK" '{print ($14+$15+$16+$17)/t}' "/proc/$1/stat"; }
-median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
-
-if [ -n "${SFTPGATE_BIN:-}" ]; then
-  GATE=$SFTPGATE_BIN # e.g. a build of another checkout; not rebuilt here
-else
-  echo "building sftpgate (release)..." >&2
-  (cd "$repo" && cargo build --release --quiet)
-  GATE=${CARGO_TARGET_DIR:-$repo/target}/release/sftpgate
-fi
+cg_setup
+pick_gate
 
 # --- OpenSSH side, set up as the baseline script does it ---
-OPORT=$(free_port)
-WORK=$OWORK PORT=$OPORT SFTP_USER=$U bash "$BASELINE" start >/dev/null
-OPID=$(cat "$OWORK/sshd/sshd.pid")
-# Let many clients authenticate at once, as an operator expecting 100 sessions would.
-sed -i '/^Match User/i MaxStartups 400:30:800' "$OWORK/sshd/sshd_config"
-kill -HUP "$OPID"
-for _ in $(seq 100); do
-  [ -s "$OWORK/sshd/sshd.pid" ] && kill -0 "$(cat "$OWORK/sshd/sshd.pid")" 2>/dev/null && break
-  sleep 0.05
-done
-OPID=$(cat "$OWORK/sshd/sshd.pid")
-KEY=$OWORK/keys/id_ed25519
-OFILE=$OWORK/chroot/shared.dump
+start_openssh
 
 # --- sftpgate side ---
-start_gate() { # dir [serve args...]; sets SPID SPORT SADMIN
-  local d=$1; shift
-  mkdir -p "$d"
-  # Every client here comes from 127.0.0.1, faster and more at once than the per-source
-  # limits allow one address (sshd's side has no such limits either).
-  SFTPGATE_ADMIN_TOKEN=bench "$GATE" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
-    --data-dir "$d/data" --host-key-dir "$d/keys" \
-    --connection-rate-per-source 0 --max-startups-per-source 1000 "$@" >"$d/ready" 2>"$d/log" &
-  SPID=$!
-  for _ in $(seq 600); do [ -s "$d/ready" ] && break; sleep 0.05; done
-  [ -s "$d/ready" ] || die "sftpgate did not start: $(cat "$d/log")"
-  SPORT=$(jq -r .ssh "$d/ready" | sed 's/.*://')
-  SADMIN=http://$(jq -r .admin "$d/ready")
-}
 STORE_URL=$STORE
 if [ "$STORE" = postgres ]; then
   PGDIR=$B/pg
@@ -114,10 +71,6 @@ STORE_ARGS=()
 [ -n "$STORE_URL" ] && STORE_ARGS=(--store "$STORE_URL")
 start_gate "$B/gate" "${STORE_ARGS[@]}"
 GATE_PID=$SPID GPORT=$SPORT ADMIN=$SADMIN
-provision() { # admin id filename
-  jq -n --arg k "$(cat "$KEY.pub")" --arg f "$3" '{filename: $f, key: "bench", ssh_keys: $k}' |
-    curl -sfS -X PUT -H "Authorization: Bearer bench" --data-binary @- "$1/v1/requests/$2" >/dev/null
-}
 provision "$ADMIN" $USER_ID shared.dump
 # With a PostgreSQL store, a second gateway on the file store, for the logins only.
 FPORT=
@@ -127,39 +80,9 @@ if [ -n "$STORE_URL" ] && [ "$LOGINS" -gt 0 ]; then
   provision "$SADMIN" $USER_ID shared.dump
 fi
 GFILE=$B/gate/data/requests/$USER_ID/upload
-if [ -n "$CG" ]; then
-  echo "$OPID" >"$CG/openssh/cgroup.procs"
-  echo "$GATE_PID" >"$CG/gate/cgroup.procs"
-fi
+join_and_make_src
 
-SRC=$B/src.bin
-echo "making a ${SIZE_MB} MiB test file..." >&2
-head -c $((SIZE_MB * 1024 * 1024)) /dev/urandom >"$SRC"
-SRC_SHA=$(sha256sum "$SRC" | cut -d' ' -f1)
-
-sftp_to() { # side cipher user batch
-  local port=$OPORT; [ "$1" = gate ] && port=$GPORT; [ "$1" = gatefile ] && port=$FPORT
-  sftp -q -i "$KEY" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
-    -o LogLevel=ERROR -o BatchMode=yes -o KexAlgorithms=curve25519-sha256 -o Ciphers="$2" \
-    -P "$port" -b - "$3@127.0.0.1" <<<"$4" >/dev/null
-}
-server_cpu() {
-  if [ -n "$CG" ]; then awk '{print $1 / 1e9}' "$CG/$1/cpuacct.usage"
-  elif [ "$1" = gate ]; then cpu_of "$GATE_PID"
-  else cpu_of "$OPID"; fi
-}
 remote_file() { if [ "$1" = gate ]; then echo "$GFILE"; else echo "$OFILE"; fi; }
-settle() { # wait for sshd's session processes (zombies aside) to finish, so their CPU is counted
-  [ "$1" = gate ] && return 0
-  for _ in $(seq 200); do
-    ps --ppid "$OPID" -o stat= | grep -qv '^Z' || return 0
-    sleep 0.02
-  done
-}
-check() { # file
-  local got; got=$(sha256sum "$1" | cut -d' ' -f1)
-  [ "$got" = "$SRC_SHA" ] || die "sha256 mismatch on $1: a wrong byte fails the run"
-}
 
 # CPU seconds used so far by this shell's finished children (the sftp client and its ssh),
 # from `times`, which must run in this shell, not in a $(...) subshell.
