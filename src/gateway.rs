@@ -185,11 +185,6 @@ impl Gateway {
         self.store.get(id).await
     }
 
-    /// All records, ordered by id.
-    pub async fn records(&self) -> Result<Vec<Record>, StoreError> {
-        self.store.list().await
-    }
-
     /// One page of records (see [`Store::page`]) and the `after` of the next page, `None`
     /// when this one is the last: one more record is read to know.
     pub async fn page(&self, query: &PageQuery) -> Result<(Vec<Record>, Option<u64>), StoreError> {

@@ -41,8 +41,16 @@ pub enum HttpError {
     AlreadySet,
 }
 
-/// The connector every request uses: plain HTTP, or TLS with the roots of [`init_tls`].
-static CONNECTOR: OnceLock<HttpsConnector<HttpConnector>> = OnceLock::new();
+/// The client every request uses: plain HTTP, or TLS with the roots of [`init_tls`]. One
+/// client for the process, so that its connections are kept and reused: the hook POSTs
+/// each event, and a client per request paid a TCP (and TLS) handshake for every one.
+static CLIENT: OnceLock<HttpClient> = OnceLock::new();
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// Idle connections kept per host: the hook has at most `--hook-concurrency` (16) POSTs
+/// in flight by default; more than that are closed when they go idle.
+const IDLE_PER_HOST: usize = 16;
 
 /// How many root certificates [`init_tls`] trusts, by origin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,8 +64,8 @@ pub struct Roots {
 /// the first request; an unreadable or empty CA file is an error.
 pub fn init_tls(extra_ca: Option<&Path>) -> Result<Roots, HttpError> {
     let (connector, roots) = connector(extra_ca)?;
-    CONNECTOR
-        .set(connector)
+    CLIENT
+        .set(client(connector))
         .map_err(|_| HttpError::AlreadySet)?;
     Ok(roots)
 }
@@ -105,14 +113,20 @@ fn connector(extra_ca: Option<&Path>) -> Result<(HttpsConnector<HttpConnector>, 
     Ok((connector, Roots { system, extra }))
 }
 
-/// The connector of [`init_tls`], or one with the system's roots if it was not called.
-fn https() -> Result<HttpsConnector<HttpConnector>, HttpError> {
-    if let Some(c) = CONNECTOR.get() {
+fn client(connector: HttpsConnector<HttpConnector>) -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(IDLE_PER_HOST)
+        .build(connector)
+}
+
+/// The client of [`init_tls`], or one with the system's roots if it was not called.
+fn https() -> Result<HttpClient, HttpError> {
+    if let Some(c) = CLIENT.get() {
         return Ok(c.clone());
     }
     let (c, _) = connector(None)?;
     // Another thread may have set it meanwhile: either is the system's roots, or its own.
-    Ok(CONNECTOR.get_or_init(|| c).clone())
+    Ok(CLIENT.get_or_init(|| client(c)).clone())
 }
 
 pub fn full(b: impl Into<Bytes>) -> Body {
@@ -142,7 +156,7 @@ pub async fn send(
     let req = req
         .body(body)
         .map_err(|_| HttpError::Url(url.to_string()))?;
-    let client: Client<_, Body> = Client::builder(TokioExecutor::new()).build(https()?);
+    let client = https()?;
     match tokio::time::timeout(timeout, client.request(req)).await {
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(e)) => Err(HttpError::Send(error_chain(&e))),

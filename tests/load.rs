@@ -214,10 +214,12 @@ fn a_client_that_stops_reading_blocks_nothing_and_is_cut_off() {
     let _ = frozen.kill();
     let _ = frozen.wait();
     assert!(closed, "the blocked session was not closed: {}", g.log());
-    // It got past a default 2 MiB window and stopped well before the end of the file.
+    // It got past a default 2 MiB window (what follows fills socket buffers, whose size
+    // the kernel tunes: 3.97 MiB once under load, so only the window is asserted) and
+    // stopped well before the end of the file.
     let sent = g.metric("bytes_sent_total") - sent_before;
     assert!(
-        (4 << 20..64 << 20).contains(&sent),
+        ((2 << 20) + 1..64 << 20).contains(&sent),
         "sent {sent} bytes to the frozen client"
     );
 

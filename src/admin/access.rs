@@ -25,7 +25,7 @@ use crate::api::{
     parse_id, sample_command, AccessAnswer, AccessForm, AccessGranted, AccessQuery, Failure, Reason,
 };
 use crate::limits::{source_of, FailureCounter, FailurePolicy};
-use crate::store::{hash_key, Decision, Record};
+use crate::store::{Decision, Record};
 
 /// Wrong keys allowed per request from one source within `WINDOW`; the source is then
 /// refused for that request for `BLOCK`. Counted per source so that strangers cannot lock
@@ -114,18 +114,6 @@ impl Throttle {
         self.failed(id, ip);
         tracing::info!(target: "audit", event = "access-refused", request = id, ip = %ip, "wrong key or unknown request");
         Failure::new(Reason::KeyInvalid, "unknown request or wrong key")
-    }
-}
-
-/// Whether `key` is the key of `record`. An unknown request (`None`) and a wrong key look
-/// the same and cost the same hash, so that neither can be probed.
-pub(super) fn key_matches(record: Option<&Record>, key: &str) -> bool {
-    match record {
-        Some(r) => r.key_matches(key),
-        None => {
-            let _ = hash_key(key);
-            false
-        }
     }
 }
 

@@ -25,6 +25,14 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, Failure::new(reason, message))
     }
 
+    /// A 400 with every failure found at once (a body or query with several faults).
+    pub fn bad_all(failures: Vec<Failure>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            failures,
+        }
+    }
+
     pub fn not_found(id: u64) -> ApiError {
         ApiError::new(
             StatusCode::NOT_FOUND,

@@ -7,13 +7,13 @@
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::api::{Failure, Reason};
+use crate::api::{Failure, ListQuery, Reason};
 use crate::store::{PageQuery, State};
 
-/// Records per page unless `limit` says otherwise.
-pub const DEFAULT_LIMIT: usize = 100;
+/// Records per page unless `limit` says otherwise (the contract's, [`ListQuery`]).
+const DEFAULT_LIMIT: usize = ListQuery::DEFAULT_LIMIT as usize;
 /// The largest `limit`: a page is built in memory, so it is bounded.
-pub const MAX_LIMIT: usize = 1000;
+const MAX_LIMIT: usize = ListQuery::MAX_LIMIT as usize;
 
 const PARAMETERS: [&str; 4] = ["limit", "after", "state", "updated_since"];
 

@@ -194,6 +194,18 @@ pub(crate) struct Granted {
     pub warnings: Vec<AccessWarning>,
 }
 
+/// Whether `key` is the key of `record`. An unknown request (`None`) and a wrong key look
+/// the same and cost the same hash, so that neither can be probed.
+pub(crate) fn key_matches(record: Option<&Record>, key: &str) -> bool {
+    match record {
+        Some(r) => r.key_matches(key),
+        None => {
+            let _ = hash_key(key);
+            false
+        }
+    }
+}
+
 /// `ACCESS:EXPIRED`: the operator's `expires_at` on `record` has passed (for SFTP access
 /// and for HTTP uploads alike).
 pub(crate) fn closed_by_operator(record: &Record) -> Failure {
@@ -215,13 +227,8 @@ pub(crate) fn customer_access(
     ttl: time::Duration,
 ) -> AccessDecision {
     let record = match existing {
-        Some(r) if r.key_matches(key) => r,
-        Some(_) => return AccessDecision::WrongKey,
-        None => {
-            // Unknown request and wrong key cost the same hash, so neither can be probed.
-            let _ = hash_key(key);
-            return AccessDecision::WrongKey;
-        }
+        Some(r) if key_matches(existing, key) => r,
+        _ => return AccessDecision::WrongKey,
     };
     let access = match record.state.access() {
         Some(a) => a,

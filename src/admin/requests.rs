@@ -46,10 +46,7 @@ pub async fn list(
     State(state): State<Arc<AdminState>>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<RequestList>> {
-    let query = parse_list_query(raw.as_deref()).map_err(|failures| ApiError {
-        status: StatusCode::BAD_REQUEST,
-        failures,
-    })?;
+    let query = parse_list_query(raw.as_deref()).map_err(ApiError::bad_all)?;
     let (records, next) = state
         .gateway
         .page(&query)
@@ -170,10 +167,7 @@ pub async fn put(
     let now = OffsetDateTime::now_utc();
     let record = change(&state.gateway, id, |existing| {
         put.merge(id, existing, upgraded.is_file(), now)
-            .map_err(|failures| ApiError {
-                status: StatusCode::BAD_REQUEST,
-                failures,
-            })
+            .map_err(ApiError::bad_all)
     })
     .await?;
     Ok(ok_one(&state, &record))

@@ -29,10 +29,10 @@ use axum::Json;
 use time::OffsetDateTime;
 use tokio::io::AsyncSeekExt;
 
-use super::access::{client_addr, key_matches, missing, request_id};
+use super::access::{client_addr, missing, request_id};
 use super::body::{drain, write_body, Admit, Stop};
 use super::form::parse_access_form;
-use super::merge::closed_by_operator;
+use super::merge::{closed_by_operator, key_matches};
 use super::{AdminState, ApiError};
 use crate::api::{Dump, Failure, Reason, UploadAnswer, UploadQuery, UploadState};
 use crate::gateway::Via;
@@ -226,11 +226,7 @@ async fn admit(state: &AdminState, parts: &Parts, peer: SocketAddr) -> Result<Pl
         (Reason::KeyMissing, "key", p.key.is_some()),
     ]);
     if !failures.is_empty() {
-        return Err(ApiError {
-            status: StatusCode::BAD_REQUEST,
-            failures,
-        }
-        .into_response());
+        return Err(ApiError::bad_all(failures).into_response());
     }
     let (raw_id, key) = (p.request.unwrap_or_default(), p.key.unwrap_or_default());
     let id = request_id(&raw_id)

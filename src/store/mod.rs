@@ -199,19 +199,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         now: OffsetDateTime,
         since: Option<OffsetDateTime>,
-    ) -> Result<Vec<(u64, OffsetDateTime)>, StoreError> {
-        Ok(self
-            .list()
-            .await?
-            .into_iter()
-            .filter_map(|r| {
-                r.expires_at
-                    .filter(|t| is_due(*t, now, since))
-                    .map(|t| (r.id, t))
-            })
-            .take(MAX_EXPIRED)
-            .collect())
-    }
+    ) -> Result<Vec<(u64, OffsetDateTime)>, StoreError>;
     /// What the store counted so far (failed operations, change-feed reconnects), for
     /// the metrics page; zeros for a store that counts nothing.
     fn counters(&self) -> StoreCounters {
