@@ -21,7 +21,7 @@ use crate::events::{Events, UploadClosed};
 use crate::keys::{fingerprint, parse_authorized_keys, AuthorizedKey};
 use crate::leases::{Hold, Leases};
 use crate::metrics::{Derived, Metrics};
-use crate::sftp::{Activity, SharedFile, WriteClosed, WriteSummary};
+use crate::sftp::{Activity, LocalStorage, SharedFile, WriteClosed, WriteSummary};
 use crate::store::{
     update_with, Access, Changed, Decision, NodeSessions, PageQuery, Record, RequestSessions,
     Store, StoreError, Updated, MAX_PEERS_LISTED,
@@ -299,18 +299,24 @@ impl Gateway {
         match grant.access {
             Access::Upload => SharedFile {
                 name: record.visible_name(Access::Upload),
-                path: self.store.upload_path(record.id),
+                storage: Arc::new(LocalStorage {
+                    path: self.store.upload_path(record.id),
+                    partial: Some(self.store.upload_path(record.id).with_extension("filepart")),
+                }),
                 writable: true,
                 max_size: self.max_upload_size,
-                partial_path: Some(self.store.upload_path(record.id).with_extension("filepart")),
+                partial: true,
                 leases: Some(self.leases.for_request(record.id)),
             },
             Access::Download => SharedFile {
                 name: record.visible_name(Access::Download),
-                path: self.store.upgraded_path(record.id),
+                storage: Arc::new(LocalStorage {
+                    path: self.store.upgraded_path(record.id),
+                    partial: None,
+                }),
                 writable: false,
                 max_size: None,
-                partial_path: None,
+                partial: false,
                 leases: None,
             },
         }

@@ -99,7 +99,7 @@ async fn a_write_after_the_lease_is_lost_is_refused_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let hold = Arc::new(Ended::default());
     let file = upload(dir.path(), Arc::new(OneHold(hold.clone())));
-    let path = file.path.clone();
+    let path = dir.path().join("upload");
     let (mut c, _) = Client::start_on(file, Arc::default()).await;
     let h = handle(open(&mut c, WRITE_CREATE_TRUNCATE).await);
     let data = vec![7u8; 100_000];
@@ -133,7 +133,7 @@ async fn a_write_open_waits_for_another_nodes_lease_then_fails_clearly() {
     let theirs = theirs.await.unwrap().expect("free");
     let leases = keeper(&backend, Duration::from_millis(600));
     let file = upload(dir.path(), leases.for_request(REQUEST));
-    let path = file.path.clone();
+    let path = dir.path().join("upload");
 
     let started = Instant::now();
     let (mut c, _) = Client::start_on(file.clone(), Arc::default()).await;

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::sftp::{serve, Activity, IoInbound, IoOutbound, SessionSummary, SharedFile};
+use crate::sftp::{
+    serve, Activity, IoInbound, IoOutbound, LocalStorage, SessionSummary, SharedFile,
+};
 
 /// The file the session serves, under this name.
 const NAME: &str = "db.dump";
@@ -123,12 +125,16 @@ pub async fn replay(input: &[u8], dir: &Path) -> std::io::Result<Option<Replay>>
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
+    let with_partial = flags & 32 != 0;
     let shared = SharedFile {
         name: NAME.into(),
-        path,
+        storage: std::sync::Arc::new(LocalStorage {
+            path,
+            partial: with_partial.then_some(partial),
+        }),
         writable,
         max_size: Some(8 << 20),
-        partial_path: (flags & 32 != 0).then_some(partial),
+        partial: with_partial,
         leases: None,
     };
 

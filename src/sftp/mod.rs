@@ -5,21 +5,24 @@
 
 mod activity;
 mod lease;
+mod local;
 mod queue;
 mod rope;
 mod serve;
 mod session;
+pub mod storage;
 pub mod vfs;
 pub mod wire;
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub use activity::Activity;
 pub use lease::{LeaseHold, WriteLeases, LEASE_LOST};
+pub use local::LocalStorage;
 pub use serve::serve;
 pub use session::{SessionSummary, WriteClosed, WriteSummary};
 
@@ -40,18 +43,18 @@ pub const MAX_HANDLES: usize = 64;
 pub struct SharedFile {
     /// The name the client sees, e.g. `openchs.70.cdump` or `upgraded_openchs.70.cdump`.
     pub name: String,
-    /// Where its bytes live on disk.
-    pub path: PathBuf,
+    /// Where its bytes live.
+    pub storage: Arc<dyn storage::Storage>,
     /// `true` in draft (upload), `false` in done (read-only download).
     pub writable: bool,
     /// Writes that would make the file larger than this are refused.
     pub max_size: Option<u64>,
-    /// Where `<name>.filepart` lives, if the client may upload to that temporary name and
-    /// rename it onto the file (WinSCP does); `None` refuses the name like any other.
-    pub partial_path: Option<PathBuf>,
+    /// Whether the client may upload to the temporary name `<name>.filepart` and rename it
+    /// onto the file (WinSCP does); `false` refuses the name like any other.
+    pub partial: bool,
     /// The upload's lease across gateway nodes (see [`WriteLeases`]); `None` writes without
     /// asking anyone, for a file no other node can write.
-    pub leases: Option<std::sync::Arc<dyn WriteLeases>>,
+    pub leases: Option<Arc<dyn WriteLeases>>,
 }
 
 /// Tells whether a session's client has hung up, even if not all it sent has been read.

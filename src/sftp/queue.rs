@@ -14,13 +14,13 @@
 //! window shut) holds a bounded amount of memory, however many it sends.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
 
+use super::storage::Body;
 use super::wire::{Encoder, StatusCode};
 use super::Activity;
 
@@ -40,7 +40,7 @@ pub(crate) enum Item {
 /// `id + k` and reads `len` bytes at `offset + k * len`.
 pub(crate) struct PendingRead {
     pub id: u32,
-    pub file: Arc<File>,
+    pub file: Arc<dyn Body>,
     /// The handle's count of bytes sent.
     pub sent: Arc<AtomicU64>,
     pub offset: u64,
@@ -139,7 +139,7 @@ impl ReplyQueue {
     /// Appends the reply to a single READ (its data, or EOF/failure) and counts what it
     /// sends.
     pub fn encode_read(&self, buf: &mut BytesMut, r: &PendingRead) {
-        let n = encode_read(buf, r.id, &r.file, r.offset, r.len) as u64;
+        let n = encode_read(buf, r.id, &*r.file, r.offset, r.len) as u64;
         r.sent.fetch_add(n, Ordering::Relaxed);
         self.activity.bytes_read.fetch_add(n, Ordering::Relaxed);
     }
@@ -383,10 +383,10 @@ impl Buffers {
 
 /// Appends a DATA reply of up to `len` bytes read at `offset`, or an EOF/failure STATUS;
 /// returns how many data bytes it carries.
-fn encode_read(buf: &mut BytesMut, id: u32, file: &File, offset: u64, len: u32) -> usize {
+fn encode_read(buf: &mut BytesMut, id: u32, file: &dyn Body, offset: u64, len: u32) -> usize {
     let base = buf.len();
     let mark = Encoder(buf).data_begin(id);
-    let result = read_into(buf, file, offset, len as usize);
+    let result = file.read_into(buf, offset, len as usize);
     let filled = buf.len() - mark.1;
     match result {
         Ok(()) if filled > 0 => {
@@ -406,40 +406,18 @@ fn encode_read(buf: &mut BytesMut, id: u32, file: &File, offset: u64, len: u32) 
     }
 }
 
-/// Appends up to `len` bytes of `file` from `offset` to `buf`, fewer at the end of the file.
-/// The bytes are read straight into the buffer's spare capacity: a download would
-/// otherwise spend a few percent of its CPU zeroing memory that is overwritten at once.
-fn read_into(buf: &mut BytesMut, file: &File, offset: u64, len: usize) -> std::io::Result<()> {
-    buf.reserve(len);
-    let mut filled = 0;
-    while filled < len {
-        let spare = &mut buf.spare_capacity_mut()[..len - filled];
-        match rustix::io::pread(file, spare, offset + filled as u64) {
-            Ok(([], _)) => break,
-            Ok((read, _)) => {
-                let n = read.len();
-                // SAFETY: pread has initialized the first `n` bytes of the spare capacity.
-                unsafe { buf.set_len(buf.len() + n) };
-                filled += n;
-            }
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn queue_and_file(len: usize) -> (Arc<ReplyQueue>, Arc<File>) {
+    fn queue_and_file(len: usize) -> (Arc<ReplyQueue>, Arc<dyn Body>) {
         let mut f = tempfile::tempfile().unwrap();
         std::io::Write::write_all(&mut f, &vec![7u8; len]).unwrap();
-        (Arc::new(ReplyQueue::new(Arc::default())), Arc::new(f))
+        let body: Arc<dyn Body> = Arc::new(super::super::local::LocalBody::new(f));
+        (Arc::new(ReplyQueue::new(Arc::default())), body)
     }
 
-    fn read(file: &Arc<File>, id: u32, offset: u64, len: u32) -> PendingRead {
+    fn read(file: &Arc<dyn Body>, id: u32, offset: u64, len: u32) -> PendingRead {
         PendingRead {
             id,
             file: file.clone(),

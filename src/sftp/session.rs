@@ -8,10 +8,6 @@
 //! is full, so a loop that waited on its own replies could deadlock against the client).
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{IoSlice, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -22,6 +18,7 @@ use tokio::sync::mpsc;
 
 use super::queue::{PendingRead, ReplyQueue};
 use super::rope::{Pieces, Rope};
+use super::storage::{Body, Meta, Name, OpenMode};
 use super::vfs::{self, Resolved};
 use super::wire::{
     self, Attrs, DecodeError, Request, StatusCode, FXF_APPEND, FXF_CREAT, FXF_READ, FXF_TRUNC,
@@ -61,7 +58,7 @@ pub struct SessionSummary {
 pub type WriteClosed = Arc<dyn Fn(WriteSummary) -> Result<(), String> + Send + Sync>;
 
 struct OpenFile {
-    file: Arc<File>,
+    body: Arc<dyn Body>,
     /// The name it was opened by (the file or its `.filepart`), for the audit log.
     name: String,
     read: bool,
@@ -94,7 +91,7 @@ impl OpenFile {
             return false;
         }
         // Another handle or session may have written further meanwhile.
-        self.end = self.file.metadata().map(|m| m.len()).unwrap_or(self.end);
+        self.end = self.body.meta().map(|m| m.size).unwrap_or(self.end);
         offset > self.end.saturating_add(MAX_WRITE_GAP)
     }
 }
@@ -123,32 +120,6 @@ pub(super) struct Session {
     /// That wait ran out: this session takes the lease only if it is free at once, so that
     /// a second writer beside another node's live upload is refused within one bound.
     lease_wait_spent: bool,
-}
-
-/// Writes `data` at `offset`, or at the end if the file is O_APPEND (APPEND handles are),
-/// in one system call unless the kernel takes less.
-fn write_pieces(file: &File, append: bool, offset: u64, data: &[Bytes]) -> std::io::Result<()> {
-    let mut slices: Vec<IoSlice> = data.iter().map(|d| IoSlice::new(d)).collect();
-    let mut left = &mut slices[..];
-    IoSlice::advance_slices(&mut left, 0);
-    let mut at = offset;
-    while !left.is_empty() {
-        let written = if append {
-            (&*file).write_vectored(left)
-        } else {
-            rustix::io::pwritev(file, left, at).map_err(std::io::Error::from)
-        };
-        match written {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                at += n as u64;
-                IoSlice::advance_slices(&mut left, n);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 fn io_status(e: &std::io::Error) -> (StatusCode, String) {
@@ -279,31 +250,21 @@ impl Session {
 
     fn resolve(&self, path: &[u8]) -> Resolved {
         match vfs::resolve(path, &self.shared.name) {
-            Resolved::Partial if self.shared.partial_path.is_none() => Resolved::Other,
+            Resolved::Partial if !self.shared.partial => Resolved::Other,
             r => r,
-        }
-    }
-
-    /// The file on disk that a resolved name stands for.
-    fn disk_path(&self, r: Resolved) -> Option<&Path> {
-        match r {
-            Resolved::File => Some(&self.shared.path),
-            Resolved::Partial => self.shared.partial_path.as_deref(),
-            Resolved::Root | Resolved::Other => None,
         }
     }
 
     /// Removing is refused, except for the temporary `.filepart` a client abandons.
     fn remove(&self, id: u32, path: &[u8]) {
-        let r = self.resolve(path);
-        let (Resolved::Partial, Some(p)) = (r, self.disk_path(r)) else {
+        if self.resolve(path) != Resolved::Partial {
             return self.denied(id);
-        };
+        }
         let _lease = match self.lease_for_change(None) {
             Ok(lease) => lease,
             Err(msg) => return self.status(id, StatusCode::Failure, &msg),
         };
-        match std::fs::remove_file(p) {
+        match self.shared.storage.remove(Name::Partial) {
             Ok(()) => self.ok(id),
             Err(e) => self.fail_io(id, &e),
         }
@@ -314,15 +275,12 @@ impl Session {
         let (Resolved::Partial, Resolved::File) = (self.resolve(from), self.resolve(to)) else {
             return self.denied(id);
         };
-        let Some(partial) = self.disk_path(Resolved::Partial) else {
-            return self.denied(id);
-        };
         let _lease = match self.lease_for_change(None) {
             Ok(lease) => lease,
             Err(msg) => return self.status(id, StatusCode::Failure, &msg),
         };
         self.queue.settle_reads();
-        match std::fs::rename(partial, &self.shared.path) {
+        match self.shared.storage.rename_partial() {
             Ok(()) => self.ok(id),
             Err(e) => self.fail_io(id, &e),
         }
@@ -330,10 +288,11 @@ impl Session {
 
     fn setstat_path(&self, id: u32, path: &[u8], attrs: &Attrs) {
         match self.resolve(path) {
-            Resolved::File => self.setstat(id, None, None, &self.shared.path, attrs),
-            Resolved::Partial => match self.disk_path(Resolved::Partial) {
-                Some(p) if p.exists() => self.setstat(id, None, None, p, attrs),
-                _ => self.no_such_file(id),
+            Resolved::File => self.setstat(id, None, None, Name::File, attrs),
+            Resolved::Partial => match self.shared.storage.stat(Name::Partial) {
+                Ok(Some(_)) => self.setstat(id, None, None, Name::Partial, attrs),
+                Ok(None) => self.no_such_file(id),
+                Err(e) => self.fail_io(id, &e),
             },
             Resolved::Root => self.denied(id),
             Resolved::Other => self.no_such_file(id),
@@ -382,7 +341,7 @@ impl Session {
                 Some(f) if f.read => {
                     let read = PendingRead {
                         id,
-                        file: f.file.clone(),
+                        file: f.body.clone(),
                         sent: f.sent.clone(),
                         offset,
                         len: len.min(MAX_IO_LEN),
@@ -409,8 +368,8 @@ impl Session {
             Request::FSetStat { id, handle, attrs } => {
                 match parse_handle(&handle).and_then(|h| self.handles.get(&h)) {
                     Some(Handle::File(f)) => {
-                        let (file, lease) = (f.file.clone(), f.lease.clone());
-                        self.setstat(id, Some(&file), lease, &self.shared.path, &attrs)
+                        let (body, lease) = (f.body.clone(), f.lease.clone());
+                        self.setstat(id, Some(&body), lease, Name::File, &attrs)
                     }
                     Some(Handle::Dir { .. }) => self.denied(id),
                     None => self.status(id, StatusCode::Failure, "invalid handle"),
@@ -459,14 +418,7 @@ impl Session {
                 &format!("{} is read-only", self.shared.name),
             );
         }
-        let path = if partial {
-            self.shared.partial_path.clone()
-        } else {
-            Some(self.shared.path.clone())
-        };
-        let Some(path) = path else {
-            return self.denied(id);
-        };
+        let name = if partial { Name::Partial } else { Name::File };
         // A client that names neither READ nor WRITE gets read access, as sftp-server does.
         let read = pflags & FXF_READ != 0 || !write;
         let append = pflags & FXF_APPEND != 0;
@@ -482,29 +434,18 @@ impl Session {
         };
         if write {
             self.queue.settle_reads();
-        } else if self.shared.writable && !partial {
-            // In draft the file is listed before anything was uploaded: give it a body.
-            if let Err(e) = ensure_exists(&path) {
-                return self.fail_io(id, &e);
-            }
         }
-        let mut opts = OpenOptions::new();
-        // The dump is private whatever the umask.
-        opts.read(read).mode(0o600);
-        if write {
-            opts.write(true)
-                .create(true)
-                .append(append)
-                .truncate(truncate && !append);
-        }
-        match opts.open(&path) {
-            Ok(file) => {
-                let end = file.metadata().map(|m| m.len()).unwrap_or(0);
-                if truncate && append {
-                    if let Err(e) = file.set_len(0) {
-                        return self.fail_io(id, &e);
-                    }
-                }
+        let mode = OpenMode {
+            read,
+            write,
+            append,
+            truncate,
+            // In draft the file is listed before anything was uploaded: a read gets a body.
+            create: write || (self.shared.writable && !partial),
+        };
+        match self.shared.storage.open(name, mode) {
+            Ok(body) => {
+                let end = body.meta().map(|m| m.size).unwrap_or(0);
                 let name = if partial {
                     format!("{}{}", self.shared.name, vfs::PARTIAL_SUFFIX)
                 } else {
@@ -518,7 +459,7 @@ impl Session {
                 };
                 tracing::info!(target: "audit", event = "file-opened", file = %name, mode, truncate, "file opened");
                 let handle = OpenFile {
-                    file: Arc::new(file),
+                    body,
                     name,
                     read,
                     write,
@@ -558,7 +499,7 @@ impl Session {
         }
         let len = data.iter().map(Bytes::len).sum::<usize>() as u64;
         let at = match (f.append, max_size) {
-            (true, Some(_)) => f.file.metadata().map(|m| m.len()).unwrap_or(u64::MAX),
+            (true, Some(_)) => f.body.meta().map(|m| m.size).unwrap_or(u64::MAX),
             (true, None) => f.end,
             (false, _) => offset,
         };
@@ -580,7 +521,7 @@ impl Session {
         // The handle is looked up once: settling borrows only the queue.
         self.queue.settle_reads();
         let len = len as usize;
-        match write_pieces(&f.file, f.append, offset, data) {
+        match f.body.write((!f.append).then_some(offset), data) {
             Ok(()) => {
                 f.written += len as u64;
                 f.end = f.end.max(at.saturating_add(len as u64));
@@ -627,8 +568,7 @@ impl Session {
             return Ok(Ok(()));
         }
         self.activity.writers.fetch_sub(1, Ordering::Relaxed);
-        f.file.sync_data()?;
-        let size = f.file.metadata()?.len();
+        let size = f.body.finish()?;
         tracing::info!(
             target: "audit",
             event = "file-closed",
@@ -719,7 +659,7 @@ impl Session {
         }
     }
 
-    fn file_attrs(&self, meta: Option<&std::fs::Metadata>) -> Attrs {
+    fn file_attrs(&self, meta: Option<&Meta>) -> Attrs {
         vfs::file_attrs(meta, self.shared.writable)
     }
 
@@ -727,15 +667,15 @@ impl Session {
         let attrs = match self.resolve(path) {
             Resolved::Root => vfs::root_attrs(),
             Resolved::Other => return self.no_such_file(id),
-            Resolved::Partial => match self.disk_path(Resolved::Partial).map(std::fs::metadata) {
-                Some(Ok(m)) => self.file_attrs(Some(&m)),
-                _ => return self.no_such_file(id),
+            Resolved::Partial => match self.shared.storage.stat(Name::Partial) {
+                Ok(Some(m)) => self.file_attrs(Some(&m)),
+                Ok(None) => return self.no_such_file(id),
+                Err(e) => return self.fail_io(id, &e),
             },
-            Resolved::File => match std::fs::metadata(&self.shared.path) {
-                Ok(m) => self.file_attrs(Some(&m)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.shared.writable => {
-                    self.file_attrs(None)
-                }
+            Resolved::File => match self.shared.storage.stat(Name::File) {
+                Ok(Some(m)) => self.file_attrs(Some(&m)),
+                Ok(None) if self.shared.writable => self.file_attrs(None),
+                Ok(None) => return self.no_such_file(id),
                 Err(e) => return self.fail_io(id, &e),
             },
         };
@@ -744,7 +684,7 @@ impl Session {
 
     fn fstat(&self, id: u32, handle: &[u8]) {
         let attrs = match parse_handle(handle).and_then(|h| self.handles.get(&h)) {
-            Some(Handle::File(f)) => match f.file.metadata() {
+            Some(Handle::File(f)) => match f.body.meta() {
                 Ok(m) => self.file_attrs(Some(&m)),
                 Err(e) => return self.fail_io(id, &e),
             },
@@ -760,9 +700,9 @@ impl Session {
     fn setstat(
         &self,
         id: u32,
-        handle: Option<&Arc<File>>,
+        handle: Option<&Arc<dyn Body>>,
         lease: Option<Arc<dyn LeaseHold>>,
-        path: &Path,
+        name: Name,
         attrs: &Attrs,
     ) {
         if !self.shared.writable || (attrs.size.is_none() && attrs.times.is_none()) {
@@ -776,40 +716,27 @@ impl Session {
         };
         self.queue.settle_reads();
         let result = (|| {
-            let owned;
-            let file = match handle {
-                Some(f) => &**f,
-                None => {
-                    owned = OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .mode(0o600)
-                        .truncate(false)
-                        .open(path)?;
-                    &owned
-                }
-            };
             if let Some(size) = attrs.size {
                 if self.shared.max_size.is_some_and(|max| size > max) {
                     return Err(std::io::Error::other("upload size limit exceeded"));
                 }
+                let now = match handle {
+                    Some(b) => b.meta()?.size,
+                    None => self.shared.storage.stat(name)?.map_or(0, |m| m.size),
+                };
                 // As for writes: the file stays a prefix of the upload, not a sparse giant.
-                if size > file.metadata()?.len().saturating_add(MAX_WRITE_GAP) {
+                if size > now.saturating_add(MAX_WRITE_GAP) {
                     return Err(std::io::Error::other(format!(
                         "size {size} would leave a hole of more than {MAX_WRITE_GAP} bytes"
                     )));
                 }
-                file.set_len(size)?;
             }
-            if let Some((atime, mtime)) = attrs.times {
-                let at = |s: u32| SystemTime::UNIX_EPOCH + Duration::from_secs(s.into());
-                file.set_times(
-                    std::fs::FileTimes::new()
-                        .set_accessed(at(atime))
-                        .set_modified(at(mtime)),
-                )?;
+            let at = |s: u32| SystemTime::UNIX_EPOCH + Duration::from_secs(s.into());
+            let times = attrs.times.map(|(a, m)| (at(a), at(m)));
+            match handle {
+                Some(b) => b.set_attrs(attrs.size, times),
+                None => self.shared.storage.set_attrs(name, attrs.size, times),
             }
-            Ok(())
         })();
         match result {
             Ok(()) => self.ok(id),
@@ -829,12 +756,16 @@ impl Session {
             return self.status(id, StatusCode::Eof, "End of file");
         }
         let now = OffsetDateTime::now_utc();
-        let meta = std::fs::metadata(&self.shared.path).ok();
+        let meta = self.shared.storage.stat(Name::File).ok().flatten();
         let attrs = self.file_attrs(meta.as_ref());
         let long = vfs::longname(&self.shared.name, &attrs, now);
         let mut entries = vec![(self.shared.name.clone(), long, attrs)];
         // An unfinished `.filepart` is listed too, so that a client can find and resume it.
-        if let Some(Ok(m)) = self.disk_path(Resolved::Partial).map(std::fs::metadata) {
+        let partial = self.shared.partial;
+        if let Some(m) = partial
+            .then(|| self.shared.storage.stat(Name::Partial).ok().flatten())
+            .flatten()
+        {
             let name = format!("{}{}", self.shared.name, vfs::PARTIAL_SUFFIX);
             let attrs = self.file_attrs(Some(&m));
             let long = vfs::longname(&name, &attrs, now);
@@ -894,13 +825,13 @@ impl Session {
             b"fsync@openssh.com" => {
                 let file = string().and_then(|h| {
                     self.file_handle(&h)
-                        .map(|f| (f.file.clone(), f.lease.clone()))
+                        .map(|f| (f.body.clone(), f.lease.clone()))
                 });
-                let Some((file, lease)) = file else {
+                let Some((body, lease)) = file else {
                     return self.status(id, StatusCode::Failure, "invalid handle");
                 };
                 // Synced all the same: what was written under the lease belongs on disk.
-                match file.sync_all() {
+                match body.sync() {
                     Ok(()) if lease.is_some_and(|l| !l.valid()) => {
                         self.status(id, StatusCode::Failure, LEASE_LOST)
                     }
@@ -922,8 +853,7 @@ impl Session {
     }
 
     fn statvfs(&self, id: u32) {
-        let dir = self.shared.path.parent().unwrap_or(Path::new("/"));
-        match rustix::fs::statvfs(dir) {
+        match self.shared.storage.statvfs() {
             Ok(s) => {
                 let mut flag = 0x2; // ST_NOSUID
                 if !self.shared.writable {
@@ -933,22 +863,13 @@ impl Session {
                     e.extended_u64s(
                         id,
                         &[
-                            s.f_bsize,
-                            s.f_frsize,
-                            s.f_blocks,
-                            s.f_bfree,
-                            s.f_bavail,
-                            s.f_files,
-                            s.f_ffree,
-                            s.f_favail,
-                            s.f_fsid,
-                            flag,
-                            s.f_namemax,
+                            s.bsize, s.frsize, s.blocks, s.bfree, s.bavail, s.files, s.ffree,
+                            s.favail, s.fsid, flag, s.namemax,
                         ],
                     )
                 })
             }
-            Err(e) => self.fail_io(id, &e.into()),
+            Err(e) => self.fail_io(id, &e),
         }
     }
 }
@@ -975,14 +896,4 @@ fn file_of<'a>(handles: &'a mut HashMap<u32, Handle>, handle: &[u8]) -> Option<&
 
 fn parse_handle(h: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(h.try_into().ok()?))
-}
-
-fn ensure_exists(path: &Path) -> std::io::Result<()> {
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .mode(0o600)
-        .truncate(false)
-        .open(path)
-        .map(drop)
 }

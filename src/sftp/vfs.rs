@@ -1,11 +1,11 @@
 //! The one-file virtual filesystem: a root directory `/` holding exactly one file. Path
 //! resolution is purely lexical and can only ever name the root, the file, or nothing.
 
-use std::fs::Metadata;
-use std::os::unix::fs::MetadataExt;
+use std::time::SystemTime;
 
 use time::OffsetDateTime;
 
+use super::storage::Meta;
 use super::wire::Attrs;
 
 /// What a client path names.
@@ -83,11 +83,16 @@ pub const S_IFREG: u32 = 0o100000;
 pub const S_IFDIR: u32 = 0o040000;
 
 /// Attributes of the shared file; a draft upload that does not exist yet is an empty file.
-pub fn file_attrs(meta: Option<&Metadata>, writable: bool) -> Attrs {
+pub fn file_attrs(meta: Option<&Meta>, writable: bool) -> Attrs {
     let mode = if writable { 0o666 } else { 0o444 };
     let now = OffsetDateTime::now_utc().unix_timestamp() as u32;
+    // SFTP v3 times are 32-bit seconds.
+    let secs = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as u32)
+    };
     let (size, atime, mtime) = match meta {
-        Some(m) => (m.len(), m.atime() as u32, m.mtime() as u32),
+        Some(m) => (m.size, secs(m.accessed), secs(m.modified)),
         None => (0, now, now),
     };
     Attrs {

@@ -4,7 +4,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use sftpgate::sftp::{serve, Activity, IoInbound, IoOutbound, SharedFile, WriteClosed};
+use sftpgate::sftp::{
+    serve, Activity, IoInbound, IoOutbound, LocalStorage, SharedFile, WriteClosed,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 pub const OPEN: u8 = 3;
@@ -64,10 +66,13 @@ pub fn status_of(reply: &[u8]) -> u32 {
 pub fn shared_file(name: &str, path: &Path, writable: bool) -> SharedFile {
     SharedFile {
         name: name.into(),
-        path: path.to_path_buf(),
+        storage: std::sync::Arc::new(LocalStorage {
+            path: path.to_path_buf(),
+            partial: None,
+        }),
         writable,
         max_size: None,
-        partial_path: None,
+        partial: false,
         leases: None,
     }
 }

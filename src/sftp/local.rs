@@ -1,0 +1,231 @@
+//! [`Storage`] on the local filesystem: the file (and its `.filepart`) are plain files, a
+//! WRITE is one `pwritev`, a READ one `pread` into the reply buffer, a CLOSE an fsync.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, IoSlice, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+
+use super::storage::{Body, FsStats, Meta, Name, OpenMode, Storage};
+
+/// The file at `path`, and the `.filepart` at `partial` if the session may use one.
+#[derive(Clone, Debug)]
+pub struct LocalStorage {
+    pub path: PathBuf,
+    pub partial: Option<PathBuf>,
+}
+
+impl LocalStorage {
+    fn path(&self, name: Name) -> io::Result<&Path> {
+        match name {
+            Name::File => Ok(&self.path),
+            Name::Partial => self
+                .partial
+                .as_deref()
+                .ok_or_else(|| io::Error::from(io::ErrorKind::PermissionDenied)),
+        }
+    }
+}
+
+fn meta_of(m: &std::fs::Metadata) -> Meta {
+    let at = |secs: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
+    Meta {
+        size: m.len(),
+        accessed: at(m.atime()),
+        modified: at(m.mtime()),
+    }
+}
+
+/// Opens `path` for writing without truncating, creating it private (whatever the umask).
+fn open_for_change(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .truncate(false)
+        .open(path)
+}
+
+fn apply(
+    file: &File,
+    size: Option<u64>,
+    times: Option<(SystemTime, SystemTime)>,
+) -> io::Result<()> {
+    if let Some(size) = size {
+        file.set_len(size)?;
+    }
+    if let Some((accessed, modified)) = times {
+        file.set_times(
+            std::fs::FileTimes::new()
+                .set_accessed(accessed)
+                .set_modified(modified),
+        )?;
+    }
+    Ok(())
+}
+
+impl Storage for LocalStorage {
+    fn stat(&self, name: Name) -> io::Result<Option<Meta>> {
+        match std::fs::metadata(self.path(name)?) {
+            Ok(m) => Ok(Some(meta_of(&m))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open(&self, name: Name, mode: OpenMode) -> io::Result<Arc<dyn Body>> {
+        let path = self.path(name)?;
+        if mode.create && !mode.write {
+            // A read of a draft upload that nothing was written to yet: give it a body.
+            open_for_change(path)?;
+        }
+        let mut opts = OpenOptions::new();
+        // The dump is private whatever the umask.
+        opts.read(mode.read).mode(0o600);
+        if mode.write {
+            opts.write(true)
+                .create(true)
+                .append(mode.append)
+                .truncate(mode.truncate && !mode.append);
+        }
+        let file = opts.open(path)?;
+        if mode.truncate && mode.append {
+            // O_TRUNC and O_APPEND together are unspecified for open(2): truncate apart.
+            file.set_len(0)?;
+        }
+        Ok(Arc::new(LocalBody {
+            file,
+            append: mode.append,
+        }))
+    }
+
+    fn remove(&self, name: Name) -> io::Result<()> {
+        std::fs::remove_file(self.path(name)?)
+    }
+
+    fn rename_partial(&self) -> io::Result<()> {
+        std::fs::rename(self.path(Name::Partial)?, &self.path)
+    }
+
+    fn set_attrs(
+        &self,
+        name: Name,
+        size: Option<u64>,
+        times: Option<(SystemTime, SystemTime)>,
+    ) -> io::Result<()> {
+        apply(&open_for_change(self.path(name)?)?, size, times)
+    }
+
+    fn statvfs(&self) -> io::Result<FsStats> {
+        let dir = self.path.parent().unwrap_or(Path::new("/"));
+        let s = rustix::fs::statvfs(dir)?;
+        Ok(FsStats {
+            bsize: s.f_bsize,
+            frsize: s.f_frsize,
+            blocks: s.f_blocks,
+            bfree: s.f_bfree,
+            bavail: s.f_bavail,
+            files: s.f_files,
+            ffree: s.f_ffree,
+            favail: s.f_favail,
+            fsid: s.f_fsid,
+            namemax: s.f_namemax,
+        })
+    }
+}
+
+/// An open local file.
+pub struct LocalBody {
+    file: File,
+    /// Opened O_APPEND: the kernel puts every write at the end.
+    append: bool,
+}
+
+impl LocalBody {
+    /// A body over an already open file (the reply queue's tests read through one).
+    #[cfg(test)]
+    pub fn new(file: File) -> LocalBody {
+        LocalBody {
+            file,
+            append: false,
+        }
+    }
+}
+
+impl Body for LocalBody {
+    fn meta(&self) -> io::Result<Meta> {
+        Ok(meta_of(&self.file.metadata()?))
+    }
+
+    /// The bytes are read straight into the buffer's spare capacity: a download would
+    /// otherwise spend a few percent of its CPU zeroing memory that is overwritten at once.
+    fn read_into(&self, buf: &mut BytesMut, offset: u64, len: usize) -> io::Result<()> {
+        buf.reserve(len);
+        let mut filled = 0;
+        while filled < len {
+            let spare = &mut buf.spare_capacity_mut()[..len - filled];
+            match rustix::io::pread(&self.file, spare, offset + filled as u64) {
+                Ok(([], _)) => break,
+                Ok((read, _)) => {
+                    let n = read.len();
+                    // SAFETY: pread has initialized the first `n` bytes of the spare capacity.
+                    unsafe { buf.set_len(buf.len() + n) };
+                    filled += n;
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// In one system call unless the kernel takes less.
+    fn write(&self, offset: Option<u64>, data: &[Bytes]) -> io::Result<()> {
+        let mut slices: Vec<IoSlice> = data.iter().map(|d| IoSlice::new(d)).collect();
+        let mut left = &mut slices[..];
+        IoSlice::advance_slices(&mut left, 0);
+        let mut at = offset.unwrap_or(0);
+        while !left.is_empty() {
+            let written = match offset {
+                // The file was opened O_APPEND: the kernel places it.
+                None if self.append => (&self.file).write_vectored(left),
+                None => {
+                    at = self.file.metadata()?.len();
+                    rustix::io::pwritev(&self.file, left, at).map_err(io::Error::from)
+                }
+                Some(_) => rustix::io::pwritev(&self.file, left, at).map_err(io::Error::from),
+            };
+            match written {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    at += n as u64;
+                    IoSlice::advance_slices(&mut left, n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn set_attrs(
+        &self,
+        size: Option<u64>,
+        times: Option<(SystemTime, SystemTime)>,
+    ) -> io::Result<()> {
+        apply(&self.file, size, times)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+
+    fn finish(&self) -> io::Result<u64> {
+        self.file.sync_data()?;
+        Ok(self.file.metadata()?.len())
+    }
+}
