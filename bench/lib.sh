@@ -1,6 +1,7 @@
-# lib.sh: the pieces the bench scripts share, sourced (not run) by compare-openssh.sh and
-# cost-breakdown.sh: OpenSSH's sshd started by the baseline script, a sftpgate started on
-# loopback and provisioned through its admin API, the `sftp -b` client, and the server CPU
+# lib.sh: the pieces the bench scripts share, sourced (not run) by compare-openssh.sh,
+# cost-breakdown.sh, memory.sh and records.sh: OpenSSH's sshd started by the baseline
+# script, a sftpgate started on loopback and provisioned through its admin API, the
+# `sftp -b` client, the asyncssh venv, and the server CPU
 # read from a cpuacct cgroup per side.
 #
 # The caller sets: repo, B (a scratch directory, chmod 755), BASELINE, U (the SFTP user),
@@ -126,4 +127,15 @@ pick_gate() {
     (cd "$repo" && cargo build --release --quiet)
     GATE=${CARGO_TARGET_DIR:-$repo/target}/release/sftpgate
   fi
+}
+# Sets PY: a Python with asyncssh pinned as in the tests (bench/sessions.py): the tests'
+# venv if it is ready, else one made under target/bench-venv.
+pick_python() {
+  PY=$repo/target/test-venv/bin/python
+  [ -f "$repo/target/test-venv/.ready-6" ] && return 0
+  PY=$repo/target/bench-venv/bin/python
+  [ -f "$repo/target/bench-venv/.ready-1" ] && return 0
+  python3 -m venv "$repo/target/bench-venv" || die "python3 -m venv failed (Debian: python3-venv)"
+  "$PY" -m pip install -q --disable-pip-version-check asyncssh==2.24.1 || die "pip install asyncssh failed"
+  touch "$repo/target/bench-venv/.ready-1"
 }

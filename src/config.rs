@@ -27,7 +27,7 @@ pub struct Settings {
     /// Where the SSH host keys live [default: ./keys]
     #[arg(long, value_name = "DIR")]
     pub host_key_dir: Option<PathBuf>,
-    /// Host name that responses tell clients to connect to [default: this machine's name]
+    /// Host name that responses tell clients to connect to [default: the machine's host name]
     #[arg(long, value_name = "NAME")]
     pub public_host: Option<String>,
     /// Port that responses tell clients to connect to [default: the SSH listen port]
@@ -158,7 +158,7 @@ pub struct Settings {
     #[arg(long, value_name = "CIDR[,CIDR...]", value_delimiter = ',', value_parser = parse_net)]
     #[serde(default, deserialize_with = "nets_opt")]
     pub proxy_from: Option<Vec<IpNet>>,
-    /// This node's name in the logs [default: the host name]
+    /// This node's name in the logs [default: the machine's host name]
     #[arg(long, value_name = "NAME", env = "SFTPGATE_NODE_NAME")]
     pub node_name: Option<String>,
     /// Where request records live: `file` (DATA_DIR/requests) or a shared PostgreSQL
@@ -167,6 +167,29 @@ pub struct Settings {
     #[arg(long, value_name = "URL", env = "SFTPGATE_STORE", hide_env_values = true, value_parser = parse_store)]
     #[serde(default, deserialize_with = "store_opt")]
     pub store: Option<StoreSpec>,
+    /// Where dumps live: `file` (DATA_DIR/requests) or an S3-compatible bucket,
+    /// `s3://bucket/prefix`, with credentials and region the usual AWS ways (README,
+    /// Storage) [default: file]
+    #[arg(long, value_name = "URL", value_parser = parse_storage)]
+    #[serde(default, deserialize_with = "storage_opt")]
+    pub storage: Option<StorageSpec>,
+    /// The S3 endpoint of an S3-compatible server, e.g. http://127.0.0.1:9000 [default:
+    /// AWS_ENDPOINT_URL, else AWS's]
+    #[arg(long, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// The bucket's region [default: AWS_REGION or AWS_DEFAULT_REGION, else us-east-1]
+    #[arg(long, value_name = "REGION")]
+    pub s3_region: Option<String>,
+    /// The size of an upload's parts on S3, in bytes, 5 MiB to 5 GiB: 10,000 parts make
+    /// the largest upload [default: 16777216, 16 MiB]
+    #[arg(long, value_name = "BYTES", value_parser = parse_part_size)]
+    #[serde(default, deserialize_with = "part_size_opt")]
+    pub s3_part_size: Option<u64>,
+    /// How often abandoned multipart uploads are looked for and aborted (README, Storage)
+    /// [default: 5m]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration_opt")]
+    pub s3_sweep_every: Option<Duration>,
     /// Host-key types to generate (once) and offer, comma-separated [default: ed25519,ecdsa,rsa]
     #[arg(long, value_name = "TYPE[,TYPE...]", value_delimiter = ',')]
     #[serde(default, deserialize_with = "list_opt")]
@@ -277,6 +300,59 @@ fn store_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<StoreSpec>
     parse_store(&s).map(Some).map_err(serde::de::Error::custom)
 }
 
+/// Where dumps live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageSpec {
+    /// Files under DATA_DIR/requests.
+    File,
+    /// An S3-compatible bucket, by `s3://bucket/prefix` URL.
+    S3(String),
+}
+
+/// `file`, or `s3://bucket` with an optional `/prefix`.
+pub fn parse_storage(s: &str) -> Result<StorageSpec, String> {
+    let s = s.trim();
+    if s == "file" {
+        return Ok(StorageSpec::File);
+    }
+    match s.strip_prefix("s3://") {
+        Some(rest) if !rest.is_empty() && !rest.starts_with('/') => {
+            Ok(StorageSpec::S3(s.to_string()))
+        }
+        _ => Err(format!(
+            "\"{s}\" is not a storage: use file or s3://bucket/prefix"
+        )),
+    }
+}
+
+fn storage_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<StorageSpec>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_storage(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// S3's bounds on a part: at least 5 MiB (but the last), at most 5 GiB.
+pub fn parse_part_size(s: &str) -> Result<u64, String> {
+    let n: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("\"{s}\" is not a number of bytes"))?;
+    if !(5 << 20..=5 << 30).contains(&n) {
+        return Err(format!(
+            "a part size of {n} bytes is outside S3's bounds of 5 MiB (5242880) to 5 GiB"
+        ));
+    }
+    Ok(n)
+}
+
+fn part_size_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let n = u64::deserialize(d)?;
+    parse_part_size(&n.to_string())
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -284,24 +360,36 @@ pub enum LogFormat {
     Json,
 }
 
-/// `90`, `90s`, `15m`, `24h` or `2d`.
+/// The longest duration a setting takes. Every duration is added to the clock somewhere
+/// (an expiry, a deadline), and a sum past what `Instant` or `OffsetDateTime` can hold
+/// would panic; a century (of humantime's 365.25-day years) is far past any real setting
+/// and far inside both.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
+/// `90` (seconds), or humantime's format: `90s`, `15m`, `24h`, `2d`, `1h 30m`. Zero and
+/// anything over [`MAX_DURATION`] are refused.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("\"{s}\" is not a duration like 90s, 15m, 24h"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => return Err(format!("\"{s}\" has an unknown unit (use s, m, h or d)")),
+    // A bare number is seconds, as it always was here; humantime wants a unit.
+    let d = if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        s.parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("\"{s}\" is too long (at most 100 years)"))?
+    } else {
+        humantime::parse_duration(s).map_err(|e| match e {
+            humantime::DurationError::NumberOverflow => {
+                format!("\"{s}\" is too long (at most 100 years)")
+            }
+            e => format!("\"{s}\" is not a duration like 90s, 15m, 24h ({e})"),
+        })?
     };
-    if secs == 0 {
+    if d.is_zero() {
         return Err("a duration must be positive".into());
     }
-    Ok(Duration::from_secs(secs))
+    if d > MAX_DURATION {
+        return Err(format!("\"{s}\" is too long (at most 100 years)"));
+    }
+    Ok(d)
 }
 
 /// `10.0.0.0/8`, `2001:db8::/32`, or one address (`10.0.0.5`, a /32 or /128).
@@ -440,6 +528,11 @@ impl Settings {
             admin_allow_remote: self.admin_allow_remote || base.admin_allow_remote,
             log_format: self.log_format.or(base.log_format),
             store: self.store.or(base.store),
+            storage: self.storage.or(base.storage),
+            s3_endpoint: self.s3_endpoint.or(base.s3_endpoint),
+            s3_region: self.s3_region.or(base.s3_region),
+            s3_part_size: self.s3_part_size.or(base.s3_part_size),
+            s3_sweep_every: self.s3_sweep_every.or(base.s3_sweep_every),
             proxy_protocol: self.proxy_protocol || base.proxy_protocol,
             proxy_from: self.proxy_from.or(base.proxy_from),
             node_name: self.node_name.or(base.node_name),
@@ -513,6 +606,11 @@ impl Settings {
             admin_allow_remote: self.admin_allow_remote,
             log_json: self.log_format == Some(LogFormat::Json),
             store: self.store.unwrap_or(StoreSpec::File),
+            storage: self.storage.unwrap_or(StorageSpec::File),
+            s3_endpoint: self.s3_endpoint,
+            s3_region: self.s3_region,
+            s3_part_size: self.s3_part_size.unwrap_or(16 << 20),
+            s3_sweep_every: self.s3_sweep_every.unwrap_or(Duration::from_secs(300)),
             proxy_protocol: self.proxy_protocol,
             proxy_from: self.proxy_from.unwrap_or_default(),
             node_name: self
@@ -590,6 +688,12 @@ pub struct Config {
     pub lease_wait: Duration,
     /// Where records live: the embedded file store or a PostgreSQL database.
     pub store: StoreSpec,
+    /// Where dumps live: files in DATA_DIR or an S3-compatible bucket.
+    pub storage: StorageSpec,
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_part_size: u64,
+    pub s3_sweep_every: Duration,
     pub proxy_protocol: bool,
     /// Sources whose connections start with a PROXY header (only with `proxy_protocol`).
     pub proxy_from: Vec<IpNet>,
@@ -740,8 +844,26 @@ mod tests {
         assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
         assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("1w").is_err());
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert!(parse_duration("1x").is_err());
         assert!(parse_duration("h").is_err());
+        assert!(parse_duration("").is_err());
+        // Absurd values are refused with a reason, never wrapped or left to panic later
+        // when added to the clock (the hand-written parser's `n * 86400` could overflow).
+        for absurd in [
+            "99999999999999999999d",
+            "213503982334601d",
+            "18446744073709551615",
+            "101y",
+        ] {
+            assert_eq!(
+                parse_duration(absurd),
+                Err(format!("\"{absurd}\" is too long (at most 100 years)")),
+                "{absurd}"
+            );
+        }
+        assert_eq!(parse_duration("100y").map(|d| d <= MAX_DURATION), Ok(true));
         let s: Settings = toml::from_str("access-ttl = \"2h\"").unwrap();
         assert_eq!(s.access_ttl, Some(Duration::from_secs(7200)));
     }
@@ -767,6 +889,29 @@ mod tests {
         assert!(s.resolve().log_json);
         let err = toml::from_str::<Settings>("log-format = \"xml\"").unwrap_err();
         assert!(err.message().contains("xml"), "{}", err.message());
+    }
+
+    #[test]
+    fn storages() {
+        assert_eq!(Settings::default().resolve().storage, StorageSpec::File);
+        assert_eq!(Settings::default().resolve().s3_part_size, 16 << 20);
+        let s: Settings =
+            toml::from_str("storage = \"s3://dumps/gw\"\ns3-part-size = 8388608").unwrap();
+        let cfg = s.resolve();
+        assert_eq!(cfg.storage, StorageSpec::S3("s3://dumps/gw".into()));
+        assert_eq!(cfg.s3_part_size, 8 << 20);
+        assert_eq!(parse_storage("file"), Ok(StorageSpec::File));
+        for bad in ["s3://", "s3:///x", "gs://b", "/data"] {
+            let err = parse_storage(bad).unwrap_err();
+            assert!(err.contains("is not a storage"), "{err}");
+        }
+        let err = toml::from_str::<Settings>("s3-part-size = 1000").unwrap_err();
+        assert!(
+            err.message().contains("outside S3's bounds"),
+            "{}",
+            err.message()
+        );
+        assert!(parse_part_size(&(6u64 << 30).to_string()).is_err());
     }
 
     #[test]

@@ -41,6 +41,11 @@ pub struct Events {
     pub failures: AtomicU64,
     /// Events the outbox refused.
     pub refusals: AtomicU64,
+    /// Looks for expiries made, and the time they took in all (microseconds): a look
+    /// reads every record with an expiry in the file store, so this is where the number
+    /// of records shows (bench/records.sh reads the mean look from these).
+    pub expiry_looks: AtomicU64,
+    pub expiry_look_micros: AtomicU64,
     /// Lines for refusals and failed POSTs, which repeat for as long as their cause lasts.
     log_budget: Mutex<LogBudget>,
 }
@@ -58,6 +63,8 @@ impl Events {
             deliveries: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             refusals: AtomicU64::new(0),
+            expiry_looks: AtomicU64::new(0),
+            expiry_look_micros: AtomicU64::new(0),
             log_budget: Mutex::default(),
         })
     }
@@ -127,48 +134,63 @@ impl Events {
                 _ = tick.tick() => {}
                 _ = shutdown.cancelled() => return,
             }
-            let now = OffsetDateTime::now_utc();
-            let since = match looks % FULL_LOOK_EVERY {
-                0 => None,
-                _ => last.map(|t| t - LOOK_OVERLAP),
+            let started = std::time::Instant::now();
+            self.look_for_expiries(&gateway, looks, &mut last).await;
+            let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.expiry_looks.fetch_add(1, Ordering::Relaxed);
+            self.expiry_look_micros.fetch_add(took, Ordering::Relaxed);
+        }
+    }
+
+    /// One look (the `looks`-th): stores the events of the expiries it finds; `last` is
+    /// when the last look that stored everything it found began.
+    async fn look_for_expiries(
+        &self,
+        gateway: &Gateway,
+        looks: u64,
+        last: &mut Option<OffsetDateTime>,
+    ) {
+        let now = OffsetDateTime::now_utc();
+        let since = match looks % FULL_LOOK_EVERY {
+            0 => None,
+            _ => last.map(|t| t - LOOK_OVERLAP),
+        };
+        let due = match gateway.expired_records(now, since).await {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for expired requests");
+                return;
+            }
+        };
+        let mut complete = due.len() < crate::store::MAX_EXPIRED;
+        for (request, expires_at) in due {
+            let mut m = Map::new();
+            m.insert("event".into(), "access-expired".into());
+            m.insert("request_id".into(), request.into());
+            m.insert("user".into(), Record::user_name(request).into());
+            m.insert("expires_at".into(), timestamp(expires_at));
+            m.insert("at".into(), timestamp(now));
+            let event = NewEvent {
+                request_id: request,
+                fields: m,
             };
-            let due = match gateway.expired_records(now, since).await {
-                Ok(due) => due,
+            match self.outbox.push_expiry(event, expires_at).await {
+                Ok(Some(stored)) => {
+                    tracing::info!(target: "audit", event = "access-expired", request,
+                        expires_at = %timestamp(expires_at), event_id = %stored.id, "access expired");
+                    self.wake.notify_one();
+                }
+                Ok(None) => {}
+                // Not marked either: the next look tries again.
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot look for expired requests");
-                    continue;
-                }
-            };
-            let mut complete = due.len() < crate::store::MAX_EXPIRED;
-            for (request, expires_at) in due {
-                let mut m = Map::new();
-                m.insert("event".into(), "access-expired".into());
-                m.insert("request_id".into(), request.into());
-                m.insert("user".into(), Record::user_name(request).into());
-                m.insert("expires_at".into(), timestamp(expires_at));
-                m.insert("at".into(), timestamp(now));
-                let event = NewEvent {
-                    request_id: request,
-                    fields: m,
-                };
-                match self.outbox.push_expiry(event, expires_at).await {
-                    Ok(Some(stored)) => {
-                        tracing::info!(target: "audit", event = "access-expired", request,
-                            expires_at = %timestamp(expires_at), event_id = %stored.id, "access expired");
-                        self.wake.notify_one();
-                    }
-                    Ok(None) => {}
-                    // Not marked either: the next look tries again.
-                    Err(e) => {
-                        self.refused(&e, "access-expired", request);
-                        complete = false;
-                        break;
-                    }
+                    self.refused(&e, "access-expired", request);
+                    complete = false;
+                    break;
                 }
             }
-            if complete {
-                last = Some(now);
-            }
+        }
+        if complete {
+            *last = Some(now);
         }
     }
 
@@ -190,6 +212,8 @@ impl Events {
             deliveries: self.deliveries.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
             refusals: self.refusals.load(Ordering::Relaxed),
+            expiry_looks: self.expiry_looks.load(Ordering::Relaxed),
+            expiry_look_micros: self.expiry_look_micros.load(Ordering::Relaxed),
         }
     }
 }

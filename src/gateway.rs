@@ -21,7 +21,9 @@ use crate::events::{Events, UploadClosed};
 use crate::keys::{fingerprint, parse_authorized_keys, AuthorizedKey};
 use crate::leases::{Hold, Leases};
 use crate::metrics::{Derived, Metrics};
-use crate::sftp::{Activity, LocalStorage, SharedFile, WriteClosed, WriteSummary};
+use crate::sftp::{Activity, SharedFile, WriteClosed, WriteSummary};
+use crate::storage::Dumps;
+use crate::store::multipart::Object;
 use crate::store::{
     update_with, Access, Changed, Decision, NodeSessions, PageQuery, Record, RequestSessions,
     Store, StoreError, Updated, MAX_PEERS_LISTED,
@@ -106,6 +108,8 @@ pub struct Gateway {
     events: Option<Arc<Events>>,
     /// This node's upload leases, handed to every upload session.
     leases: Leases,
+    /// Where the dumps live.
+    dumps: Dumps,
     max_upload_size: Option<u64>,
     /// Live sessions one request may have (like SFTPGo's max_sessions).
     max_sessions_per_request: usize,
@@ -155,6 +159,7 @@ impl Gateway {
         store: Arc<dyn Store>,
         events: Option<Arc<Events>>,
         leases: Leases,
+        dumps: Dumps,
         max_upload_size: Option<u64>,
         max_sessions_per_request: usize,
     ) -> Arc<Gateway> {
@@ -163,6 +168,7 @@ impl Gateway {
             metrics: Metrics::default(),
             events,
             leases,
+            dumps,
             max_upload_size,
             max_sessions_per_request,
             keys: Mutex::default(),
@@ -217,7 +223,20 @@ impl Gateway {
         id: u64,
         decide: impl FnOnce(Option<&Record>) -> (Decision, T) + Send,
     ) -> Result<(Updated, T), StoreError> {
-        let (updated, value) = update_with(self.store.as_ref(), id, decide).await?;
+        let mut purge = false;
+        let (updated, value) = update_with(self.store.as_ref(), id, |r| {
+            let (decision, value) = decide(r);
+            // A purge removes the files; so does a record created under a free id (what an
+            // earlier record of that id left must never reach the new customer).
+            purge = matches!(decision, Decision::Delete { purge: true })
+                || (r.is_none() && matches!(decision, Decision::Put(_)));
+            (decision, value)
+        })
+        .await?;
+        if purge {
+            // The file store removed local files in the change itself; objects go here.
+            self.purge_objects(id).await;
+        }
         if updated.deleted() {
             self.forget(id);
         }
@@ -296,29 +315,54 @@ impl Gateway {
     /// The file a grant's SFTP session serves.
     pub fn shared_file(&self, grant: &Grant) -> SharedFile {
         let record = &grant.record;
-        match grant.access {
-            Access::Upload => SharedFile {
-                name: record.visible_name(Access::Upload),
-                storage: Arc::new(LocalStorage {
-                    path: self.store.upload_path(record.id),
-                    partial: Some(self.store.upload_path(record.id).with_extension("filepart")),
-                }),
-                writable: true,
-                max_size: self.max_upload_size,
-                partial: true,
-                leases: Some(self.leases.for_request(record.id)),
-            },
-            Access::Download => SharedFile {
-                name: record.visible_name(Access::Download),
-                storage: Arc::new(LocalStorage {
-                    path: self.store.upgraded_path(record.id),
-                    partial: None,
-                }),
-                writable: false,
-                max_size: None,
-                partial: false,
-                leases: None,
-            },
+        let writable = grant.access == Access::Upload;
+        let (storage, partial) = self.dumps.sftp(record.id, writable, |object| match object {
+            Object::Upload => self.store.upload_path(record.id),
+            Object::Partial => self.store.upload_path(record.id).with_extension("filepart"),
+            Object::Upgraded => self.store.upgraded_path(record.id),
+        });
+        SharedFile {
+            name: record.visible_name(grant.access),
+            storage,
+            writable,
+            max_size: if writable { self.max_upload_size } else { None },
+            partial,
+            leases: writable.then(|| self.leases.for_request(record.id)),
+        }
+    }
+
+    /// Where the dumps live.
+    pub fn dumps(&self) -> &Dumps {
+        &self.dumps
+    }
+
+    /// The size of request `id`'s upload or upgraded dump, `None` if there is none: on
+    /// object storage, an upload in progress counts its committed parts.
+    pub async fn dump_size(&self, id: u64, object: Object) -> std::io::Result<Option<u64>> {
+        match &self.dumps {
+            Dumps::S3(s3) => s3.size(id, object).await,
+            Dumps::Local => {
+                let path = match object {
+                    Object::Upload => self.store.upload_path(id),
+                    Object::Partial => self.store.upload_path(id).with_extension("filepart"),
+                    Object::Upgraded => self.store.upgraded_path(id),
+                };
+                match tokio::fs::metadata(path).await {
+                    Ok(m) => Ok(Some(m.len())),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Removes request `id`'s objects, and aborts its multipart uploads (best effort: the
+    /// sweeper aborts what this misses).
+    async fn purge_objects(&self, id: u64) {
+        if let Dumps::S3(s3) = &self.dumps {
+            if let Err(e) = s3.purge(id).await {
+                tracing::warn!(request = id, error = %e, "cannot remove a request's objects");
+            }
         }
     }
 
@@ -773,7 +817,7 @@ mod tests {
                 wait: Duration::from_secs(1),
             },
         );
-        Gateway::new(store, None, leases, None, 10)
+        Gateway::new(store, None, leases, Dumps::Local, None, 10)
     }
 
     #[tokio::test]

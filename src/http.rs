@@ -46,7 +46,7 @@ pub enum HttpError {
 /// each event, and a client per request paid a TCP (and TLS) handshake for every one.
 static CLIENT: OnceLock<HttpClient> = OnceLock::new();
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
 /// Idle connections kept per host: the hook has at most `--hook-concurrency` (16) POSTs
 /// in flight by default; more than that are closed when they go idle.
@@ -119,6 +119,13 @@ fn client(connector: HttpsConnector<HttpConnector>) -> HttpClient {
         .build(connector)
 }
 
+/// The process's pooled client (the roots of [`init_tls`]) for callers that build their own
+/// requests and read their own errors: the S3 storage's transport (src/s3/transport.rs),
+/// so that S3 shares this one TLS set-up.
+pub(crate) fn pooled() -> Result<HttpClient, HttpError> {
+    https()
+}
+
 /// The client of [`init_tls`], or one with the system's roots if it was not called.
 fn https() -> Result<HttpClient, HttpError> {
     if let Some(c) = CLIENT.get() {
@@ -166,7 +173,7 @@ pub async fn send(
 
 /// An error with its causes: hyper's own message ("client error (Connect)") hides why a
 /// TLS connection failed (an unknown issuer, say), which is in its sources.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

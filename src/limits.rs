@@ -1,5 +1,6 @@
-//! A bounded failure counter shared by the SSH penalties and the customers' key throttle:
-//! it counts failures per key (an address, a request and an address...) within a window and
+//! The one bounded failure counter, used by the SSH penalties (ssh/penalty.rs), the
+//! customers' key throttle (admin/access.rs) and the status page's login throttle
+//! (admin/login_throttle.rs): it counts failures per key (an address, a request and an address...) within a window and
 //! blocks a key that reaches the limit for a while. Both memory and time per call are
 //! bounded whatever a client sends: at most `capacity` keys are tracked (the oldest is
 //! forgotten first), and each call does amortized O(1) work (no scan of the whole map).
@@ -69,20 +70,25 @@ impl<K: Hash + Eq + Clone> FailureCounter<K> {
 
     /// Whether `key` is blocked right now.
     pub fn blocked(&self, key: &K) -> bool {
-        let now = Instant::now();
-        self.lock()
-            .map
-            .get(key)
-            .and_then(|e| e.blocked_until)
-            .is_some_and(|t| now < t)
+        self.blocked_for(key, Instant::now()).is_some()
+    }
+
+    /// How much longer `key` stays blocked at `now`, if it is.
+    pub fn blocked_for(&self, key: &K, now: Instant) -> Option<Duration> {
+        let until = self.lock().map.get(key).and_then(|e| e.blocked_until)?;
+        (now < until).then(|| until - now)
     }
 
     /// Records a failure of `key`. Returns true when this failure starts a block.
     pub fn failed(&self, key: K) -> bool {
+        self.failed_at(key, Instant::now())
+    }
+
+    /// [`failed`](Self::failed) at `now` (callers that read the clock once, and tests).
+    pub fn failed_at(&self, key: K, now: Instant) -> bool {
         if self.policy.max_failures == 0 || self.policy.capacity == 0 {
             return false;
         }
-        let now = Instant::now();
         let policy = self.policy;
         let mut inner = self.lock();
         inner.expire(&policy, now);

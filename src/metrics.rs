@@ -45,6 +45,9 @@ pub struct EventStats {
     /// Events the outbox refused (full, or failing): their CLOSE was answered with a
     /// failure, or the expiry is tried again.
     pub refusals: u64,
+    /// Looks for expired requests, and their time in all (microseconds).
+    pub expiry_looks: u64,
+    pub expiry_look_micros: u64,
 }
 
 /// The node's upload leases (see `crate::leases`).
@@ -223,6 +226,18 @@ impl Metrics {
                 "Event POSTs from this node that failed (no answer within the timeout, or not 2xx); each is retried.",
                 e.failures,
             ),
+            (
+                "expiry_looks_total",
+                "counter",
+                "Looks for requests whose access expired (one a second, with a hook).",
+                e.expiry_looks,
+            ),
+            (
+                "expiry_look_microseconds_total",
+                "counter",
+                "Time spent in the looks for expired requests, in microseconds.",
+                e.expiry_look_micros,
+            ),
         ] {
             metric(name, kind, help, &[("", value)]);
         }
@@ -251,11 +266,13 @@ mod tests {
             store: StoreCounters::default(),
             events: Some(EventStats {
                 depth: 4,
+                expiry_looks: 7,
                 ..EventStats::default()
             }),
         });
         assert!(text.contains("sftpgate_outbox_events 4\n"));
         assert!(text.contains("sftpgate_hook_deliveries_total 0\n"));
+        assert!(text.contains("sftpgate_expiry_looks_total 7\n"));
         assert!(text.contains("sftpgate_lease_losses_total 3\n"));
         assert!(text
             .contains("# TYPE sftpgate_connections_total counter\nsftpgate_connections_total 1\n"));

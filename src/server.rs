@@ -10,18 +10,22 @@ use std::time::Duration;
 use anyhow::Context;
 use rand::RngCore;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
 use crate::api::{PublishedHostKey, ServerInfo};
-use crate::config::{Config, StoreSpec};
+use crate::config::{Config, StorageSpec, StoreSpec};
 use crate::events::Events;
 use crate::gateway::Gateway;
 use crate::hook::{self, HookSettings};
 use crate::keys::{fingerprint, load_or_generate_host_keys};
 use crate::leases::{LeaseSettings, Leases};
+use crate::s3::{S3Options, S3};
 use crate::ssh::{PenaltyPolicy, ProxyPolicy, SourcePolicy, SshServer, SshSettings};
+use crate::storage::object::{Ctx, S3Dumps, PARTS_IN_FLIGHT, PARTS_PER_UPLOAD, READ_CHUNKS};
+use crate::storage::Dumps;
 use crate::store::postgres::{PgLeases, PgOutbox, PgStore};
 use crate::store::{
     private, FileOutbox, FileStore, HostKey, LeaseStore, MemoryLeases, Outbox, OutboxLimits, Store,
@@ -92,6 +96,51 @@ fn admin_token(path: &Path) -> anyhow::Result<String> {
     f.sync_all()?;
     tracing::info!(path = %path.display(), "generated a new admin token");
     Ok(token)
+}
+
+/// Aborts abandoned multipart uploads every `every`, until `shutdown`.
+async fn sweep_uploads(s3: Arc<S3Dumps>, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match s3.sweep().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(aborted = n, "abandoned multipart uploads aborted"),
+            Err(e) => tracing::warn!(error = %e, "cannot sweep abandoned multipart uploads"),
+        }
+    }
+}
+
+/// Where the dumps live, per `--storage`.
+fn open_dumps(cfg: &Config, store: Arc<dyn Store>) -> anyhow::Result<Dumps> {
+    let StorageSpec::S3(url) = &cfg.storage else {
+        return Ok(Dumps::Local);
+    };
+    let opts = S3Options {
+        endpoint: cfg.s3_endpoint.clone(),
+        region: cfg.s3_region.clone(),
+        // The usual AWS ways: environment, profile.
+        access: None,
+    };
+    let s3 = S3::from_url(url, &opts).with_context(|| format!("cannot use the storage {url}"))?;
+    let spool_root = cfg.data_dir.join("spool");
+    private::create_dir(&spool_root)
+        .with_context(|| format!("cannot create {}", spool_root.display()))?;
+    tracing::info!(storage = %url, part_size = cfg.s3_part_size, "dumps are kept on S3");
+    Ok(Dumps::S3(Arc::new(S3Dumps::new(Ctx {
+        s3,
+        store,
+        rt: tokio::runtime::Handle::current(),
+        spool_root,
+        part_size: cfg.s3_part_size,
+        parts_per_upload: PARTS_PER_UPLOAD,
+        send_permits: Arc::new(Semaphore::new(PARTS_IN_FLIGHT)),
+        read_chunks: Arc::new(Semaphore::new(READ_CHUNKS)),
+    }))))
 }
 
 /// Starts everything; returns once both listeners are bound.
@@ -245,10 +294,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             wait: cfg.lease_wait,
         },
     );
+    let dumps = open_dumps(&cfg, store.clone())?;
     let gateway = Gateway::new(
         store,
         delivery.as_ref().map(|(events, _)| events.clone()),
         leases,
+        dumps,
         cfg.max_upload_size,
         cfg.max_sessions_per_request,
     );
@@ -284,6 +335,13 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let ssh = SshServer::new(gateway.clone(), &settings);
     tracker.spawn(ssh.serve(ssh_listener, shutdown.clone(), tracker.clone()));
     tracker.spawn(gateway.clone().run_sweeper(shutdown.clone()));
+    if let Dumps::S3(s3) = gateway.dumps() {
+        tracker.spawn(sweep_uploads(
+            s3.clone(),
+            cfg.s3_sweep_every,
+            shutdown.clone(),
+        ));
+    }
     if let Some((events, settings)) = delivery {
         tracker.spawn(
             events

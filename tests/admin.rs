@@ -211,7 +211,8 @@ fn provisioning_views_and_the_original_with_ranges() {
     // Delete keeps the files unless purged.
     assert_eq!(g.api("DELETE", "/v1/requests/10534", None).0, 200);
     assert!(g.upload_path(10534).exists());
-    assert_eq!(g.api("GET", "/v1/requests/10534", None).0, 404);
+    let (code, v) = g.api("GET", "/v1/requests/10534", None);
+    assert_eq!((code, reason(&v)), (404, "REQUEST:NOT_FOUND"), "{v}");
     g.provision(10534, "openchs.70.cdump", &key);
     assert_eq!(
         g.api("DELETE", "/v1/requests/10534?purge=true", None).0,

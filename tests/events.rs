@@ -339,8 +339,10 @@ fn assert_in_order(delivered: &[Value], expected: &BTreeMap<u64, u64>, one_byte_
 
 /// A gateway POSTing to `rx`, with requests `ids` provisioned for one client key; its
 /// flags, for restarts.
-fn hooked(rx: &Receiver, ids: &[u64]) -> (Gateway, Vec<String>, ClientKey) {
-    let flags = hook_flags(&rx.url());
+/// A gateway with the hook flags and `extra` ones, and `ids` provisioned with one key.
+fn hooked(rx: &Receiver, ids: &[u64], extra: &[&str]) -> (Gateway, Vec<String>, ClientKey) {
+    let mut flags = hook_flags(&rx.url());
+    flags.extend(extra.iter().map(|s| s.to_string()));
     let g = Gateway::start_with(&strs(&flags));
     let key = ClientKey::new(g.dir.path(), "k");
     for &id in ids {
@@ -383,7 +385,7 @@ fn ten_thousand_events_survive_a_dead_receiver_and_restarts() {
     const DOWN: Duration = Duration::from_secs(60);
     let mut rx = Receiver::start("refuse", 0.0);
     let ids: Vec<u64> = (1..=10).collect();
-    let (mut g, flags, key) = hooked(&rx, &ids);
+    let (mut g, flags, key) = hooked(&rx, &ids, &[]);
     let down_since = Instant::now();
 
     let t = closes(&g, &key, &ids, 400, true);
@@ -437,7 +439,7 @@ fn ten_thousand_events_survive_a_dead_receiver_and_restarts() {
 fn a_hook_that_never_answers_loses_none_of_1100_closes() {
     let mut rx = Receiver::start("hang", 0.0);
     let ids: Vec<u64> = (101..=111).collect();
-    let (g, _, key) = hooked(&rx, &ids);
+    let (g, _, key) = hooked(&rx, &ids, &[]);
     let t = closes(&g, &key, &ids, 100, false);
     eprintln!("1,100 closes from 11 sessions in {t:.2} s against a hook that never answers");
     assert_eq!(g.metric("outbox_events"), 1_100);
@@ -591,10 +593,7 @@ print(json.dumps({"closed": closed, "refused": refused, "size": sftp.stat("db.du
 #[test]
 fn a_full_outbox_fails_the_close_and_drops_nothing() {
     let mut rx = Receiver::start("503", 0.0);
-    let (mut g, mut flags, key) = hooked(&rx, &[1]);
-    flags.extend(["--outbox-max-events".to_string(), "5".to_string()]);
-    g.stop("TERM");
-    g.launch(&strs(&flags));
+    let (g, _, key) = hooked(&rx, &[1], &["--outbox-max-events", "5"]);
     let run = |g: &Gateway| -> Value {
         let out = run_python(
             UNTIL_REFUSED,

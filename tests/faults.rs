@@ -46,9 +46,7 @@ fn gateway_killed_mid_upload_loses_no_acknowledged_byte() {
 
 #[test]
 fn size_limit_gives_a_clear_error_and_put_a_finishes_later() {
-    let mut g = Gateway::start();
-    g.stop("TERM");
-    g.launch(&["--max-upload-size", "3000000"]);
+    let mut g = Gateway::start_with(&["--max-upload-size", "3000000"]);
     let work = g.dir.path().to_path_buf();
     let key = ClientKey::new(&work, "k");
     g.provision(4, "db.dump", &key);
@@ -79,21 +77,27 @@ fn size_limit_gives_a_clear_error_and_put_a_finishes_later() {
     assert_eq!(sha256(&g.upload_path(4)), sha256(&src));
 }
 
-/// A real ENOSPC: the data directory on a small tmpfs. Needs root (mount); skipped with a
-/// note where mounting is not allowed.
+/// A real ENOSPC: the data directory on a small tmpfs, mounted before the gateway starts.
+/// Needs root (mount); where mounting is not allowed it fails in CI and is skipped
+/// elsewhere.
 #[test]
 fn full_disk_gives_a_clear_error_and_put_a_finishes_after_space_is_freed() {
-    let mut g = Gateway::start();
-    g.stop("TERM");
+    let mut g = Gateway::unstarted("127.0.0.1");
     let mnt = g.data();
     std::fs::create_dir_all(&mnt).unwrap();
     let mounted = Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
         .arg(&mnt)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        .output();
+    if !mounted.as_ref().is_ok_and(|o| o.status.success()) {
+        let why = match &mounted {
+            Ok(o) => text(&o.stderr).trim().to_string(),
+            Err(e) => e.to_string(),
+        };
+        missing_capability(&format!(
+            "cannot mount a tmpfs on the data directory ({why}): run the tests as root \
+             (mount needs CAP_SYS_ADMIN; in a container, --cap-add SYS_ADMIN)"
+        ));
         return;
     }
     struct Unmount(std::path::PathBuf);

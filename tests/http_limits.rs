@@ -11,15 +11,12 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn short_timeouts() -> Gateway {
-    let mut g = Gateway::start();
-    g.stop("TERM");
-    g.launch(&[
+    Gateway::start_with(&[
         "--http-header-timeout-secs",
         "2",
         "--http-body-timeout-secs",
         "2",
-    ]);
-    g
+    ])
 }
 
 fn healthz_works(g: &Gateway) {
@@ -137,9 +134,7 @@ fn a_trickling_body_is_not_cut_off() {
 
 #[test]
 fn connections_past_the_cap_are_refused() {
-    let mut g = Gateway::start();
-    g.stop("TERM");
-    g.launch(&["--http-max-connections", "3"]);
+    let g = Gateway::start_with(&["--http-max-connections", "3"]);
     let held: Vec<TcpStream> = (0..3)
         .map(|_| TcpStream::connect(&g.admin).unwrap())
         .collect();

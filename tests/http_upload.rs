@@ -296,7 +296,8 @@ fn refusals_change_nothing() {
     // address, and the right key is refused too for a while.
     provision_key(&g, 30, "db.dump", "secret-30");
     for _ in 0..5 {
-        assert_eq!(post(&g, "request=30&key=nope", &other, &[]).0, 403);
+        let (code, v) = post(&g, "request=30&key=nope", &other, &[]);
+        assert_eq!(outcome(code, &v), "403 KEY:INVALID", "{v}");
     }
     let (code, v) = post(&g, "request=30&key=secret-30", &other, &[]);
     assert_eq!(outcome(code, &v), "429 KEY:THROTTLED", "{v}");

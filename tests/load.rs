@@ -138,9 +138,7 @@ os.kill(os.getpid(), signal.SIGSTOP)
 
 #[test]
 fn a_client_that_stops_reading_blocks_nothing_and_is_cut_off() {
-    let mut g = Gateway::start();
-    g.stop("TERM");
-    g.launch(&["--idle-timeout-secs", "3"]);
+    let mut g = Gateway::start_with(&["--idle-timeout-secs", "3"]);
     let work = g.dir.path().to_path_buf();
     let key = ClientKey::new(&work, "slow");
     g.provision(8, "db.dump", &key);

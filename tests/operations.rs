@@ -18,9 +18,7 @@ fn get(url: &str) -> (String, String) {
 
 #[test]
 fn metrics_health_and_json_logs() {
-    let mut g = Gateway::start();
-    g.stop("TERM");
-    g.launch(&["--log-format", "json"]);
+    let g = Gateway::start_with(&["--log-format", "json"]);
     let work = g.dir.path().to_path_buf();
     let key = ClientKey::new(&work, "m");
     g.provision(1, "db.dump", &key);

@@ -57,9 +57,7 @@ fn set_expiry(g: &Gateway, id: u64, t: &str) {
 
 #[test]
 fn the_operators_expiry_is_a_ceiling_for_the_customer() {
-    let mut g = Gateway::start();
-    g.stop("TERM");
-    g.launch(&["--access-ttl", "1h"]);
+    let g = Gateway::start_with(&["--access-ttl", "1h"]);
     let work = g.dir.path();
     let key = ClientKey::new(work, "c");
     let keys = keys_file(&g, &key);

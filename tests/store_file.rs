@@ -12,4 +12,14 @@ async fn fresh_file() -> (FileStore, tempfile::TempDir) {
     (FileStore::open(dir.path()).expect("open"), dir)
 }
 
-store_contract!(contract, fresh = fresh_file, decision = Decision);
+/// The store a restarted node opens on the same data directory.
+async fn reopen_file(dir: &tempfile::TempDir) -> FileStore {
+    FileStore::open(dir.path()).expect("reopen")
+}
+
+store_contract!(
+    contract,
+    fresh = fresh_file,
+    reopen = reopen_file,
+    decision = Decision
+);

@@ -26,7 +26,19 @@ async fn fresh_pg() -> (PgStore, (TestDb, tempfile::TempDir)) {
     (store, (db, dir))
 }
 
-store_contract!(contract, fresh = fresh_pg, decision = Decision);
+/// Another node (a restarted one) on the same database and data directory.
+async fn reopen_pg(guard: &(TestDb, tempfile::TempDir)) -> PgStore {
+    PgStore::connect(&guard.0.url, guard.1.path())
+        .await
+        .unwrap_or_else(|e| panic!("reconnect: {e}"))
+}
+
+store_contract!(
+    contract,
+    fresh = fresh_pg,
+    reopen = reopen_pg,
+    decision = Decision
+);
 
 async fn put(store: &PgStore, r: Record) {
     let id = r.id;
@@ -34,6 +46,25 @@ async fn put(store: &PgStore, r: Record) {
         .update(id, move |_| Decision::Put(r))
         .await
         .unwrap_or_else(|e| panic!("put {id}: {e}"));
+}
+
+/// What `sql` (a `SELECT count(*)`) counts.
+async fn count(store: &PgStore, sql: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sql)
+        .fetch_one(store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// The rows `sql` reads.
+async fn rows<T>(store: &PgStore, sql: &str) -> Vec<T>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    sqlx::query_as(sql)
+        .fetch_all(store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 /// The next change of the feed, within 10 s.
@@ -150,12 +181,11 @@ async fn records_live_in_tables() {
     // Microseconds are what PostgreSQL keeps; the store reports that too.
     let micros = |t: OffsetDateTime| t.unix_timestamp_nanos() / 1000;
     assert_eq!(row.3.map(micros), r.expires_at.map(micros));
-    let lines: Vec<(i32, String)> = sqlx::query_as(
+    let lines: Vec<(i32, String)> = rows(
+        &store,
         "SELECT position, line FROM record_keys WHERE record_id = 10534 ORDER BY position",
     )
-    .fetch_all(store.pool())
-    .await
-    .expect("key rows");
+    .await;
     assert_eq!(
         lines,
         [
@@ -168,22 +198,13 @@ async fn records_live_in_tables() {
     let mut replaced = r.clone();
     replaced.ssh_keys = "ssh-ed25519 AAAA four".into();
     put(&store, replaced).await;
-    let count = |sql: &'static str| {
-        let pool = store.pool().clone();
-        async move {
-            sqlx::query_scalar::<_, i64>(sql)
-                .fetch_one(&pool)
-                .await
-                .expect("count")
-        }
-    };
-    assert_eq!(count("SELECT count(*) FROM record_keys").await, 1);
+    assert_eq!(count(&store, "SELECT count(*) FROM record_keys").await, 1);
     store
         .update(10534, |_| Decision::Delete { purge: false })
         .await
         .expect("delete");
-    assert_eq!(count("SELECT count(*) FROM record_keys").await, 0);
-    assert_eq!(count("SELECT count(*) FROM records").await, 0);
+    assert_eq!(count(&store, "SELECT count(*) FROM record_keys").await, 0);
+    assert_eq!(count(&store, "SELECT count(*) FROM records").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,4 +331,133 @@ async fn nodes_exchange_their_live_sessions() {
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0].requests, [mine(7, 1)]);
     assert!(a.health().await.is_ok());
+}
+
+/// Two nodes recording the same part of one upload at once, round after round: the
+/// database lets exactly one of them in each time, and the parts stay contiguous.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_racing_for_a_part_one_wins() {
+    use sftpgate::store::{MultipartStore, Object, Part};
+    let (a, (db, dir)) = fresh_pg().await;
+    let b = PgStore::connect(&db.url, dir.path()).await.expect("node b");
+    put(&a, record(21)).await;
+    a.begin_multipart(21, Object::Upload, "k", "u")
+        .await
+        .expect("begin");
+    let (a, b) = (std::sync::Arc::new(a), std::sync::Arc::new(b));
+    for n in 1..=20u32 {
+        // Each node's part has its own ETag, so the winner shows in what is recorded.
+        let race = |node: std::sync::Arc<PgStore>, etag: &'static str| {
+            tokio::spawn(async move {
+                let part = Part {
+                    number: n,
+                    etag: format!("\"{etag}-{n}\""),
+                    size: 16 << 20,
+                };
+                node.add_part(21, Object::Upload, "u", &part)
+                    .await
+                    .expect("add")
+            })
+        };
+        let (ta, tb) = (race(a.clone(), "a"), race(b.clone(), "b"));
+        let (won_a, won_b) = (ta.await.expect("a"), tb.await.expect("b"));
+        assert!(won_a ^ won_b, "part {n}: a {won_a}, b {won_b}");
+        let recorded = b
+            .multipart(21, Object::Upload)
+            .await
+            .expect("read")
+            .expect("current");
+        let winner = if won_a { "a" } else { "b" };
+        assert_eq!(recorded.parts.len(), n as usize);
+        assert_eq!(
+            recorded.parts[n as usize - 1].etag,
+            format!("\"{winner}-{n}\"")
+        );
+    }
+    let count: i32 = sqlx::query_scalar(
+        "SELECT parts FROM multipart_uploads WHERE request_id = 21 AND object = 'upload'",
+    )
+    .fetch_one(a.pool())
+    .await
+    .expect("count");
+    assert_eq!(count, 20);
+}
+
+/// The rows an operator sees: one upload row per request and object with its part count,
+/// one row per part; a replaced upload's parts go with it, and a delete of the request
+/// leaves no row in either table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multipart_uploads_live_in_tables() {
+    use sftpgate::store::{MultipartStore, Object, Part};
+    let (store, _guard) = fresh_pg().await;
+    put(&store, record(30)).await;
+    let part = |number| Part {
+        number,
+        etag: format!("\"e{number}\""),
+        size: 100 + u64::from(number),
+    };
+    store
+        .begin_multipart(30, Object::Upload, "pfx/30/upload", "first")
+        .await
+        .expect("begin");
+    for n in 1..=2 {
+        assert!(store
+            .add_part(30, Object::Upload, "first", &part(n))
+            .await
+            .expect("add"));
+    }
+    let uploads: Vec<(String, String, String, i32)> = rows(
+        &store,
+        "SELECT object, upload_id, key, parts FROM multipart_uploads WHERE request_id = 30",
+    )
+    .await;
+    assert_eq!(
+        uploads,
+        [(
+            "upload".to_string(),
+            "first".to_string(),
+            "pfx/30/upload".to_string(),
+            2
+        )]
+    );
+    let parts: Vec<(String, i32, String, i64)> = rows(
+        &store,
+        "SELECT upload_id, number, etag, size FROM multipart_parts ORDER BY number",
+    )
+    .await;
+    assert_eq!(
+        parts,
+        [
+            ("first".to_string(), 1, "\"e1\"".to_string(), 101),
+            ("first".to_string(), 2, "\"e2\"".to_string(), 102)
+        ]
+    );
+    store
+        .begin_multipart(30, Object::Upload, "pfx/30/upload", "second")
+        .await
+        .expect("replace");
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM multipart_parts").await,
+        0
+    );
+    assert!(store
+        .add_part(30, Object::Upload, "second", &part(1))
+        .await
+        .expect("add"));
+    store
+        .begin_multipart(30, Object::Upgraded, "pfx/30/upgraded", "third")
+        .await
+        .expect("begin");
+    store
+        .update(30, |_| Decision::Delete { purge: true })
+        .await
+        .expect("purge");
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM multipart_uploads").await,
+        0
+    );
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM multipart_parts").await,
+        0
+    );
 }

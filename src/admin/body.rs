@@ -14,6 +14,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::ApiError;
 use crate::api::Reason;
+use crate::storage::object::ObjectWriter;
 
 /// Why a body was not written to its end.
 #[derive(Debug)]
@@ -48,6 +49,38 @@ pub enum Admit {
     Nothing(Stop),
 }
 
+/// Where a body is written, a chunk at a time.
+pub trait Sink: Send {
+    fn put(&mut self, chunk: Bytes) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+impl Sink for tokio::fs::File {
+    async fn put(&mut self, chunk: Bytes) -> std::io::Result<()> {
+        self.write_all(&chunk).await
+    }
+}
+
+/// An object on S3-compatible storage being written: each chunk goes to its spool on a
+/// blocking thread (a full part is then sent in the background).
+pub struct ObjectSink(pub Option<ObjectWriter>);
+
+impl Sink for ObjectSink {
+    async fn put(&mut self, data: Bytes) -> std::io::Result<()> {
+        let writer = self
+            .0
+            .take()
+            .ok_or_else(|| std::io::Error::other("the object's writer failed earlier"))?;
+        let (writer, result) = tokio::task::spawn_blocking(move || {
+            let r = writer.write(data);
+            (writer, r)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        self.0 = Some(writer);
+        result
+    }
+}
+
 /// Writes the body `stream` to `file` at its position. Before each chunk, `admit(bytes
 /// written so far, chunk length)` says how much of it to write; `written(n)` is told of
 /// each write that went through; once `until` is ready, nothing more is read (also while
@@ -55,7 +88,7 @@ pub enum Admit {
 /// did.
 pub async fn write_body(
     stream: &mut BodyDataStream,
-    file: &mut tokio::fs::File,
+    file: &mut impl Sink,
     mut admit: impl FnMut(u64, usize) -> Admit,
     mut written: impl FnMut(usize),
     until: impl Future<Output = Stop>,
@@ -78,7 +111,7 @@ pub async fn write_body(
             Admit::Part(n, stop) => (n.min(chunk.len()), Some(stop)),
             Admit::Nothing(stop) => return (total, Err(stop)),
         };
-        if let Err(e) = file.write_all(&chunk[..take]).await {
+        if let Err(e) = file.put(chunk.slice(..take)).await {
             return (total, Err(Stop::Io(e)));
         }
         total += take as u64;

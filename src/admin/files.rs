@@ -12,11 +12,14 @@ use axum::Json;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
-use super::body::{write_body, Admit, Stop};
+use super::body::{write_body, Admit, ObjectSink, Stop};
 use super::requests::existing;
 use super::view::view;
 use super::{parse_id, AdminState, ApiError, ApiResult};
 use crate::api::{Dump, Failure, OneRequest, Reason, Refusal, RequestIdPath};
+use crate::storage::object::S3Dumps;
+use crate::storage::Dumps;
+use crate::store::multipart::Object;
 use crate::store::{private, sync_dir_io};
 
 #[utoipa::path(
@@ -41,6 +44,14 @@ pub async fn put_upgraded(
 ) -> ApiResult<Json<OneRequest>> {
     let id = parse_id(&raw)?;
     let record = existing(&state, id).await?;
+    if let Dumps::S3(s3) = state.gateway.dumps() {
+        let total = put_object(s3, id, body).await?;
+        tracing::info!(target: "audit", event = "upgraded-stored", request = id, bytes = total, "upgraded file stored");
+        return Ok(Json(OneRequest {
+            failures: Vec::new(),
+            request: view(&state, &record).await,
+        }));
+    }
     let path = state.gateway.upgraded_path(id);
     let dir = path
         .parent()
@@ -73,8 +84,38 @@ pub async fn put_upgraded(
     tracing::info!(target: "audit", event = "upgraded-stored", request = id, bytes = total, "upgraded file stored");
     Ok(Json(OneRequest {
         failures: Vec::new(),
-        request: view(&state, &record),
+        request: view(&state, &record).await,
     }))
+}
+
+/// Streams `body` into a new multipart upload of the upgraded object, completed (so
+/// replacing the old object whole) only once the body ended well.
+async fn put_object(s3: &Arc<S3Dumps>, id: u64, body: Body) -> ApiResult<u64> {
+    let (s3, open) = (s3.clone(), s3.clone());
+    let writer = tokio::task::spawn_blocking(move || open.writer(id, Object::Upgraded, true))
+        .await
+        .map_err(ApiError::storage)?
+        .map_err(ApiError::storage)?;
+    let mut sink = ObjectSink(Some(writer));
+    let mut stream = body.into_data_stream();
+    let forever = std::future::pending();
+    let (total, streamed) =
+        write_body(&mut stream, &mut sink, |_, _| Admit::All, |_| {}, forever).await;
+    let Some(writer) = sink.0.take() else {
+        return Err(ApiError::storage("the upload's writer is gone"));
+    };
+    drop(s3);
+    let done = tokio::task::spawn_blocking(move || match streamed {
+        Ok(()) => writer.finish().map_err(Stop::Io),
+        Err(stop) => {
+            writer.abandon();
+            Err(stop)
+        }
+    });
+    done.await
+        .map_err(ApiError::storage)?
+        .map_err(Stop::into_api)?;
+    Ok(total)
 }
 
 /// A single byte range `start..=end` resolved against a file of `len` bytes, from a
@@ -136,18 +177,27 @@ pub async fn get_original(
 ) -> ApiResult<Response> {
     let id = parse_id(&raw)?;
     existing(&state, id).await?;
-    let path = state.gateway.upload_path(id);
-    let mut file = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                Failure::new(Reason::OriginalMissing, "nothing was uploaded yet"),
-            ))
-        }
-        Err(e) => return Err(ApiError::storage(e)),
+    let missing = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            Failure::new(Reason::OriginalMissing, "nothing was uploaded yet"),
+        )
     };
-    let len = file.metadata().await.map_err(ApiError::storage)?.len();
+    // On object storage, the object as the last completed upload left it.
+    let (file, len) = match state.gateway.dumps() {
+        Dumps::S3(s3) => {
+            let size = s3.object_size(id, Object::Upload).await;
+            (None, size.map_err(ApiError::storage)?.ok_or_else(missing)?)
+        }
+        Dumps::Local => match tokio::fs::File::open(state.gateway.upload_path(id)).await {
+            Ok(f) => {
+                let len = f.metadata().await.map_err(ApiError::storage)?.len();
+                (Some(f), len)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
+            Err(e) => return Err(ApiError::storage(e)),
+        },
+    };
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let (status, start, count, content_range) = match range {
         None => (StatusCode::OK, 0, len, None),
@@ -174,10 +224,21 @@ pub async fn get_original(
             }
         },
     };
-    file.seek(SeekFrom::Start(start))
-        .await
-        .map_err(ApiError::storage)?;
-    let body = Body::from_stream(ReaderStream::with_capacity(file.take(count), 256 * 1024));
+    let body = match (file, state.gateway.dumps()) {
+        (Some(mut file), _) => {
+            file.seek(SeekFrom::Start(start))
+                .await
+                .map_err(ApiError::storage)?;
+            Body::from_stream(ReaderStream::with_capacity(file.take(count), 256 * 1024))
+        }
+        (None, Dumps::S3(s3)) if count > 0 => {
+            let stream = s3
+                .stream(id, Object::Upload, Some(start..start + count))
+                .await;
+            Body::from_stream(stream.map_err(ApiError::storage)?)
+        }
+        (None, _) => Body::empty(),
+    };
     let mut resp = Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/octet-stream")

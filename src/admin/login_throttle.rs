@@ -1,66 +1,47 @@
-//! Failed status page logins, counted per source address: after `MAX_FAILURES` in a
-//! `WINDOW`, that address is refused (even with the right token) until the window ends, so
-//! the admin token cannot be guessed at line rate. At most `MAX_SOURCES` addresses are
-//! tracked; when full, expired windows go first, then the oldest. (A sibling of the
-//! `request_sftp_access` throttle in access.rs, kept apart for now: they could share one
-//! bounded per-source counter.)
+//! Failed status page logins, counted per source address: after `MAX_FAILURES` within
+//! `WINDOW` of the first, that address is refused (even with the right token) for `BLOCK`,
+//! so the admin token cannot be guessed at line rate. At most `MAX_SOURCES` addresses are
+//! tracked, the oldest forgotten first. The counting is the shared
+//! [`FailureCounter`](crate::limits::FailureCounter) of the SSH penalties and the key
+//! throttle; this file holds the page's numbers. Addresses are counted as they are (not
+//! cut to their /64 like the key throttle's sources), as they always were here.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::limits::{FailureCounter, FailurePolicy};
 
 pub const MAX_FAILURES: u32 = 5;
 pub const WINDOW: Duration = Duration::from_secs(60);
+/// As long as the window: a source that fails five times at once waits out the minute.
+pub const BLOCK: Duration = WINDOW;
 pub const MAX_SOURCES: usize = 4096;
 
-struct Window {
-    start: Instant,
-    failures: u32,
+pub struct LoginThrottle(FailureCounter<IpAddr>);
+
+impl Default for LoginThrottle {
+    fn default() -> LoginThrottle {
+        LoginThrottle(FailureCounter::new(FailurePolicy {
+            max_failures: MAX_FAILURES,
+            window: WINDOW,
+            block: BLOCK,
+            capacity: MAX_SOURCES,
+        }))
+    }
 }
 
-#[derive(Default)]
-pub struct LoginThrottle(Mutex<HashMap<IpAddr, Window>>);
-
 impl LoginThrottle {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Window>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// `Some(wait)` if `ip` is refused for now.
     pub fn blocked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
-        let map = self.map();
-        let w = map.get(&ip)?;
-        let ends = w.start + WINDOW;
-        (w.failures >= MAX_FAILURES && ends > now).then(|| ends - now)
+        self.0.blocked_for(&ip, now)
     }
 
     pub fn failed(&self, ip: IpAddr, now: Instant) {
-        let mut map = self.map();
-        if !map.contains_key(&ip) && map.len() >= MAX_SOURCES {
-            map.retain(|_, w| w.start + WINDOW > now);
-            if map.len() >= MAX_SOURCES {
-                let oldest = map.iter().min_by_key(|(_, w)| w.start).map(|(ip, _)| *ip);
-                if let Some(oldest) = oldest {
-                    map.remove(&oldest);
-                }
-            }
-        }
-        let w = map.entry(ip).or_insert(Window {
-            start: now,
-            failures: 0,
-        });
-        if w.start + WINDOW <= now {
-            *w = Window {
-                start: now,
-                failures: 0,
-            };
-        }
-        w.failures += 1;
+        self.0.failed_at(ip, now);
     }
 
     pub fn succeeded(&self, ip: IpAddr) {
-        self.map().remove(&ip);
+        self.0.clear(&ip);
     }
 }
 
@@ -90,6 +71,12 @@ mod tests {
             None,
             "a new window starts at one"
         );
+        t.failed(a, t0 + WINDOW);
+        t.succeeded(a);
+        for _ in 0..MAX_FAILURES - 1 {
+            t.failed(a, t0 + WINDOW);
+        }
+        assert_eq!(t.blocked(a, t0 + WINDOW), None, "a login clears the count");
     }
 
     #[test]
@@ -106,7 +93,7 @@ mod tests {
                 t0 + Duration::from_millis(1),
             );
         }
-        assert_eq!(t.map().len(), MAX_SOURCES);
+        assert_eq!(t.0.tracked(), MAX_SOURCES);
         assert_eq!(t.blocked(first, t0), None, "the oldest was evicted");
     }
 }

@@ -3,6 +3,13 @@
 //! see session.rs); failed logins are throttled per source (login_throttle.rs). Every page
 //! response forbids framing and everything but its own inline style. The page refreshes
 //! itself every few seconds to show uploads in progress.
+//!
+//! The HTML is written with maud: its `html!` macro escapes every value put into the page
+//! (file names, client addresses, messages), so there is no escaping to forget. maud over
+//! askama because the page is three small fragments best read next to the code that fills
+//! them: maud checks the markup at compile time in this file, with no template directory
+//! and no template language beside Rust. Cookies are read and written with the `cookie`
+//! crate (through axum-extra), not split by hand.
 
 use crate::ratelog::Verdict;
 use std::collections::HashMap;
@@ -15,6 +22,8 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::{Extension, Form};
+use axum_extra::extract::cookie::{Cookie, SameSite};
+use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use time::format_description::well_known::Rfc3339;
@@ -49,33 +58,37 @@ pub async fn security_headers(mut resp: Response) -> Response {
 #[derive(Default)]
 pub struct Samples(Mutex<HashMap<u64, (u64, Instant)>>);
 
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// The session ids the request's cookies carry.
-fn cookies(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+/// The session ids the request's cookies carry: every `sftpgate_session` of every Cookie
+/// header (a browser can send two, from two paths; any live one logs in). Not axum-extra's
+/// `CookieJar`, which keeps one cookie per name.
+fn cookies(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .flat_map(Cookie::split_parse)
+        .filter_map(|c| c.ok())
+        .filter(|c| c.name() == COOKIE)
+        .map(|c| c.value().to_string())
+}
+
+/// The session cookie's `Set-Cookie` value: `id` for `max_age`, or its removal (an empty
+/// value and a max-age of zero).
+fn session_cookie(state: &AdminState, id: String, max_age: std::time::Duration) -> String {
+    let max_age = time::Duration::try_from(max_age).unwrap_or(time::Duration::MAX);
+    let mut c = Cookie::build((COOKIE, id))
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .path("/")
+        .max_age(max_age);
+    if state.page_https {
+        c = c.secure(true);
+    }
+    c.build().to_string()
 }
 
 fn logged_in(state: &AdminState, headers: &HeaderMap) -> bool {
-    cookies(headers).any(|id| state.sessions.valid(id))
+    cookies(headers).any(|id| state.sessions.valid(&id))
 }
 
 const STYLE: &str =
@@ -83,16 +96,46 @@ const STYLE: &str =
 td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}th{background:#eee}\
 .writing{color:#06c;font-weight:bold}.err{color:#b00}";
 
+/// The page's frame: its head (title, inline style, and a refresh when `refresh`) around
+/// `body`.
+fn page(refresh: bool, body: Markup) -> Html<String> {
+    Html(
+        html! {
+            (DOCTYPE)
+            html {
+                head {
+                    meta charset="utf-8";
+                    @if refresh {
+                        meta http-equiv="refresh" content="3";
+                    }
+                    title { "sftpgate" }
+                    // A constant of this file, no input in it.
+                    style { (PreEscaped(STYLE)) }
+                }
+                body {
+                    h1 { "sftpgate" }
+                    (body)
+                }
+            }
+        }
+        .into_string(),
+    )
+}
+
 fn login_form(error: Option<&str>) -> Html<String> {
-    let error = error
-        .map(|e| format!("<p class=\"err\">{}</p>", escape(e)))
-        .unwrap_or_default();
-    Html(format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>sftpgate</title><style>{STYLE}</style></head><body>\
-         <h1>sftpgate</h1>{error}<form method=\"post\" action=\"/login\">\
-         <label>Admin token <input type=\"password\" name=\"token\" id=\"token\" autofocus></label> \
-         <button type=\"submit\" id=\"login\">Log in</button></form></body></html>"
-    ))
+    page(
+        false,
+        html! {
+            @if let Some(e) = error {
+                p class="err" { (e) }
+            }
+            form method="post" action="/login" {
+                label { "Admin token " input type="password" name="token" id="token" autofocus; }
+                " "
+                button type="submit" id="login" { "Log in" }
+            }
+        },
+    )
 }
 
 fn mib(bytes: u64) -> String {
@@ -120,7 +163,6 @@ pub async fn index(
     }
     let g = &state.gateway;
     let now = OffsetDateTime::now_utc();
-    let mut rows = String::new();
     let after = at.ok().and_then(|Query(a)| a.after).unwrap_or(0);
     let query = PageQuery {
         after,
@@ -132,39 +174,46 @@ pub async fn index(
         Ok(page) => page,
         Err(e) => return ApiError::storage(e).into_response(),
     };
-    for r in &records {
-        rows.push_str(&row(&state, r, now));
-    }
-    if records.is_empty() {
-        rows.push_str("<tr><td colspan=\"7\">no requests</td></tr>");
-    }
     let shown = match (records.first(), records.last()) {
         (Some(a), Some(b)) => format!("Requests {} to {} (by id)", a.id, b.id),
         _ => "Requests: none".into(),
     };
-    let mut links = String::new();
-    if after > 0 {
-        links.push_str("<a href=\"/\" id=\"first\">first page</a> ");
-    }
-    if let Some(next) = next {
-        links.push_str(&format!(
-            "<a href=\"/?after={next}\" id=\"next\">next page</a>"
-        ));
-    }
-    Html(format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"3\">\
-         <title>sftpgate</title><style>{STYLE}</style></head><body><h1>sftpgate</h1>\
-         <p>{shown}. Live sessions on this node: {}. Updated {}.</p>\
-         <table id=\"requests\"><tr><th>Request</th><th>File</th><th>State</th><th>Uploaded</th>\
-         <th>Transfer now</th><th>Clients</th><th>Access expires</th></tr>{rows}</table><p>{links}</p>\
-         <form method=\"post\" action=\"/logout\"><button type=\"submit\">Log out</button></form></body></html>",
-        g.metrics.sessions_current.load(Ordering::Relaxed),
-        now.format(&Rfc3339).unwrap_or_default(),
-    ))
+    let sessions = g.metrics.sessions_current.load(Ordering::Relaxed);
+    let updated = now.format(&Rfc3339).unwrap_or_default();
+    page(
+        true,
+        html! {
+            p { (shown) ". Live sessions on this node: " (sessions) ". Updated " (updated) "." }
+            table id="requests" {
+                tr {
+                    th { "Request" } th { "File" } th { "State" } th { "Uploaded" }
+                    th { "Transfer now" } th { "Clients" } th { "Access expires" }
+                }
+                @for r in &records {
+                    (row(&state, r, now))
+                }
+                @if records.is_empty() {
+                    tr { td colspan="7" { "no requests" } }
+                }
+            }
+            p {
+                @if after > 0 {
+                    a href="/" id="first" { "first page" }
+                    " "
+                }
+                @if let Some(next) = next {
+                    a href={ "/?after=" (next) } id="next" { "next page" }
+                }
+            }
+            form method="post" action="/logout" {
+                button type="submit" { "Log out" }
+            }
+        },
+    )
     .into_response()
 }
 
-fn row(state: &AdminState, r: &Record, now: OffsetDateTime) -> String {
+fn row(state: &AdminState, r: &Record, now: OffsetDateTime) -> Markup {
     let g = &state.gateway;
     let size = std::fs::metadata(g.upload_path(r.id))
         .map(|m| m.len())
@@ -184,12 +233,9 @@ fn row(state: &AdminState, r: &Record, now: OffsetDateTime) -> String {
             }
             _ => String::new(),
         };
-        format!(
-            "<span class=\"writing\">uploading: {} received{rate}</span>",
-            mib(written)
-        )
+        Some(format!("uploading: {} received{rate}", mib(written)))
     } else {
-        "-".into()
+        None
     };
     let peers: Vec<String> = g.peers_of(r.id).iter().map(|p| p.to_string()).collect();
     let expires = match r.expires_at {
@@ -197,15 +243,22 @@ fn row(state: &AdminState, r: &Record, now: OffsetDateTime) -> String {
         Some(t) => t.format(&Rfc3339).unwrap_or_default(),
         None => "-".into(),
     };
-    format!(
-        "<tr id=\"request-{id}\"><td>{id}</td><td>{file}</td><td>{state}</td><td>{size}</td><td>{live}</td><td>{peers}</td><td>{expires}</td></tr>",
-        id = r.id,
-        file = escape(&r.filename),
-        state = r.state.as_str(),
-        size = mib(size),
-        peers = escape(&peers.join(", ")),
-        expires = escape(&expires),
-    )
+    html! {
+        tr id={ "request-" (r.id) } {
+            td { (r.id) }
+            td { (r.filename) }
+            td { (r.state.as_str()) }
+            td { (mib(size)) }
+            td {
+                @match live {
+                    Some(live) => span class="writing" { (live) },
+                    None => "-",
+                }
+            }
+            td { (peers.join(", ")) }
+            td { (expires) }
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -264,12 +317,7 @@ pub async fn login(
     }
     state.logins.succeeded(ip);
     tracing::info!(target: "audit", event = "page-login", peer = %ip);
-    let secure = if state.page_https { "; Secure" } else { "" };
-    let cookie = format!(
-        "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}",
-        state.sessions.create(),
-        state.sessions.ttl().as_secs(),
-    );
+    let cookie = session_cookie(&state, state.sessions.create(), state.sessions.ttl());
     (
         StatusCode::SEE_OTHER,
         [
@@ -283,10 +331,9 @@ pub async fn login(
 /// Revokes the session server-side (a copy of the cookie stops working too) and clears it.
 pub async fn logout(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
     for id in cookies(&headers) {
-        state.sessions.revoke(id);
+        state.sessions.revoke(&id);
     }
-    let secure = if state.page_https { "; Secure" } else { "" };
-    let cookie = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{secure}");
+    let cookie = session_cookie(&state, String::new(), std::time::Duration::ZERO);
     (
         StatusCode::SEE_OTHER,
         [
@@ -299,13 +346,16 @@ pub async fn logout(State(state): State<Arc<AdminState>>, headers: HeaderMap) ->
 
 #[cfg(test)]
 mod tests {
-    use super::escape;
+    use super::{login_form, Html};
 
     #[test]
-    fn escapes_markup() {
-        assert_eq!(
-            escape("<b>\"x\"&'y'</b>"),
-            "&lt;b&gt;&quot;x&quot;&amp;&#39;y&#39;&lt;/b&gt;"
+    fn values_are_escaped_by_construction() {
+        let Html(page) = login_form(Some("<b>\"x\"&'y'</b>"));
+        // Attributes are always double-quoted, so `'` needs no escape.
+        assert!(
+            page.contains("<p class=\"err\">&lt;b&gt;&quot;x&quot;&amp;'y'&lt;/b&gt;</p>"),
+            "{page}"
         );
+        assert!(!page.contains("<b>"), "{page}");
     }
 }

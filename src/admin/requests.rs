@@ -8,6 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
+use futures::StreamExt;
 use time::OffsetDateTime;
 
 use super::list_query::parse_list_query;
@@ -19,12 +20,22 @@ use crate::api::{
     RequestIdPath, RequestList, StateChange,
 };
 use crate::gateway::Gateway;
+use crate::store::multipart::Object;
 use crate::store::{Decision, Record, State as ReqState, Updated};
 
-fn ok_one(state: &AdminState, r: &Record) -> Json<OneRequest> {
+/// Views of a page built at once: on object storage each costs two HEADs.
+const VIEWS_AT_ONCE: usize = 32;
+
+/// Whether request `id`'s upgraded dump is there (what `done` needs).
+async fn has_upgraded(state: &AdminState, id: u64) -> ApiResult<bool> {
+    let size = state.gateway.dump_size(id, Object::Upgraded).await;
+    Ok(size.map_err(ApiError::storage)?.is_some())
+}
+
+async fn ok_one(state: &AdminState, r: &Record) -> Json<OneRequest> {
     Json(OneRequest {
         failures: Vec::new(),
-        request: view(state, r),
+        request: view(state, r).await,
     })
 }
 
@@ -54,7 +65,14 @@ pub async fn list(
         .map_err(ApiError::storage)?;
     Ok(Json(RequestList {
         failures: Vec::new(),
-        requests: records.iter().map(|r| view(&state, r)).collect(),
+        // Concurrently, boundedly: on object storage each size is a HEAD.
+        requests: {
+            let views: Vec<_> = records.iter().map(|r| view(&state, r)).collect();
+            futures::stream::iter(views)
+                .buffered(VIEWS_AT_ONCE)
+                .collect()
+                .await
+        },
         next,
     }))
 }
@@ -87,7 +105,7 @@ pub async fn show(
 ) -> ApiResult<Json<OneRequest>> {
     let id = parse_id(&raw)?;
     let r = existing(&state, id).await?;
-    Ok(ok_one(&state, &r))
+    Ok(ok_one(&state, &r).await)
 }
 
 /// The body of a JSON route: a size or transport problem is a failure like any other.
@@ -163,14 +181,14 @@ pub async fn put(
 ) -> ApiResult<Json<OneRequest>> {
     let id = parse_id(&raw)?;
     let put = OperatorPut::parse(parse_json(body)?);
-    let upgraded = state.gateway.upgraded_path(id);
+    let upgraded = has_upgraded(&state, id).await?;
     let now = OffsetDateTime::now_utc();
     let record = change(&state.gateway, id, |existing| {
-        put.merge(id, existing, upgraded.is_file(), now)
+        put.merge(id, existing, upgraded, now)
             .map_err(ApiError::bad_all)
     })
     .await?;
-    Ok(ok_one(&state, &record))
+    Ok(ok_one(&state, &record).await)
 }
 
 fn audit_change(new: &Record, old: Option<&Record>) {
@@ -217,22 +235,21 @@ pub async fn set_state(
     let id = parse_id(&raw)?;
     let body: StateChange = parse_json(body)?;
     let to = ReqState::parse(&body.state);
-    let upgraded = state.gateway.upgraded_path(id);
+    let upgraded = has_upgraded(&state, id).await?;
     let record = change(&state.gateway, id, |existing| {
         // Refusals in the order they always came: unknown request, unknown state, then a
         // transition the files do not allow.
         let existing = existing.ok_or_else(|| ApiError::not_found(id))?;
         let to =
             to.ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, state_failure(&body.state)))?;
-        check_transition(upgraded.is_file(), to)
-            .map_err(|f| ApiError::new(StatusCode::CONFLICT, f))?;
+        check_transition(upgraded, to).map_err(|f| ApiError::new(StatusCode::CONFLICT, f))?;
         let mut record = existing.clone();
         record.state = to;
         record.updated_at = OffsetDateTime::now_utc();
         Ok(record)
     })
     .await?;
-    Ok(ok_one(&state, &record))
+    Ok(ok_one(&state, &record).await)
 }
 
 #[utoipa::path(
@@ -259,14 +276,11 @@ pub async fn delete(
         query.map_err(|_| ApiError::bad(Reason::QueryInvalid, "purge must be true or false"))?;
     // Without a record, a purge still removes what a delete without purge left behind
     // (the answer's `request` is then null). The view is of the record being deleted.
-    let (updated, view) = state
+    let (updated, deleted) = state
         .gateway
         .change(id, |record| match record {
             None if !q.purge => (Decision::Keep, None),
-            record => (
-                Decision::Delete { purge: q.purge },
-                record.map(|r| view(&state, r)),
-            ),
+            record => (Decision::Delete { purge: q.purge }, record.cloned()),
         })
         .await
         .map_err(ApiError::storage)?;
@@ -274,8 +288,13 @@ pub async fn delete(
         return Err(ApiError::not_found(id));
     }
     tracing::info!(target: "audit", event = "request-deleted", request = id, purge = q.purge, "deleted");
+    // Its files as they are now: gone after a purge.
+    let request = match deleted {
+        Some(r) => Some(view(&state, &r).await),
+        None => None,
+    };
     Ok(Json(Deleted {
         failures: Vec::new(),
-        request: view,
+        request,
     }))
 }

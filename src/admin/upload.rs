@@ -30,7 +30,7 @@ use time::OffsetDateTime;
 use tokio::io::AsyncSeekExt;
 
 use super::access::{client_addr, missing, request_id};
-use super::body::{drain, write_body, Admit, Stop};
+use super::body::{drain, write_body, Admit, ObjectSink, Sink, Stop};
 use super::form::parse_access_form;
 use super::merge::{closed_by_operator, key_matches};
 use super::{AdminState, ApiError};
@@ -38,6 +38,8 @@ use crate::api::{Dump, Failure, Reason, UploadAnswer, UploadQuery, UploadState};
 use crate::gateway::Via;
 use crate::leases::{Hold, UNAVAILABLE};
 use crate::sftp::{LeaseHold, WriteSummary};
+use crate::storage::Dumps;
+use crate::store::multipart::Object;
 use crate::store::{private, Record, State as ReqState};
 
 /// How often the record is read again while a body arrives: a cancel, a state change or
@@ -281,7 +283,18 @@ async fn admit(state: &AdminState, parts: &Parts, peer: SocketAddr) -> Result<Pl
         .filename
         .clone();
     let path = state.gateway.upload_path(id);
-    let size = file_size(&path).map_err(|e| ApiError::storage(e).into_response())?;
+    let size = match state.gateway.dumps() {
+        // With the lease held, this node's view of the upload is the current one.
+        Dumps::S3(s3) => {
+            let s3 = s3.clone();
+            tokio::task::spawn_blocking(move || s3.upload_size(id))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r)
+        }
+        Dumps::Local => file_size(&path),
+    }
+    .map_err(|e| ApiError::storage(e).into_response())?;
     if let Start::Append(at) = start {
         if at != size {
             let e = ApiError::new(
@@ -378,7 +391,7 @@ pub async fn upload(State(state): State<Arc<AdminState>>, req: Request) -> Respo
 /// whatever ended the body.
 async fn receive(state: Arc<AdminState>, plan: Plan, body: Body) -> Response {
     let opened = Instant::now();
-    let (mut file, at) = match open(&plan).await {
+    let (mut file, at) = match open(&state, &plan).await {
         Ok(f) => f,
         Err(e) => return ApiError::storage(e).into_response(),
     };
@@ -440,15 +453,14 @@ async fn receive(state: Arc<AdminState>, plan: Plan, body: Body) -> Response {
         )));
     }
     // Every byte written is kept, and durable before anyone hears of it.
-    let synced = file.sync_all().await;
+    let finished = file.finish().await;
     activity
         .writers
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    let size = match synced.and(file.metadata().await.map(|m| m.len())) {
+    let size = match finished {
         Ok(size) => size,
         Err(e) => return ApiError::storage(e).into_response(),
     };
-    drop(file);
     let recorded = state
         .gateway
         .upload_closed(
@@ -506,9 +518,54 @@ async fn receive(state: Arc<AdminState>, plan: Plan, body: Body) -> Response {
     answer(e, Some(&plan), size, written)
 }
 
+/// The upload being written: a file, or an object whose tail is spooled.
+enum Target {
+    File(tokio::fs::File),
+    Object(ObjectSink),
+}
+
+impl Sink for Target {
+    async fn put(&mut self, chunk: Bytes) -> std::io::Result<()> {
+        match self {
+            Target::File(f) => f.put(chunk).await,
+            Target::Object(o) => o.put(chunk).await,
+        }
+    }
+}
+
+impl Target {
+    /// Makes what was written durable (an object: completed) and returns the size.
+    async fn finish(self) -> std::io::Result<u64> {
+        match self {
+            Target::File(f) => {
+                f.sync_all().await?;
+                Ok(f.metadata().await?.len())
+            }
+            Target::Object(ObjectSink(writer)) => {
+                let writer =
+                    writer.ok_or_else(|| std::io::Error::other("the object's writer failed"))?;
+                tokio::task::spawn_blocking(move || writer.finish())
+                    .await
+                    .map_err(std::io::Error::other)?
+            }
+        }
+    }
+}
+
 /// Opens the upload for the plan: emptied for a replace, at its end for an append (which
 /// [`admit`] checked is the offset asked for). The offset it writes at.
-async fn open(plan: &Plan) -> std::io::Result<(tokio::fs::File, u64)> {
+async fn open(state: &AdminState, plan: &Plan) -> std::io::Result<(Target, u64)> {
+    let at = match plan.start {
+        Start::Replace => 0,
+        Start::Append(n) => n,
+    };
+    if let Dumps::S3(s3) = state.gateway.dumps() {
+        let (s3, id, replace) = (s3.clone(), plan.id, plan.start == Start::Replace);
+        let writer = tokio::task::spawn_blocking(move || s3.writer(id, Object::Upload, replace))
+            .await
+            .map_err(std::io::Error::other)??;
+        return Ok((Target::Object(ObjectSink(Some(writer))), at));
+    }
     if let Some(dir) = plan.path.parent() {
         private::create_dir(dir)?;
     }
@@ -519,12 +576,8 @@ async fn open(plan: &Plan) -> std::io::Result<(tokio::fs::File, u64)> {
         .mode(private::FILE_MODE)
         .open(&plan.path)
         .await?;
-    let at = match plan.start {
-        Start::Replace => 0,
-        Start::Append(n) => n,
-    };
     file.seek(std::io::SeekFrom::Start(at)).await?;
-    Ok((file, at))
+    Ok((Target::File(file), at))
 }
 
 /// Reads the record every [`RECHECK_EVERY`] while the body arrives; ready, with why,

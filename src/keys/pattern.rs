@@ -1,9 +1,13 @@
 //! OpenSSH-style address pattern lists, as in an authorized_keys `from="..."` option:
 //! comma-separated glob patterns (`*`, `?`) or CIDR blocks, each optionally negated with `!`.
 //! Host names would need a reverse DNS lookup the gateway does not do, so patterns are
-//! matched against the client's IP address only.
+//! matched against the client's IP address only. CIDR blocks are ipnet's; the glob
+//! matcher stays hand-written (a dozen lines), since a glob crate matches paths, with `/`
+//! and `[...]` rules OpenSSH's `match_pattern` does not have.
 
 use std::net::IpAddr;
+
+use ipnet::IpNet;
 
 /// Checks a pattern list; the error names the first bad pattern.
 pub fn validate_pattern_list(list: &str) -> Result<(), String> {
@@ -12,7 +16,7 @@ pub fn validate_pattern_list(list: &str) -> Result<(), String> {
         if p.is_empty() {
             return Err(format!("empty pattern in \"{list}\""));
         }
-        if p.contains('/') && parse_cidr(p).is_none() {
+        if p.contains('/') && p.parse::<IpNet>().is_err() {
             return Err(format!("bad CIDR block \"{p}\""));
         }
     }
@@ -21,7 +25,8 @@ pub fn validate_pattern_list(list: &str) -> Result<(), String> {
 
 /// True if `ip` matches a positive pattern and no negated one.
 pub fn match_pattern_list(list: &str, ip: IpAddr) -> bool {
-    let ip = canonical(ip);
+    // An IPv4 client seen through an IPv6 socket (`::ffff:1.2.3.4`) is matched as IPv4.
+    let ip = ip.to_canonical();
     let text = ip.to_string();
     let mut matched = false;
     for pattern in list.split(',') {
@@ -30,7 +35,8 @@ pub fn match_pattern_list(list: &str, ip: IpAddr) -> bool {
             None => (false, pattern),
         };
         let hit = if p.contains('/') {
-            parse_cidr(p).is_some_and(|(net, bits)| in_cidr(ip, net, bits))
+            // A block of the other family contains nothing of this one.
+            p.parse::<IpNet>().is_ok_and(|net| net.contains(&ip))
         } else {
             glob(p.as_bytes(), text.as_bytes())
         };
@@ -40,36 +46,6 @@ pub fn match_pattern_list(list: &str, ip: IpAddr) -> bool {
         matched |= hit;
     }
     matched
-}
-
-/// An IPv4 client seen through an IPv6 socket (`::ffff:1.2.3.4`) is matched as IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-fn parse_cidr(p: &str) -> Option<(IpAddr, u32)> {
-    let (addr, bits) = p.split_once('/')?;
-    let addr: IpAddr = addr.parse().ok()?;
-    let bits: u32 = bits.parse().ok()?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    (bits <= max).then_some((addr, bits))
-}
-
-fn in_cidr(ip: IpAddr, net: IpAddr, bits: u32) -> bool {
-    match (ip, net) {
-        (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
-            u32::from(a) & mask == u32::from(n) & mask
-        }
-        (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
-            u128::from(a) & mask == u128::from(n) & mask
-        }
-        _ => false,
-    }
 }
 
 /// `*` matches any run, `?` one byte; iterative with backtracking to the last star.
@@ -130,6 +106,11 @@ mod tests {
         assert!(match_pattern_list("::1", ip("::1")));
         assert!(match_pattern_list("::/0", ip("::1")));
         assert!(match_pattern_list("0.0.0.0/0", ip("::ffff:192.0.2.1")));
+        assert!(!match_pattern_list("::/0", ip("192.0.2.1")));
+        assert!(!match_pattern_list("0.0.0.0/0", ip("::1")));
+        // Host bits in a block are ignored, as before.
+        assert!(match_pattern_list("10.1.2.3/8", ip("10.200.0.1")));
+        assert!(match_pattern_list("2001:db8::1/32", ip("2001:db8:ffff::9")));
         assert!(match_pattern_list("*", ip("192.0.2.1")));
         assert!(!match_pattern_list("host.example.com", ip("192.0.2.1")));
     }
@@ -140,5 +121,7 @@ mod tests {
         assert!(validate_pattern_list("10.0.0.0/33").is_err());
         assert!(validate_pattern_list("a,,b").is_err());
         assert!(validate_pattern_list("x/8").is_err());
+        assert!(validate_pattern_list("::/129").is_err());
+        assert!(validate_pattern_list("10.0.0.0/").is_err());
     }
 }

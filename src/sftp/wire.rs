@@ -4,7 +4,24 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-pub use russh_sftp::protocol::StatusCode;
+/// The SSH_FX_* codes of an SSH_FXP_STATUS reply (draft-ietf-secsh-filexfer-02, section 7).
+/// Defined here rather than taken from russh-sftp, which was a dependency for this enum
+/// alone and brought chrono, dashmap and wasm crates with it. `NoConnection` and
+/// `ConnectionLost` are client-side pseudo-errors a server must not send; they are listed so
+/// the numbering is the draft's, complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)]
+pub enum StatusCode {
+    Ok = 0,
+    Eof = 1,
+    NoSuchFile = 2,
+    PermissionDenied = 3,
+    Failure = 4,
+    BadMessage = 5,
+    NoConnection = 6,
+    ConnectionLost = 7,
+    OpUnsupported = 8,
+}
 
 pub const SSH_FXP_INIT: u8 = 1;
 pub const SSH_FXP_VERSION: u8 = 2;

@@ -4,6 +4,7 @@
 
 mod file;
 mod lease;
+pub mod multipart;
 pub mod outbox;
 mod outbox_file;
 pub mod postgres;
@@ -12,11 +13,11 @@ mod record;
 
 pub use file::{sync_dir_io, FileStore};
 pub use lease::{Fence, LeaseError, LeaseStore, MemoryLeases};
+pub use multipart::{Multipart, MultipartError, MultipartStore, Object, Part};
 pub use outbox::{Claim, Event, NewEvent, Outbox, OutboxError, OutboxLimits, OutboxStats, Release};
 pub use outbox_file::FileOutbox;
 pub use record::{
-    constant_time_eq, hash_key, parse_id, validate_filename, validate_key, Access, FilenameError,
-    Record, State,
+    hash_key, parse_id, validate_filename, validate_key, Access, FilenameError, Record, State,
 };
 
 use std::path::PathBuf;
@@ -44,6 +45,8 @@ pub enum StoreError {
     NotConsulted { id: u64 },
     #[error(transparent)]
     Postgres(#[from] postgres::PgStoreError),
+    #[error(transparent)]
+    Multipart(#[from] MultipartError),
     #[error("this node's {algorithm} host key is {ours}, but the nodes sharing the store present {recorded} (recorded by node {by}): every node must have the same host keys, or clients see the key change between connections; copy the host-key directory from a running node")]
     HostKeyMismatch {
         algorithm: String,
@@ -126,8 +129,12 @@ impl Updated {
 /// writers of one record can never both decide from the same old version. Writes are
 /// durable before `update` returns. Callers go through `Gateway::change`, which also ends
 /// the live sessions a change revoked.
+///
+/// The S3 multipart uploads of a request's files are the supertrait's
+/// ([`MultipartStore`]), implemented beside each store's own code; deleting a record
+/// forgets them with it.
 #[async_trait::async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: MultipartStore + Send + Sync + 'static {
     async fn get(&self, id: u64) -> Result<Option<Record>, StoreError>;
     /// All records, ordered by id.
     async fn list(&self) -> Result<Vec<Record>, StoreError>;

@@ -16,6 +16,7 @@
 //! tables): a node not yet upgraded keeps running on the newer schema.
 
 mod leases;
+mod multipart;
 mod outbox;
 
 pub use leases::PgLeases;
@@ -84,6 +85,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 6,
         name: "outbox",
         sql: include_str!("postgres/0006_outbox.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "multipart",
+        sql: include_str!("postgres/0007_multipart.sql"),
     },
 ];
 

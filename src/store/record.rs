@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 
 /// Where an upgrade request stands; only `draft` and `done` grant SFTP access.
@@ -136,8 +137,10 @@ impl Record {
     /// (as the reference's curl sample does) arrives with its `+` decoded as spaces;
     /// request keys hold no spaces (see [`validate_key`]), so that reading is tried too.
     pub fn key_matches(&self, key: &str) -> bool {
+        // subtle's comparison has no early exit, so timing tells nothing about where the
+        // hashes differ (their lengths are public: both are 64 hex digits).
         let matches =
-            |k: &str| constant_time_eq(hash_key(k).as_bytes(), self.key_sha256.as_bytes());
+            |k: &str| bool::from(hash_key(k).as_bytes().ct_eq(self.key_sha256.as_bytes()));
         matches(key) || (key.contains(' ') && matches(&key.replace(' ', "+")))
     }
 }
@@ -167,14 +170,6 @@ pub fn validate_key(key: &str) -> Result<(), &'static str> {
 /// Hex SHA-256 of a request key.
 pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
-}
-
-/// Compares without an early exit, so timing tells nothing about where inputs differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Why a file name cannot be a request's shared file.

@@ -4,6 +4,7 @@
 
 pub mod haproxy;
 pub mod postgres;
+pub mod s3;
 #[macro_use]
 pub mod store_contract;
 pub mod wire;
@@ -41,9 +42,16 @@ impl Gateway {
 
     /// Starts it on another loopback address, e.g. `[::1]`.
     pub fn start_on(host: &str) -> Gateway {
-        let dir = tempfile::tempdir().unwrap();
-        let mut g = Gateway {
-            dir,
+        let mut g = Gateway::unstarted(host);
+        g.launch(&[]);
+        g
+    }
+
+    /// Its directories, not yet running: [`launch`](Self::launch) starts it (for a test that
+    /// prepares the data directory first, e.g. mounts it).
+    pub fn unstarted(host: &str) -> Gateway {
+        Gateway {
+            dir: tempfile::tempdir().unwrap(),
             child: None,
             ssh_port: 0,
             admin: String::new(),
@@ -51,9 +59,7 @@ impl Gateway {
             umask: None,
             stderr: PathBuf::new(),
             shared: None,
-        };
-        g.launch(&[]);
-        g
+        }
     }
 
     /// Starts one more node on `first`'s data and host-key directories, as nodes on a
@@ -73,15 +79,40 @@ impl Gateway {
         g
     }
 
+    /// Starts a node on another machine beside `first`: the same host keys (copied), its
+    /// own data directory, with `extra` flags and `env`.
+    pub fn start_peer(first: &Gateway, extra: &[&str], env: &[(String, String)]) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(first.home().join("hostkeys"))
+            .arg(dir.path().join("hostkeys"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let mut g = Gateway {
+            dir,
+            child: None,
+            ssh_port: 0,
+            admin: String::new(),
+            host: first.host.clone(),
+            umask: None,
+            stderr: PathBuf::new(),
+            shared: None,
+        };
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        g.launch_env(extra, &env);
+        g
+    }
+
     /// The directory holding its data and host-key directories.
     fn home(&self) -> &Path {
         self.shared.as_deref().unwrap_or(self.dir.path())
     }
 
-    /// Starts it on 127.0.0.1 with `extra` flags.
+    /// Starts it on 127.0.0.1 with `extra` flags (started once, with them).
     pub fn start_with(extra: &[&str]) -> Gateway {
-        let mut g = Gateway::start();
-        g.stop("TERM");
+        let mut g = Gateway::unstarted("127.0.0.1");
         g.launch(extra);
         g
     }
@@ -667,6 +698,17 @@ pub fn refused_start(args: &[&str]) -> String {
     text(&out.stderr)
 }
 
+/// A capability this machine lacks (FUSE, mounting, an IPv6 loopback). In CI
+/// (`CI=true`) the test fails with `what`, which names what to install or enable, so a
+/// test cannot pass there without testing; elsewhere it is said on stderr and the caller
+/// returns (a developer's laptop may have no FUSE).
+pub fn missing_capability(what: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true and this test cannot run: {what}");
+    }
+    eprintln!("skipped (outside CI only): {what}");
+}
+
 /// Polls `cond` every 20 ms until it holds or `limit` passes.
 pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
@@ -718,13 +760,13 @@ pub fn spawn_python(script: &str, args: &[&str]) -> Child {
 }
 
 /// A Python with the test's client libraries (pycurl, paramiko, asyncssh,
-/// websocket-client, ssh2-python), ssh-audit and schemathesis, in a venv under `target/` created on first use. Test binaries run
+/// websocket-client, ssh2-python), ssh-audit, schemathesis and moto's S3 server, in a venv under `target/` created on first use. Test binaries run
 /// one after another, so a `Once` per binary plus a marker file is enough to build it once.
 pub fn python() -> PathBuf {
     static ONCE: std::sync::Once = std::sync::Once::new();
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv");
     let py = venv.join("bin/python");
-    let marker = venv.join(".ready-6");
+    let marker = venv.join(".ready-7");
     ONCE.call_once(|| {
         if marker.exists() {
             return;
@@ -749,12 +791,14 @@ pub fn python() -> PathBuf {
                     // libssh2 1.11.1, bundled in its wheel (tests/host_keys.rs).
                     "ssh2-python==1.2.0.post1",
                     "schemathesis==4.32.5",
+                    // The S3-compatible server of tests/common/s3.rs.
+                    "moto[server]==5.2.5",
                 ])
                 .status()
                 .is_ok_and(|s| s.success());
         assert!(
             ok,
-            "cannot set up the Python test venv (python3 -m venv, pip install pycurl paramiko asyncssh ssh-audit schemathesis)"
+            "cannot set up the Python test venv (python3 -m venv, pip install pycurl paramiko asyncssh ssh-audit schemathesis moto[server])"
         );
         std::fs::write(&marker, b"").unwrap();
     });

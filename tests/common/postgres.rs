@@ -362,8 +362,9 @@ impl Drop for Cluster {
 
 /// Hands `cmd` to the supervisor thread to spawn. The death signal fires when the thread
 /// that forked the child exits, not the process, and test threads exit after each test;
-/// so every postmaster is forked by this one thread, which lives as long as the process.
-fn spawn_on_supervisor(cmd: Command) -> std::io::Result<Child> {
+/// so every postmaster (and the shared moto server of s3.rs) is forked by this one thread,
+/// which lives as long as the process.
+pub fn spawn_on_supervisor(cmd: Command) -> std::io::Result<Child> {
     type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
     static SUPERVISOR: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
     let tx = SUPERVISOR.get_or_init(|| {
