@@ -17,12 +17,18 @@ cpu_of() { awk -v t="$TICK" '{print ($14+$15+$16+$17)/t}' "/proc/$1/stat"; }
 # which keeps counting the CPU of sshd's per-connection processes after they exit (sshd does
 # not always reap them promptly, so its cutime is not a reliable total). Without cgroups:
 # utime+stime+cutime+cstime. cg_setup sets CG (empty without cgroups) and CGV (1 or 2);
-# cg_join side pid moves a process (all its threads) into a side's group.
+# cg_join side pid moves a process (all its threads) into a side's group. The sides are
+# gate and openssh, plus any named as arguments to cg_setup (compare-openssh.sh --storage s3:
+# gates3, the gateway on S3, and moto, the S3 server).
 cg_setup() {
+  CG_SIDES="gate openssh $*"
+  local dirs=()
   CGV=1 CG=/sys/fs/cgroup/cpuacct/sftpgate-bench.$$
-  [ -d /sys/fs/cgroup/cpuacct ] && mkdir -p "$CG/gate" "$CG/openssh" 2>/dev/null && return 0
-  CGV=2 CG=/sys/fs/cgroup/sftpgate-bench.$$
-  [ -f /sys/fs/cgroup/cgroup.controllers ] && mkdir -p "$CG/gate" "$CG/openssh" 2>/dev/null &&
+  for s in $CG_SIDES; do dirs+=("$CG/$s"); done
+  [ -d /sys/fs/cgroup/cpuacct ] && mkdir -p "${dirs[@]}" 2>/dev/null && return 0
+  CGV=2 CG=/sys/fs/cgroup/sftpgate-bench.$$ dirs=()
+  for s in $CG_SIDES; do dirs+=("$CG/$s"); done
+  [ -f /sys/fs/cgroup/cgroup.controllers ] && mkdir -p "${dirs[@]}" 2>/dev/null &&
     [ -f "$CG/gate/cpu.stat" ] && return 0
   CG=
 }
@@ -36,14 +42,20 @@ cg_join() {
 cg_remove() { # the groups empty out once their processes have exited: give them a moment
   [ -z "${CG:-}" ] && return 0
   for _ in $(seq 40); do
-    rmdir "$CG/gate" "$CG/openssh" "$CG" 2>/dev/null || true
+    for s in ${CG_SIDES:-gate openssh}; do rmdir "$CG/$s" 2>/dev/null || true; done
+    rmdir "$CG" 2>/dev/null || true
     [ -d "$CG" ] || return 0
     sleep 0.05
   done
 }
 server_cpu() { # side
   if [ -z "$CG" ]; then
-    if [ "$1" = gate ]; then cpu_of "$GATE_PID"; else cpu_of "$OPID"; fi
+    case $1 in
+      gate) cpu_of "$GATE_PID" ;;
+      gates3) cpu_of "$S3_PID" ;;
+      moto) cpu_of "$MOTO_PID" ;;
+      *) cpu_of "$OPID" ;;
+    esac
   elif [ "$CGV" = 1 ]; then awk '{print $1 / 1e9}' "$CG/$1/cpuacct.usage"
   else awk '$1 == "usage_usec" {print $2 / 1e6}' "$CG/$1/cpu.stat"; fi
 }
@@ -92,14 +104,16 @@ provision() { # admin id filename
     curl -sfS -X PUT -H "Authorization: Bearer bench" --data-binary @- "$1/v1/requests/$2" >/dev/null
 }
 
-sftp_to() { # side cipher user batch; sides: gate (GPORT), gatefile (FPORT), openssh (OPORT)
-  local port=$OPORT; [ "$1" = gate ] && port=$GPORT; [ "$1" = gatefile ] && port=$FPORT
+sftp_to() { # side cipher user batch; sides: gate (GPORT), gatefile (FPORT), gates3 (S3PORT),
+  # openssh (OPORT)
+  local port=$OPORT
+  case $1 in gate) port=$GPORT ;; gatefile) port=$FPORT ;; gates3) port=$S3PORT ;; esac
   sftp -q -i "$KEY" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
     -o LogLevel=ERROR -o BatchMode=yes -o KexAlgorithms=curve25519-sha256 -o Ciphers="$2" \
     -P "$port" -b - "$3@127.0.0.1" <<<"$4" >/dev/null
 }
 settle() { # wait for sshd's session processes (zombies aside) to finish, so their CPU is counted
-  [ "$1" = gate ] && return 0
+  [ "$1" = openssh ] || return 0
   for _ in $(seq 200); do
     ps --ppid "$OPID" -o stat= | grep -qv '^Z' || return 0
     sleep 0.02
@@ -131,8 +145,9 @@ pick_gate() {
 # Sets PY: a Python with asyncssh pinned as in the tests (bench/sessions.py): the tests'
 # venv if it is ready, else one made under target/bench-venv.
 pick_python() {
+  # Any ready tests' venv has it (the marker's number changes with the tests' pins).
   PY=$repo/target/test-venv/bin/python
-  [ -f "$repo/target/test-venv/.ready-6" ] && return 0
+  compgen -G "$repo/target/test-venv/.ready-*" >/dev/null && "$PY" -c 'import asyncssh' 2>/dev/null && return 0
   PY=$repo/target/bench-venv/bin/python
   [ -f "$repo/target/bench-venv/.ready-1" ] && return 0
   python3 -m venv "$repo/target/bench-venv" || die "python3 -m venv failed (Debian: python3-venv)"

@@ -4,12 +4,15 @@
 #
 # usage: bench/moto.sh start DIR   prints the endpoint, e.g. http://127.0.0.1:PORT (bucket "bench")
 #        bench/moto.sh stop DIR    stops it; DIR is left to the caller
-# Env: MOTO_VENV (~/.cache/sftpgate/moto-venv: made with pip on first use)
+# Env: MOTO_VENV (the tests' venv, target/test-venv, where it has moto; else
+#      ~/.cache/sftpgate/moto-venv, made with pip on first use)
 set -euo pipefail
 die() { echo "moto.sh: $*" >&2; exit 1; }
 [ $# = 2 ] || die "usage: $0 start|stop DIR"
 cmd=$1 dir=$2
+repo=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${MOTO_VENV:-$HOME/.cache/sftpgate/moto-venv}
+[ -z "${MOTO_VENV:-}" ] && [ -x "$repo/target/test-venv/bin/moto_server" ] && VENV=$repo/target/test-venv
 case $cmd in
   start)
     if [ ! -x "$VENV/bin/moto_server" ]; then

@@ -171,6 +171,38 @@ fn remote_size(g: &Gateway, user: &str, key: &ClientKey, name: &str, cwd: &Path)
     line.split_whitespace().nth(4).unwrap().parse().unwrap()
 }
 
+/// Request `id`'s row on the operator's status page (logged in with curl), as HTML.
+fn status_row(g: &Gateway, id: u64) -> String {
+    let login = std::process::Command::new("curl")
+        .args(["-sS", "-i", "--data", &format!("token={TOKEN}")])
+        .arg(format!("http://{}/login", g.admin))
+        .output()
+        .unwrap();
+    let head = text(&login.stdout);
+    let cookie = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("set-cookie: ")
+                .map(str::to_string)
+        })
+        .and_then(|c| c.split(';').next().map(str::to_string))
+        .unwrap_or_else(|| panic!("no session cookie: {head}"));
+    let page = std::process::Command::new("curl")
+        .args(["-sS", "-H", &format!("Cookie: {cookie}")])
+        .arg(format!("http://{}/", g.admin))
+        .output()
+        .unwrap();
+    let page = text(&page.stdout);
+    let start = page
+        .find(&format!("id=\"request-{id}\""))
+        .unwrap_or_else(|| panic!("no row for {id}: {page}"));
+    let end = page[start..]
+        .find("</tr>")
+        .map_or(page.len(), |e| start + e);
+    page[start..end].to_string()
+}
+
 #[test]
 fn upload_resume_after_close_and_download_on_s3() {
     let bucket = Bucket::new();
@@ -214,6 +246,11 @@ fn upload_resume_after_close_and_download_on_s3() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(object_sha(&bucket, "10534/upload"), Some(sha256(&src)));
     assert!(plain_log(&g).contains("rewritten=1000001"), "{}", g.log());
+    // Its size, as the operator's API and status page show it, is the object's.
+    let (_, v) = g.api("GET", "/v1/requests/10534", None);
+    assert_eq!(v["request"]["filesize"], 3 * PART + 12345, "{v}");
+    let row = status_row(&g, 10534);
+    assert!(row.contains("<td>15.0 MiB</td>"), "{row}");
 
     // The operator's original, whole and by range.
     let got = work.join("original");
@@ -376,6 +413,48 @@ fn a_node_lost_mid_part_loses_only_its_tail_and_put_a_through_another_completes(
     let out = b.sftp("user_9", &key, "put -a db.dump\n", &work);
     assert!(out.status.success(), "{}\n{}", text(&out.stderr), b.log());
     assert_eq!(object_sha(&bucket, "9/upload"), Some(sha256(&src)));
+    assert!(pending_uploads(&bucket).is_empty());
+}
+
+#[test]
+fn a_gateway_killed_mid_part_and_restarted_keeps_its_spooled_tail() {
+    let bucket = Bucket::new();
+    let mut g = s3_gateway(&bucket, &[]);
+    let work = g.dir.path().to_path_buf();
+    let key = ClientKey::new(&work, "ruth");
+    g.provision(6, "db.dump", &key);
+    let src = work.join("db.dump");
+    random_file(&src, 2 * PART as usize + 4321);
+    let (child, _stdin) = g.spawn_sftp("user_6", &key, &["-l", "16000"], &work, "put db.dump\n");
+    // Less than a part written: nothing is on S3 yet, all of it is in this node's spool.
+    const WRITTEN: u64 = 2 * 1024 * 1024;
+    assert!(
+        wait_until(Duration::from_secs(60), || g.metric("bytes_received_total")
+            >= WRITTEN),
+        "{}",
+        g.log()
+    );
+    assert_eq!(g.stop("KILL"), None);
+    drop(wait_output(child, Duration::from_secs(20)));
+    let flags = {
+        let mut f = bucket.gateway_flags();
+        f.extend(["--s3-part-size".to_string(), PART.to_string()]);
+        f
+    };
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let env = bucket.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    g.launch_env(&flags, &env);
+    // Restarted on the same node, STAT reports the spooled tail: every acknowledged byte.
+    let size = remote_size(&g, "user_6", &key, "db.dump", &work);
+    assert!(
+        (WRITTEN..PART).contains(&size),
+        "{size}: the tail was lost; {}",
+        g.log()
+    );
+    let out = g.sftp("user_6", &key, "put -a db.dump\n", &work);
+    assert!(out.status.success(), "{}\n{}", text(&out.stderr), g.log());
+    assert_eq!(object_sha(&bucket, "6/upload"), Some(sha256(&src)));
     assert!(pending_uploads(&bucket).is_empty());
 }
 

@@ -23,13 +23,16 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::{Extension, Form};
 use axum_extra::extract::cookie::{Cookie, SameSite};
+use futures::StreamExt;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use super::requests::VIEWS_AT_ONCE;
 use super::{AdminState, ApiError};
+use crate::store::multipart::Object;
 use crate::store::{PageQuery, Record};
 
 const COOKIE: &str = "sftpgate_session";
@@ -178,6 +181,18 @@ pub async fn index(
         (Some(a), Some(b)) => format!("Requests {} to {} (by id)", a.id, b.id),
         _ => "Requests: none".into(),
     };
+    // Through the storage, concurrently and boundedly: on object storage each is a store
+    // read and perhaps a HEAD. One that cannot be read shows as 0, as a missing file.
+    let sizes: Vec<u64> = futures::stream::iter(records.iter().map(|r| async move {
+        g.dump_size(r.id, Object::Upload)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }))
+    .buffered(VIEWS_AT_ONCE)
+    .collect()
+    .await;
     let sessions = g.metrics.sessions_current.load(Ordering::Relaxed);
     let updated = now.format(&Rfc3339).unwrap_or_default();
     page(
@@ -189,8 +204,8 @@ pub async fn index(
                     th { "Request" } th { "File" } th { "State" } th { "Uploaded" }
                     th { "Transfer now" } th { "Clients" } th { "Access expires" }
                 }
-                @for r in &records {
-                    (row(&state, r, now))
+                @for (r, size) in records.iter().zip(sizes) {
+                    (row(&state, r, size, now))
                 }
                 @if records.is_empty() {
                     tr { td colspan="7" { "no requests" } }
@@ -213,11 +228,8 @@ pub async fn index(
     .into_response()
 }
 
-fn row(state: &AdminState, r: &Record, now: OffsetDateTime) -> Markup {
+fn row(state: &AdminState, r: &Record, size: u64, now: OffsetDateTime) -> Markup {
     let g = &state.gateway;
-    let size = std::fs::metadata(g.upload_path(r.id))
-        .map(|m| m.len())
-        .unwrap_or(0);
     let activity = g.activity(r.id);
     let written = activity.bytes_written.load(Ordering::Relaxed);
     let live = if activity.writers.load(Ordering::Relaxed) > 0 {

@@ -24,7 +24,7 @@ use crate::store::multipart::Object;
 use crate::store::{Decision, Record, State as ReqState, Updated};
 
 /// Views of a page built at once: on object storage each costs two HEADs.
-const VIEWS_AT_ONCE: usize = 32;
+pub(crate) const VIEWS_AT_ONCE: usize = 32;
 
 /// Whether request `id`'s upgraded dump is there (what `done` needs).
 async fn has_upgraded(state: &AdminState, id: u64) -> ApiResult<bool> {
