@@ -4,9 +4,10 @@
 //! SETSTAT (there are no links to not follow) and `posix-rename@` is RENAME; hard links and
 //! server-side copies are refused.
 
-use super::super::vfs::Resolved;
-use super::super::wire::{ext, Extension, StatusCode};
-use super::super::{LEASE_LOST, MAX_HANDLES, MAX_IO_LEN, MAX_PACKET_LEN};
+use crate::sftp::vfs::Resolved;
+use crate::sftp::wire::{ext, Extension, StatusCode};
+use crate::sftp::{LEASE_LOST, MAX_HANDLES, MAX_IO_LEN, MAX_PACKET_LEN};
+
 use super::handles::file_of;
 use super::reply::Reply;
 use super::Session;

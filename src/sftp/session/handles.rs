@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::super::storage::{Body, Name, OpenMode};
-use super::super::vfs::{self, Resolved};
-use super::super::wire::{StatusCode, FXF_APPEND, FXF_CREAT, FXF_READ, FXF_TRUNC, FXF_WRITE};
-use super::super::{LeaseHold, LEASE_LOST, MAX_HANDLES, MAX_WRITE_GAP};
+use crate::sftp::storage::{Body, Name, OpenMode};
+use crate::sftp::vfs::{self, Resolved};
+use crate::sftp::wire::{StatusCode, FXF_APPEND, FXF_CREAT, FXF_READ, FXF_TRUNC, FXF_WRITE};
+use crate::sftp::{LeaseHold, LEASE_LOST, MAX_HANDLES, MAX_WRITE_GAP};
+
 use super::reply::Reply;
 use super::{Session, WriteSummary};
 

@@ -7,9 +7,10 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
-use super::super::queue::PendingRead;
-use super::super::wire::StatusCode;
-use super::super::{LEASE_LOST, MAX_IO_LEN, MAX_WRITE_GAP};
+use crate::sftp::queue::PendingRead;
+use crate::sftp::wire::StatusCode;
+use crate::sftp::{LEASE_LOST, MAX_IO_LEN, MAX_WRITE_GAP};
+
 use super::handles::file_of;
 use super::reply::Reply;
 use super::Session;

@@ -3,9 +3,10 @@
 
 use time::OffsetDateTime;
 
-use super::super::storage::Name;
-use super::super::vfs::{self, Resolved};
-use super::super::wire::{Attrs, NameEntry, StatusCode};
+use crate::sftp::storage::Name;
+use crate::sftp::vfs::{self, Resolved};
+use crate::sftp::wire::{Attrs, NameEntry, StatusCode};
+
 use super::handles::{parse_handle, OpenHandle};
 use super::reply::Reply;
 use super::Session;

@@ -5,8 +5,8 @@
 
 use std::borrow::Cow;
 
-use super::super::queue::{PendingRead, ReplyQueue};
-use super::super::wire::{Attrs, NameEntry, StatusCode};
+use crate::sftp::queue::{PendingRead, ReplyQueue};
+use crate::sftp::wire::{Attrs, NameEntry, StatusCode};
 
 /// One reply packet, owned until it is queued. A READ is its description ([`PendingRead`]):
 /// the data is read only when the writer sends it.

@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::super::storage::{Body, Meta, Name};
-use super::super::vfs::{self, Resolved};
-use super::super::wire::Attrs;
-use super::super::{LeaseHold, MAX_WRITE_GAP};
+use crate::sftp::storage::{Body, Meta, Name};
+use crate::sftp::vfs::{self, Resolved};
+use crate::sftp::wire::Attrs;
+use crate::sftp::{LeaseHold, MAX_WRITE_GAP};
+
 use super::handles::OpenHandle;
 use super::reply::Reply;
 use super::Session;
