@@ -296,7 +296,7 @@ fn files_are_private_whatever_the_umask() {
     );
 }
 
-/// The upload is created by the SFTP layer (`src/sftp/session.rs`), which opens it with
+/// The upload is created by the SFTP layer (`src/sftp/local.rs`), which opens it with
 /// mode 0600 too.
 #[test]
 fn the_upload_is_private_whatever_the_umask() {
