@@ -1,5 +1,6 @@
 //! Counters for `GET /metrics` (Prometheus text format). Transfer byte counts live in each
-//! request's [`Activity`](crate::sftp::Activity) and are summed when scraped.
+//! request's [`Activity`](crate::sftp::Activity) while a transfer holds it, and in
+//! [`Metrics::finished`] after: a scrape sums both.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +16,30 @@ pub struct Metrics {
     pub auth_failure_total: AtomicU64,
     pub handshake_errors_total: AtomicU64,
     pub uploads_completed_total: AtomicU64,
+    /// Records read from the store, by what for.
+    pub record_reads: RecordReads,
+    /// The transfer counters of requests whose activity was dropped (no transfer held it
+    /// any more); the activity held now is added when scraped.
+    pub finished: Transfers,
+}
+
+/// Records read from the store one by one (listing pages are not counted).
+#[derive(Default)]
+pub struct RecordReads {
+    /// To decide a login: one per login, two when a change came between.
+    pub login: AtomicU64,
+    /// To check live sessions again: on the change feed, and every few seconds.
+    pub recheck: AtomicU64,
+    /// By the operator and customer API.
+    pub api: AtomicU64,
+}
+
+/// Transfer totals, as [`Activity`](crate::sftp::Activity) counts them.
+#[derive(Default)]
+pub struct Transfers {
+    pub received: AtomicU64,
+    pub sent: AtomicU64,
+    pub errors: AtomicU64,
 }
 
 /// Totals that are computed at scrape time rather than counted.
@@ -141,6 +166,17 @@ impl Metrics {
             "counter",
             "File writes that failed (disk full, size limit, I/O).",
             &[("", d.transfer_errors)],
+        );
+        let r = &self.record_reads;
+        metric(
+            "record_reads_total",
+            "counter",
+            "Records read from the store, by purpose: login, recheck (live sessions), api.",
+            &[
+                ("{by=\"login\"}", get(&r.login)),
+                ("{by=\"recheck\"}", get(&r.recheck)),
+                ("{by=\"api\"}", get(&r.api)),
+            ],
         );
         let labels: Vec<(String, u64)> = d
             .requests
@@ -281,5 +317,6 @@ mod tests {
         assert!(text.contains("sftpgate_bytes_received_total 5\n"));
         assert!(text.contains("sftpgate_store_errors_total{operation=\"read\"} 0\n"));
         assert!(text.contains("sftpgate_store_feed_reconnects_total 0\n"));
+        assert!(text.contains("sftpgate_record_reads_total{by=\"login\"} 0\n"));
     }
 }

@@ -83,6 +83,49 @@ fn metrics_health_and_json_logs() {
     assert!(login["key"].as_str().unwrap().starts_with("SHA256:"));
 }
 
+/// paramiko signs at once, without offering the key first.
+const PARAMIKO_LS: &str = r#"
+import sys
+import paramiko
+
+port, key = int(sys.argv[1]), sys.argv[2]
+t = paramiko.Transport(("127.0.0.1", port))
+t.connect(username="user_1", pkey=paramiko.Ed25519Key.from_private_key_file(key))
+paramiko.SFTPClient.from_transport(t).listdir(".")
+t.close()
+print("ok")
+"#;
+
+/// A public-key login reads its request's record from the store once, counted by the
+/// gateway itself: OpenSSH offers the key and then signs with it, decided on one read;
+/// paramiko signs at once. (Twice only when a change comes between the offer and the
+/// session's start, which nothing does here.) A refused key costs one read too.
+#[test]
+fn a_login_reads_its_record_once() {
+    let g = Gateway::start();
+    let work = g.dir.path().to_path_buf();
+    let key = ClientKey::new(&work, "r");
+    g.provision(1, "db.dump", &key);
+    let reads = || g.metric("record_reads_total{by=\"login\"}");
+    assert_eq!(reads(), 0);
+
+    let out = g.sftp("user_1", &key, "ls\n", &work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(reads(), 1, "OpenSSH");
+
+    let out = run_python(
+        PARAMIKO_LS,
+        &[&g.ssh_port.to_string(), key.path.to_str().unwrap()],
+    );
+    assert_eq!(out.trim(), "ok");
+    assert_eq!(reads(), 2, "paramiko");
+
+    let out = g.sftp("user_1", &ClientKey::new(&work, "stranger"), "ls\n", &work);
+    assert_failed_with(&out, "Permission denied");
+    assert_eq!(reads(), 3, "refused key");
+    assert_eq!(g.metric("auth_total{result=\"success\"}"), 2);
+}
+
 #[test]
 fn check_config_and_version() {
     let dir = tempfile::tempdir().unwrap();

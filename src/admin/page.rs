@@ -230,10 +230,13 @@ pub async fn index(
 
 fn row(state: &AdminState, r: &Record, size: u64, now: OffsetDateTime) -> Markup {
     let g = &state.gateway;
-    let activity = g.activity(r.id);
-    let written = activity.bytes_written.load(Ordering::Relaxed);
-    let live = if activity.writers.load(Ordering::Relaxed) > 0 {
-        let mut samples = state.samples.0.lock().unwrap_or_else(|p| p.into_inner());
+    let activity = g.activity_if_any(r.id);
+    let written = activity
+        .as_ref()
+        .map_or(0, |a| a.bytes_written.load(Ordering::Relaxed));
+    let writing = activity.is_some_and(|a| a.writers.load(Ordering::Relaxed) > 0);
+    let mut samples = state.samples.0.lock().unwrap_or_else(|p| p.into_inner());
+    let live = if writing {
         let rate = match samples.insert(r.id, (written, Instant::now())) {
             Some((before, at)) if at.elapsed().as_secs_f64() > 0.2 => {
                 format!(
@@ -247,8 +250,11 @@ fn row(state: &AdminState, r: &Record, size: u64, now: OffsetDateTime) -> Markup
         };
         Some(format!("uploading: {} received{rate}", mib(written)))
     } else {
+        // A rate sample is kept only while the request uploads.
+        samples.remove(&r.id);
         None
     };
+    drop(samples);
     let peers: Vec<String> = g.peers_of(r.id).iter().map(|p| p.to_string()).collect();
     let expires = match r.expires_at {
         Some(t) if t <= now => "expired".into(),

@@ -31,8 +31,9 @@ pub(crate) async fn view(state: &AdminState, r: &Record) -> RequestView {
     // A size that cannot be read (the bucket unreachable) shows as none, as a missing file.
     let size = |object| async move { g.dump_size(r.id, object).await.ok().flatten() };
     let (filesize, upgraded_filesize) = tokio::join!(size(Object::Upload), size(Object::Upgraded));
-    let activity = g.activity(r.id);
-    let last_write = activity.last_write.load(Ordering::Relaxed);
+    let writing = g
+        .activity_if_any(r.id)
+        .is_some_and(|a| a.writers.load(Ordering::Relaxed) > 0);
     let (sessions, peers, nodes) = live_sessions(state, r.id);
     RequestView {
         id: r.id,
@@ -48,10 +49,8 @@ pub(crate) async fn view(state: &AdminState, r: &Record) -> RequestView {
         ssh_keys,
         filesize: filesize.unwrap_or(0),
         upgraded_filesize,
-        last_write_at: (last_write > 0)
-            .then(|| OffsetDateTime::from_unix_timestamp(last_write).ok())
-            .flatten(),
-        writing: activity.writers.load(Ordering::Relaxed) > 0,
+        last_write_at: g.last_write_at(r.id),
+        writing,
         sessions,
         peers,
         nodes,

@@ -58,7 +58,7 @@ struct ChannelOutbound {
     session: Handle,
     id: ChannelId,
     write: ChannelWriteHalf<Msg>,
-    /// The connection's kick token: once the server is closing the connection (revoked,
+    /// The connection's close token: once the server is closing the connection (revoked,
     /// idle, shutdown) the client is told by a disconnect message instead of a clean end
     /// of the subsystem.
     ending: CancellationToken,
@@ -116,21 +116,21 @@ pub async fn run(
                 Some(ChannelMsg::Eof | ChannelMsg::Close) | None => return,
                 Some(_) => {}
             },
-            _ = conn.kick.cancelled() => return,
+            _ = conn.close.cancelled() => return,
         }
     };
     let write_half = ChannelOutbound {
         session,
         id,
         write,
-        ending: conn.kick.clone(),
+        ending: conn.close.clone(),
     };
     let inbound = ChannelInbound {
         early,
         read,
         hung_up: conn.hung_up.clone(),
     };
-    let kick = conn.kick.clone();
+    let close = conn.close.clone();
     let Start {
         file,
         activity,
@@ -142,7 +142,7 @@ pub async fn run(
         Some(on_write_closed),
         inbound,
         write_half,
-        async move { kick.cancelled().await },
+        async move { close.cancelled().await },
     )
     .await;
     tracing::debug!(

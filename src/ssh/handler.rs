@@ -27,7 +27,10 @@ pub struct SshHandler {
     conn: Arc<Conn>,
     peer: SocketAddr,
     session: u64,
-    grant: Option<Grant>,
+    grant: Option<Arc<Grant>>,
+    /// The grant of the key last offered without a signature: the signed login with that
+    /// key is decided on the same read of the record (see [`Gateway::authorize`]).
+    offered: Option<Grant>,
     _live: Option<LiveGuard>,
     /// The one session channel, until its subsystem starts.
     pending: Option<(ChannelId, oneshot::Sender<Start>)>,
@@ -69,6 +72,7 @@ impl SshHandler {
             peer,
             session,
             grant: None,
+            offered: None,
             _live: None,
             pending: None,
             channel_opened: false,
@@ -140,12 +144,11 @@ impl russh::server::Handler for SshHandler {
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         self.conn.auth_attempted.store(true, Ordering::Release);
-        if self
+        self.offered = self
             .gateway
-            .authorize(user, offer.public_key, Some(self.peer.ip()))
-            .await
-            .is_some()
-        {
+            .authorize(user, offer.public_key, Some(self.peer.ip()), None)
+            .await;
+        if self.offered.is_some() {
             return Ok(Auth::Accept);
         }
         Metrics::inc(&self.gateway.metrics.auth_failure_total);
@@ -168,16 +171,23 @@ impl russh::server::Handler for SshHandler {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
+        let offered = self.offered.take();
         let Some(grant) = self
             .gateway
-            .authorize(user, key.public_key, Some(self.peer.ip()))
+            .authorize(user, key.public_key, Some(self.peer.ip()), offered.as_ref())
             .await
         else {
             return Ok(reject());
         };
+        let grant = Arc::new(grant);
         let Some(live) = self
             .gateway
-            .register(self.session, &grant, self.peer, self.conn.kick.clone())
+            .register(
+                self.session,
+                grant.clone(),
+                self.peer,
+                self.conn.close.clone(),
+            )
             .await
         else {
             self.span.in_scope(|| {
@@ -212,7 +222,6 @@ impl russh::server::Handler for SshHandler {
         self.grant = Some(grant);
         self.conn.authenticated.store(true, Ordering::Release);
         Metrics::inc(&self.gateway.metrics.auth_success_total);
-        Metrics::inc(&self.gateway.metrics.sessions_current);
         Ok(Auth::Accept)
     }
 
@@ -260,7 +269,7 @@ impl russh::server::Handler for SshHandler {
         };
         // A grant that a change has ended since the login (its session is being closed)
         // serves nothing more.
-        if self.conn.kick.is_cancelled() {
+        if self.conn.close.is_cancelled() {
             return session.channel_failure(channel);
         }
         let file = self.gateway.shared_file(grant);

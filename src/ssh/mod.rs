@@ -141,8 +141,10 @@ pub struct SshServer {
 
 /// Per-connection state shared between the accept loop's task and the russh handler.
 pub(crate) struct Conn {
-    /// Cancelled to end the connection (shutdown or revoked grant).
-    pub kick: CancellationToken,
+    /// Cancelled to close the connection in order (shutdown, revoked grant, idle): the
+    /// SFTP task stops and syncs its files, then the client is told why. See `sever` in
+    /// [`SshServer::connection`] for the last resort.
+    pub close: CancellationToken,
     /// Its place among its source's connections.
     pub source: SourceGuard,
     pub authenticated: AtomicBool,
@@ -250,11 +252,11 @@ impl SshServer {
                 tracing::field::display(peer),
             );
             let server = self.clone();
-            let kick = shutdown.child_token();
+            let close = shutdown.child_token();
             tracker.spawn(
                 async move {
                     server
-                        .admit(socket, peer, source, session, kick, accepted)
+                        .admit(socket, peer, source, session, close, accepted)
                         .await;
                     Metrics::dec(&server.gateway.metrics.connections_current);
                     drop(permit);
@@ -272,19 +274,19 @@ impl SshServer {
         tcp_peer: SocketAddr,
         source: Option<SourceGuard>,
         session: u64,
-        kick: CancellationToken,
+        close: CancellationToken,
         accepted: Instant,
     ) {
         if let Some(source) = source {
             let armed = self.proxy.is_some();
-            self.connection(socket, tcp_peer, session, kick, source, accepted, armed)
+            self.connection(socket, tcp_peer, session, close, source, accepted, armed)
                 .await;
             return;
         }
         let limit = self.login_grace.min(PROXY_HEADER_TIMEOUT);
         let claim = tokio::select! {
             r = read_header(&mut socket, limit) => r,
-            _ = kick.cancelled() => return,
+            _ = close.cancelled() => return,
         };
         let claim = match claim {
             Ok(claim) => claim,
@@ -303,7 +305,7 @@ impl SshServer {
         let Some(source) = self.screen(peer) else {
             return;
         };
-        self.connection(socket, peer, session, kick, source, accepted, false)
+        self.connection(socket, peer, session, close, source, accepted, false)
             .await;
     }
 
@@ -315,13 +317,13 @@ impl SshServer {
         socket: TcpStream,
         peer: SocketAddr,
         session: u64,
-        kick: CancellationToken,
+        close: CancellationToken,
         source: SourceGuard,
         accepted: Instant,
         armed: bool,
     ) {
         let conn = Arc::new(Conn {
-            kick,
+            close,
             source,
             authenticated: AtomicBool::new(false),
             auth_attempted: AtomicBool::new(false),
@@ -341,10 +343,12 @@ impl SshServer {
             tracing::debug!(error = %e, "SO_RCVBUF failed");
         }
         let progress = Progress::new();
-        let kill = CancellationToken::new();
+        // Cancelled as a last resort, when a client does not read the disconnect: every
+        // read and write of the socket under russh fails, which ends its session loop.
+        let sever = CancellationToken::new();
         let socket = Guarded::new(socket, armed);
         let forged = socket.forged();
-        let socket = Watched::new(socket, progress.clone(), kill.clone());
+        let socket = Watched::new(socket, progress.clone(), sever.clone());
         let handler = SshHandler::new(self.gateway.clone(), conn.clone(), peer, session);
         // Counted from the accept, so that reading a PROXY header does not extend it.
         let deadline = tokio::time::Instant::from_std(accepted + self.login_grace);
@@ -352,7 +356,7 @@ impl SshServer {
         // time too, or a silent client would hold a connection slot forever.
         let started = tokio::select! {
             r = tokio::time::timeout_at(deadline, run_stream(self.config.clone(), socket, handler)) => r,
-            _ = conn.kick.cancelled() => return,
+            _ = conn.close.cancelled() => return,
         };
         let running = match started {
             Ok(Ok(running)) => running,
@@ -402,13 +406,13 @@ impl SshServer {
                         break Some("idle timeout");
                     }
                 }
-                _ = conn.kick.cancelled() => break Some("session closed by the server"),
+                _ = conn.close.cancelled() => break Some("session closed by the server"),
             }
         };
         if let Some(reason) = reason {
             tracing::info!(target: "audit", event = "disconnected", reason, "closed by the server");
             // Stop the SFTP task first: it syncs open files before it ends.
-            conn.kick.cancel();
+            conn.close.cancel();
             finish_sftp(&conn).await;
             let bye = handle.disconnect(Disconnect::ByApplication, reason.into(), String::new());
             let _ = tokio::time::timeout(Duration::from_secs(2), bye).await;
@@ -417,14 +421,13 @@ impl SshServer {
                 .is_err()
             {
                 // The client does not read: fail the socket under russh to end it.
-                kill.cancel();
+                sever.cancel();
                 let _ = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
             }
         }
-        conn.kick.cancel();
+        conn.close.cancel();
         finish_sftp(&conn).await;
         if conn.authenticated.load(Ordering::Acquire) {
-            Metrics::dec(&self.gateway.metrics.sessions_current);
             self.penalties.succeeded(peer.ip());
         } else if conn.auth_attempted.load(Ordering::Acquire) || reason.is_some() {
             self.penalize(peer);
