@@ -183,16 +183,22 @@ pub async fn index(
     };
     // Through the storage, concurrently and boundedly: on object storage each is a store
     // read and perhaps a HEAD. One that cannot be read shows as 0, as a missing file.
-    let sizes: Vec<u64> = futures::stream::iter(records.iter().map(|r| async move {
-        g.dump_size(r.id, Object::Upload)
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or(0)
-    }))
-    .buffered(VIEWS_AT_ONCE)
-    .collect()
-    .await;
+    // (The futures are collected first, as in the API's list: a closure inside the
+    // stream's type would make the handler's future not Send for every lifetime.)
+    let sizes: Vec<_> = records
+        .iter()
+        .map(|r| async move {
+            g.dump_size(r.id, Object::Upload)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        })
+        .collect();
+    let sizes: Vec<u64> = futures::stream::iter(sizes)
+        .buffered(VIEWS_AT_ONCE)
+        .collect()
+        .await;
     let sessions = g.metrics.sessions_current.load(Ordering::Relaxed);
     let updated = now.format(&Rfc3339).unwrap_or_default();
     page(
