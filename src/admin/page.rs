@@ -183,16 +183,21 @@ pub async fn index(
     };
     // Through the storage, concurrently and boundedly: on object storage each is a store
     // read and perhaps a HEAD. One that cannot be read shows as 0, as a missing file.
-    let sizes: Vec<u64> = futures::stream::iter(records.iter().map(|r| async move {
-        g.dump_size(r.id, Object::Upload)
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or(0)
-    }))
-    .buffered(VIEWS_AT_ONCE)
-    .collect()
-    .await;
+    // The ids collected first: a stream over `records.iter()` with a closure taking
+    // `&Record` held across the await makes the handler's future not general enough over
+    // lifetimes for axum (rustc 1.95 refuses it).
+    let ids: Vec<u64> = records.iter().map(|r| r.id).collect();
+    let sizes: Vec<u64> = futures::stream::iter(ids)
+        .map(|id| async move {
+            g.dump_size(id, Object::Upload)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        })
+        .buffered(VIEWS_AT_ONCE)
+        .collect()
+        .await;
     let sessions = g.metrics.sessions_current.load(Ordering::Relaxed);
     let updated = now.format(&Rfc3339).unwrap_or_default();
     page(
