@@ -112,6 +112,7 @@ impl Default for PgStoreOptions {
         }
     }
 }
+
 /// Whether `store` names a PostgreSQL store (`postgres://` or `postgresql://`).
 pub fn is_postgres_url(store: &str) -> bool {
     store.starts_with("postgres://") || store.starts_with("postgresql://")

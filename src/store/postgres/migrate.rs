@@ -55,6 +55,7 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("0007_multipart.sql"),
     },
 ];
+
 /// The schema migrations this build knows, `(version, name)` in order.
 pub fn migrations() -> Vec<(i32, String)> {
     MIGRATIONS
@@ -62,6 +63,7 @@ pub fn migrations() -> Vec<(i32, String)> {
         .map(|m| (m.version, m.name.to_string()))
         .collect()
 }
+
 /// Applies the pending migrations, as one transaction under the migration lock: a node
 /// that starts while another migrates waits for it, then finds nothing left to do.
 pub(super) async fn migrate(pool: &PgPool) -> Result<(), PgStoreError> {
@@ -113,6 +115,7 @@ pub(super) async fn migrate(pool: &PgPool) -> Result<(), PgStoreError> {
     tx.commit().await?;
     Ok(())
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
