@@ -1,8 +1,16 @@
 //! The operator CLI: a thin client of the operator HTTP API, with the same defaults as
 //! `serve` (admin address and token file). It sends and reads the contract's own types
 //! ([`crate::api`]). Human-readable output, or `--json`.
+//!
+//! Beside this file in `cli/`: `args.rs`, the arguments and subcommands; `show.rs`, the
+//! text output.
 
-use std::path::{Path, PathBuf};
+mod args;
+mod show;
+
+pub use args::{ClientArgs, OriginalCmd, RequestCmd, UpgradedCmd};
+
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -15,120 +23,11 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio_util::io::ReaderStream;
 
-use crate::api::{
-    Deleted, Envelope, Failure, ListQuery, OneRequest, PutRequest, RequestList, RequestView,
-    StateChange,
-};
+use crate::api::{Deleted, Envelope, ListQuery, OneRequest, PutRequest, RequestList, StateChange};
 use crate::http;
-
-/// A request id argument: spelt as the API spells ids (no sign, no leading zeros).
-fn id_arg(text: &str) -> Result<u64, String> {
-    crate::api::parse_id(text).ok_or_else(|| "a request id is a positive integer".to_string())
-}
+use show::{check, describe, row};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-#[derive(clap::Args)]
-pub struct ClientArgs {
-    /// Operator API base URL
-    #[arg(
-        long,
-        global = true,
-        default_value = "http://127.0.0.1:2280",
-        value_name = "URL"
-    )]
-    admin: String,
-    /// Admin token file (SFTPGATE_ADMIN_TOKEN wins)
-    #[arg(
-        long,
-        global = true,
-        default_value = "data/admin.token",
-        value_name = "FILE"
-    )]
-    token_file: PathBuf,
-    /// Print the API's JSON instead of text
-    #[arg(long, global = true)]
-    json: bool,
-    /// CA certificate (PEM) to trust for an https:// --admin, besides the system's roots
-    #[arg(long, global = true, value_name = "FILE")]
-    cacert: Option<PathBuf>,
-}
-
-#[derive(clap::Subcommand)]
-pub enum RequestCmd {
-    /// Create or update a request
-    Put {
-        #[arg(value_parser = id_arg)]
-        id: u64,
-        #[arg(long)]
-        filename: Option<String>,
-        #[arg(long)]
-        key: Option<String>,
-        /// authorized_keys file of the customer's public keys
-        #[arg(long, value_name = "FILE")]
-        ssh_keys: Option<PathBuf>,
-        #[arg(long)]
-        state: Option<String>,
-        /// RFC 3339 time, or "none" to clear
-        #[arg(long, value_name = "TIME")]
-        expires_at: Option<String>,
-    },
-    /// Show one request
-    Show {
-        #[arg(value_parser = id_arg)]
-        id: u64,
-    },
-    /// List requests in id order: all of them (read a page of 1000 at a time), or with
-    /// --limit one page, whose last line names the --after of the next
-    List {
-        /// Only this many (1 to 1000): one page
-        #[arg(long, value_name = "N")]
-        limit: Option<usize>,
-        /// Only requests with ids above this one
-        #[arg(long, value_name = "ID")]
-        after: Option<u64>,
-        /// Only requests in this state
-        #[arg(long)]
-        state: Option<String>,
-        /// Only requests updated at or after this RFC 3339 time
-        #[arg(long, value_name = "TIME")]
-        updated_since: Option<String>,
-    },
-    /// Change a request's state
-    State {
-        #[arg(value_parser = id_arg)]
-        id: u64,
-        state: String,
-    },
-    /// Revoke a request (its sessions are closed)
-    Delete {
-        #[arg(value_parser = id_arg)]
-        id: u64,
-        /// Also delete its files
-        #[arg(long)]
-        purge: bool,
-    },
-}
-
-#[derive(clap::Subcommand)]
-pub enum UpgradedCmd {
-    /// Upload the upgraded dump of a request
-    Put {
-        #[arg(value_parser = id_arg)]
-        id: u64,
-        file: PathBuf,
-    },
-}
-
-#[derive(clap::Subcommand)]
-pub enum OriginalCmd {
-    /// Download the customer's upload of a request
-    Get {
-        #[arg(value_parser = id_arg)]
-        id: u64,
-        file: PathBuf,
-    },
-}
 
 pub struct Client {
     base: String,
@@ -392,65 +291,5 @@ impl Client {
             println!("saved {total} bytes to {}", file.display());
         }
         Ok(())
-    }
-}
-
-/// Fails with the API's failure messages, if any.
-fn check(failures: &[Failure]) -> anyhow::Result<()> {
-    if failures.is_empty() {
-        return Ok(());
-    }
-    let lines: Vec<String> = failures
-        .iter()
-        .map(|f| format!("{}: {}", f.reason, f.message))
-        .collect();
-    bail!("{}", lines.join("\n"))
-}
-
-fn or_dash(v: Option<impl ToString>) -> String {
-    v.map_or_else(|| "-".to_string(), |v| v.to_string())
-}
-
-fn describe(r: &RequestView) -> String {
-    let keys: Vec<String> = r
-        .ssh_keys
-        .iter()
-        .map(|k| format!("{} {} ({})", k.fingerprint, k.comment, k.algorithm))
-        .collect();
-    format!(
-        "request {} ({})\n  file:         {} ({} bytes uploaded, upgraded: {})\n  shared file:  {}\n  connect:      {}\n  expires:      {}\n  keys:         {}\n  sessions:     {} {}",
-        r.id,
-        r.state.as_str(),
-        r.filename,
-        r.filesize,
-        or_dash(r.upgraded_filesize),
-        or_dash(r.shared_file.as_ref()),
-        r.sample_command,
-        or_dash(r.expires_at.and_then(crate::api::time_format::format)),
-        if keys.is_empty() { "-".into() } else { keys.join("\n                ") },
-        r.sessions,
-        r.peers.join(", "),
-    )
-}
-
-fn row(r: &RequestView) -> String {
-    format!(
-        "{:>8}  {:<9}  {:<32}  {:>12} bytes  {} sessions",
-        r.id,
-        r.state.as_str(),
-        r.filename,
-        r.filesize,
-        r.sessions
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn ids_are_spelt_as_the_api_spells_them() {
-        assert_eq!(super::id_arg("10534"), Ok(10534));
-        for bad in ["+5", "05", "0", "-1", "5x", ""] {
-            assert!(super::id_arg(bad).is_err(), "{bad}");
-        }
     }
 }

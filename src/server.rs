@@ -1,35 +1,37 @@
 //! `sftpgate serve`: opens the store, loads keys, binds both listeners and runs the SSH
 //! server, the operator API and the session sweeper until told to stop.
+//!
+//! Beside this file in `server/`: `admin_token.rs`, the operator API's token;
+//! `dumps.rs`, the dumps' storage and its sweeper.
+
+mod admin_token;
+mod dumps;
 
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rand::RngCore;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
 use crate::api::{PublishedHostKey, ServerInfo};
-use crate::config::{Config, StorageSpec, StoreSpec};
+use crate::config::{Config, StoreSpec};
 use crate::events::Events;
 use crate::gateway::Gateway;
 use crate::hook::{self, HookSettings};
 use crate::keys::{fingerprint, load_or_generate_host_keys};
 use crate::leases::{LeaseSettings, Leases};
-use crate::s3::{S3Options, S3};
 use crate::ssh::{PenaltyPolicy, ProxyPolicy, SourcePolicy, SshServer, SshSettings};
-use crate::storage::object::{Ctx, S3Dumps, PARTS_IN_FLIGHT, PARTS_PER_UPLOAD, READ_CHUNKS};
 use crate::storage::Dumps;
 use crate::store::postgres::{PgLeases, PgOutbox, PgStore};
 use crate::store::{
     private, FileOutbox, FileStore, HostKey, LeaseStore, MemoryLeases, Outbox, OutboxLimits, Store,
 };
+use admin_token::admin_token;
+use dumps::{open_dumps, sweep_uploads};
 
 /// How long shutdown waits for sessions to flush and close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
@@ -54,93 +56,6 @@ impl Running {
             tracing::warn!("some sessions did not close in time");
         }
     }
-}
-
-/// Reads the admin token: `SFTPGATE_ADMIN_TOKEN`, else the token file, else a new random
-/// token written to the file (0600). The token itself is never logged.
-fn admin_token(path: &Path) -> anyhow::Result<String> {
-    if let Ok(t) = std::env::var("SFTPGATE_ADMIN_TOKEN") {
-        anyhow::ensure!(!t.trim().is_empty(), "SFTPGATE_ADMIN_TOKEN is empty");
-        return Ok(t.trim().to_string());
-    }
-    match std::fs::read_to_string(path) {
-        Ok(t) => {
-            anyhow::ensure!(
-                !t.trim().is_empty(),
-                "admin token file {} is empty",
-                path.display()
-            );
-            // One written readable by an older version, or by hand.
-            private::tighten(path);
-            return Ok(t.trim().to_string());
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(e)
-                .with_context(|| format!("cannot read admin token file {}", path.display()))
-        }
-    }
-    let mut raw = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut raw);
-    let token = hex::encode(raw);
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        private::create_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create admin token file {}", path.display()))?;
-    std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes())?;
-    f.sync_all()?;
-    tracing::info!(path = %path.display(), "generated a new admin token");
-    Ok(token)
-}
-
-/// Aborts abandoned multipart uploads every `every`, until `shutdown`.
-async fn sweep_uploads(s3: Arc<S3Dumps>, every: Duration, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.cancelled() => return,
-        }
-        match s3.sweep().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(aborted = n, "abandoned multipart uploads aborted"),
-            Err(e) => tracing::warn!(error = %e, "cannot sweep abandoned multipart uploads"),
-        }
-    }
-}
-
-/// Where the dumps live, per `--storage`.
-fn open_dumps(cfg: &Config, store: Arc<dyn Store>) -> anyhow::Result<Dumps> {
-    let StorageSpec::S3(url) = &cfg.storage else {
-        return Ok(Dumps::Local);
-    };
-    let opts = S3Options {
-        endpoint: cfg.s3_endpoint.clone(),
-        region: cfg.s3_region.clone(),
-        // The usual AWS ways: environment, profile.
-        access: None,
-    };
-    let s3 = S3::from_url(url, &opts).with_context(|| format!("cannot use the storage {url}"))?;
-    let spool_root = cfg.data_dir.join("spool");
-    private::create_dir(&spool_root)
-        .with_context(|| format!("cannot create {}", spool_root.display()))?;
-    tracing::info!(storage = %url, part_size = cfg.s3_part_size, "dumps are kept on S3");
-    Ok(Dumps::S3(Arc::new(S3Dumps::new(Ctx {
-        s3,
-        store,
-        rt: tokio::runtime::Handle::current(),
-        spool_root,
-        part_size: cfg.s3_part_size,
-        parts_per_upload: PARTS_PER_UPLOAD,
-        send_permits: Arc::new(Semaphore::new(PARTS_IN_FLIGHT)),
-        read_chunks: Arc::new(Semaphore::new(READ_CHUNKS)),
-    }))))
 }
 
 /// Starts everything; returns once both listeners are bound.

@@ -15,32 +15,35 @@
 //! node, while it writes; it waits `--lease-wait` for one to close, then is refused
 //! `UPLOAD:BUSY`. The body is written by a task of its own, so that a client that goes
 //! away mid-body still leaves its bytes synced, its event sent and the lease released.
+//!
+//! Beside this file in `upload/`: `admit.rs`, the checks before the body is read;
+//! `range.rs`, where the body goes in the file.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+mod admit;
+mod range;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{header, request::Parts, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use time::OffsetDateTime;
 use tokio::io::AsyncSeekExt;
 
-use super::access::{client_addr, missing, request_id};
+use super::access::client_addr;
 use super::body::{drain, write_body, Admit, ObjectSink, Sink, Stop};
-use super::form::parse_access_form;
-use super::merge::{closed_by_operator, key_matches};
 use super::{AdminState, ApiError};
 use crate::api::{Dump, Failure, Reason, UploadAnswer, UploadQuery, UploadState};
 use crate::gateway::Via;
-use crate::leases::{Hold, UNAVAILABLE};
 use crate::sftp::{LeaseHold, WriteSummary};
 use crate::storage::Dumps;
 use crate::store::multipart::Object;
-use crate::store::{private, Record, State as ReqState};
+use crate::store::private;
+use admit::{admit, takes_upload, too_large, Plan};
+use range::Start;
 
 /// How often the record is read again while a body arrives: a cancel, a state change or
 /// the operator's expiry stops the upload about this fast, as it ends an SFTP session.
@@ -49,276 +52,6 @@ const RECHECK_EVERY: Duration = Duration::from_secs(1);
 /// that sends more is cut off.
 const DRAIN_MAX: usize = 1024 * 1024;
 const DRAIN_FOR: Duration = Duration::from_secs(2);
-
-/// Where the body goes in the file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Start {
-    /// The plain call: the file is replaced.
-    Replace,
-    /// Appended at this offset, which must be the file's size.
-    Append(u64),
-}
-
-/// An append's range as the client stated it: `?offset=`, `Content-Range`, or both.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Range {
-    start: Option<u64>,
-    /// The last byte, for `bytes N-M/T`: the body is then exactly `M - N + 1` bytes.
-    last: Option<u64>,
-    /// The whole file's size, if the client said it.
-    total: Option<u64>,
-}
-
-/// `bytes N-*/*`, `bytes N-M/*`, `bytes N-*/T` or `bytes N-M/T`.
-fn parse_content_range(h: &str) -> Option<Range> {
-    let h = h.trim();
-    let spec = h.get(..6).filter(|u| u.eq_ignore_ascii_case("bytes "))?;
-    let (range, total) = h[spec.len()..].trim().split_once('/')?;
-    let (first, last) = range.split_once('-')?;
-    let number = |s: &str| -> Option<Option<u64>> {
-        match s.trim() {
-            "*" => Some(None),
-            n if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => n.parse().ok().map(Some),
-            _ => None,
-        }
-    };
-    let (start, last, total) = (number(first)??, number(last)?, number(total)?);
-    if last.is_some_and(|l| l < start) || total.is_some_and(|t| t < last.map_or(start, |l| l + 1)) {
-        return None;
-    }
-    Some(Range {
-        start: Some(start),
-        last,
-        total,
-    })
-}
-
-fn invalid_range(message: impl Into<String>) -> ApiError {
-    ApiError::bad(Reason::RangeInvalid, message)
-}
-
-/// The append range of a call, from `offset` and the `Content-Range` header, checked
-/// against each other and the body's `Content-Length`.
-fn range_of(
-    offset: Option<&str>,
-    headers: &HeaderMap,
-    length: Option<u64>,
-) -> Result<Range, ApiError> {
-    let mut range = match headers.get(header::CONTENT_RANGE) {
-        None => Range::default(),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(parse_content_range)
-            .ok_or_else(|| {
-                invalid_range(
-                    "Content-Range must be bytes N-*/*, or bytes N-M/T with M and T consistent",
-                )
-            })?,
-    };
-    if let Some(raw) = offset {
-        let n = raw
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .filter(|_| !raw.trim().starts_with('+'))
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    Failure::new(Reason::OffsetInvalid, "offset must be a byte count")
-                        .value(raw.chars().take(40).collect::<String>()),
-                )
-            })?;
-        if range.start.is_some_and(|s| s != n) {
-            return Err(invalid_range(
-                "offset and Content-Range name different offsets",
-            ));
-        }
-        range.start = Some(n);
-    }
-    if let (Some(start), Some(last)) = (range.start, range.last) {
-        if length != Some(last - start + 1) {
-            return Err(invalid_range(format!(
-                "Content-Range bytes {start}-{last} needs a Content-Length of {}",
-                last - start + 1
-            )));
-        }
-    }
-    Ok(range)
-}
-
-/// Whether `record` still takes an upload at `now`: it exists, is in `draft`, and the
-/// operator's expiry has not passed. The customer's own SFTP access window
-/// (`request_sftp_access`'s `--access-ttl`) is not looked at: it is about SFTP logins.
-fn takes_upload(record: Option<&Record>, now: OffsetDateTime) -> Result<&Record, ApiError> {
-    let Some(r) = record else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            Failure::new(Reason::KeyInvalid, "unknown request or wrong key"),
-        ));
-    };
-    if r.state != ReqState::Draft {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            Failure::new(
-                Reason::StateInvalid,
-                format!(
-                    "an upload needs the request in draft, it is {}",
-                    r.state.as_str()
-                ),
-            )
-            .value(r.state.as_str())
-            .expected(vec!["draft".into()]),
-        ));
-    }
-    if r.operator_expires_at.is_some_and(|t| now >= t) {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, closed_by_operator(r)));
-    }
-    Ok(r)
-}
-
-fn file_size(path: &std::path::Path) -> std::io::Result<u64> {
-    match std::fs::metadata(path) {
-        Ok(m) => Ok(m.len()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(e) => Err(e),
-    }
-}
-
-fn too_large(max: u64) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        Failure::new(
-            Reason::UploadTooLarge,
-            format!("upload size limit of {max} bytes exceeded"),
-        )
-        .value(max),
-    )
-}
-
-/// An accepted call, holding the upload's lease.
-struct Plan {
-    id: u64,
-    filename: String,
-    start: Start,
-    /// The body's length, if the client said it.
-    length: Option<u64>,
-    path: PathBuf,
-    hold: Arc<Hold>,
-    peer: SocketAddr,
-}
-
-/// Everything that can refuse the call before its body is read; on success the caller
-/// holds the upload's lease and the file is as it was.
-async fn admit(state: &AdminState, parts: &Parts, peer: SocketAddr) -> Result<Plan, Response> {
-    let query = parts.uri.query();
-    let p = parse_access_form(query, "", Bytes::new())
-        .await
-        .map_err(|e| ApiError::bad(Reason::RequestMalformed, e).into_response())?;
-    let offset: Option<String> = query
-        .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
-        .and_then(|pairs| {
-            pairs
-                .into_iter()
-                .find(|(k, _)| k == "offset")
-                .map(|(_, v)| v)
-        });
-    let failures = missing(&[
-        (Reason::RequestMissing, "request", p.request.is_some()),
-        (Reason::KeyMissing, "key", p.key.is_some()),
-    ]);
-    if !failures.is_empty() {
-        return Err(ApiError::bad_all(failures).into_response());
-    }
-    let (raw_id, key) = (p.request.unwrap_or_default(), p.key.unwrap_or_default());
-    let id = request_id(&raw_id)
-        .map_err(|f| ApiError::new(StatusCode::BAD_REQUEST, f).into_response())?;
-    let length = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let range =
-        range_of(offset.as_deref(), &parts.headers, length).map_err(|e| e.into_response())?;
-    let ip = peer.ip();
-    state
-        .throttle
-        .check(id, ip)
-        .map_err(|f| ApiError::new(StatusCode::TOO_MANY_REQUESTS, f).into_response())?;
-    let record = state
-        .gateway
-        .record(id)
-        .await
-        .map_err(|e| ApiError::storage(e).into_response())?;
-    if !key_matches(record.as_ref(), &key) {
-        let f = state.throttle.wrong_key(id, ip);
-        return Err(ApiError::new(StatusCode::FORBIDDEN, f).into_response());
-    }
-    state.throttle.succeeded(id, ip);
-    takes_upload(record.as_ref(), OffsetDateTime::now_utc()).map_err(|e| e.into_response())?;
-    let start = range.start.map_or(Start::Replace, Start::Append);
-    if let Some(max) = state.gateway.max_upload_size() {
-        let from = range.start.unwrap_or(0);
-        let known = [length.map(|l| from.saturating_add(l)), range.total];
-        if known.into_iter().flatten().any(|size| size > max) {
-            return Err(too_large(max).into_response());
-        }
-    }
-    let hold = state.gateway.lease_upload_alone(id).await.map_err(|why| {
-        let (status, reason) = if why == UNAVAILABLE {
-            (StatusCode::SERVICE_UNAVAILABLE, Reason::StorageUnavailable)
-        } else {
-            (StatusCode::CONFLICT, Reason::UploadBusy)
-        };
-        ApiError::new(status, Failure::new(reason, why)).into_response()
-    })?;
-    // The wait for the lease may have been long: the record as it is now.
-    let record = state
-        .gateway
-        .record(id)
-        .await
-        .map_err(|e| ApiError::storage(e).into_response())?;
-    let filename = takes_upload(record.as_ref(), OffsetDateTime::now_utc())
-        .map_err(|e| e.into_response())?
-        .filename
-        .clone();
-    let path = state.gateway.upload_path(id);
-    let size = match state.gateway.dumps() {
-        // With the lease held, this node's view of the upload is the current one.
-        Dumps::S3(s3) => {
-            let s3 = s3.clone();
-            tokio::task::spawn_blocking(move || s3.upload_size(id))
-                .await
-                .map_err(std::io::Error::other)
-                .and_then(|r| r)
-        }
-        Dumps::Local => file_size(&path),
-    }
-    .map_err(|e| ApiError::storage(e).into_response())?;
-    if let Start::Append(at) = start {
-        if at != size {
-            let e = ApiError::new(
-                StatusCode::CONFLICT,
-                Failure::new(
-                    Reason::OffsetMismatch,
-                    format!("the upload is {size} bytes: append at offset {size}"),
-                )
-                .value(at)
-                .expected(vec![size.to_string()]),
-            );
-            return Err(answer(e, None, size, 0));
-        }
-    }
-    Ok(Plan {
-        id,
-        filename,
-        start,
-        length,
-        path,
-        hold,
-        peer,
-    })
-}
 
 /// The answer to a call that got as far as the file: `failures` (none on success) and
 /// what the file is now.
@@ -592,76 +325,6 @@ async fn revoked(state: &AdminState, id: u64) -> ApiError {
         if let Err(e) = takes_upload(record.as_ref(), OffsetDateTime::now_utc()) {
             tracing::info!(target: "audit", event = "revoked", request = id, via = "http", "access ended; stopping the upload");
             return e;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn range(start: u64, last: Option<u64>, total: Option<u64>) -> Option<Range> {
-        Some(Range {
-            start: Some(start),
-            last,
-            total,
-        })
-    }
-
-    #[test]
-    fn content_ranges() {
-        assert_eq!(parse_content_range("bytes 10-*/*"), range(10, None, None));
-        assert_eq!(parse_content_range("Bytes 0-*/*"), range(0, None, None));
-        assert_eq!(
-            parse_content_range("bytes 10-19/20"),
-            range(10, Some(19), Some(20))
-        );
-        assert_eq!(
-            parse_content_range("bytes 10-19/*"),
-            range(10, Some(19), None)
-        );
-        assert_eq!(
-            parse_content_range("bytes 10-*/100"),
-            range(10, None, Some(100))
-        );
-        for bad in [
-            "bytes */*",
-            "bytes */100",
-            "bytes 10-9/*",
-            "bytes 10-19/19",
-            "bytes 10-*/9",
-            "bytes +1-*/*",
-            "bytes -1-*/*",
-            "bytes 1-2",
-            "items 1-*/*",
-            "bytes",
-            "bytes 99999999999999999999-*/*",
-            "",
-        ] {
-            assert_eq!(parse_content_range(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn offsets_and_ranges_agree_with_each_other_and_the_length() {
-        let mut h = HeaderMap::new();
-        assert_eq!(range_of(None, &h, None).unwrap(), Range::default());
-        assert_eq!(range_of(Some("7"), &h, None).unwrap().start, Some(7));
-        for bad in ["", "x", "-1", "+7", "1e3"] {
-            let e = range_of(Some(bad), &h, None).unwrap_err();
-            assert_eq!(e.failures[0].reason, Reason::OffsetInvalid, "{bad}");
-        }
-        h.insert(header::CONTENT_RANGE, "bytes 7-*/*".parse().unwrap());
-        assert_eq!(range_of(Some("7"), &h, None).unwrap().start, Some(7));
-        assert_eq!(
-            range_of(Some("8"), &h, None).unwrap_err().failures[0].reason,
-            Reason::RangeInvalid
-        );
-        h.insert(header::CONTENT_RANGE, "bytes 7-9/10".parse().unwrap());
-        assert_eq!(range_of(None, &h, Some(3)).unwrap().last, Some(9));
-        for length in [None, Some(2), Some(4)] {
-            let e = range_of(None, &h, length).unwrap_err();
-            assert_eq!(e.failures[0].reason, Reason::RangeInvalid);
         }
     }
 }

@@ -10,9 +10,15 @@
 //! size at the last compaction (and past 4 MiB), it is rewritten with what is still
 //! live (temp file, fsync, rename, fsync of the directory). A line torn by a crash is the
 //! last one, never acknowledged, and is cut off at start.
+//!
+//! Beside this file in `outbox_file/`: `state.rs`, the log's lines and the state they
+//! replay into; `tests.rs`, the unit tests.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fs::{self, File, OpenOptions};
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -25,38 +31,11 @@ use super::outbox::{
     Claim, Event, NewEvent, Outbox, OutboxError, OutboxLimits, OutboxStats, Release,
 };
 use super::{private, sync_dir_io};
+use state::{Line, State};
 
 const LOG: &str = "events.log";
 /// The log is never compacted below this size.
 const COMPACT_FLOOR: u64 = 4 << 20;
-
-#[derive(serde::Serialize, serde::Deserialize)]
-#[serde(tag = "op", rename_all = "kebab-case")]
-enum Line {
-    Event {
-        event: Event,
-        /// Set for an access-expired event: the expiry it reports, marked emitted.
-        #[serde(
-            default,
-            skip_serializing_if = "Option::is_none",
-            with = "time::serde::rfc3339::option"
-        )]
-        expiry: Option<OffsetDateTime>,
-    },
-    Delivered {
-        request_id: u64,
-        seq: u64,
-    },
-    Seq {
-        request_id: u64,
-        last_seq: u64,
-    },
-    Expiry {
-        request_id: u64,
-        #[serde(with = "time::serde::rfc3339")]
-        expires_at: OffsetDateTime,
-    },
-}
 
 pub struct FileOutbox {
     inner: Arc<Inner>,
@@ -73,122 +52,9 @@ struct Inner {
     synced: Mutex<u64>,
 }
 
-#[derive(Default)]
-struct State {
-    file: Option<Arc<File>>,
-    /// Bytes ever appended, across compactions: a position to sync up to.
-    appended: u64,
-    log_len: u64,
-    /// The log's size after the last compaction (or at start).
-    compacted_len: u64,
-    pending: BTreeMap<u64, VecDeque<Event>>,
-    last_seq: HashMap<u64, u64>,
-    expiries: HashMap<u64, OffsetDateTime>,
-    /// When each request with waiting events is due, and its failures in a row.
-    due: HashMap<u64, (Instant, u32)>,
-    claims: HashMap<u64, (u64, Instant)>,
-    next_token: u64,
-    depth: u64,
-    bytes: u64,
-}
-
 fn io<'a>(what: &str, path: &'a Path) -> impl FnOnce(std::io::Error) -> OutboxError + 'a {
     let what = what.to_string();
     move |e| OutboxError::Io(format!("{what} {}: {e}", path.display()))
-}
-
-impl State {
-    fn apply(&mut self, line: Line) {
-        match line {
-            Line::Event { event, expiry } => {
-                if let Some(t) = expiry {
-                    self.expiries.insert(event.request_id, t);
-                }
-                let last = self.last_seq.entry(event.request_id).or_default();
-                *last = (*last).max(event.seq);
-                self.depth += 1;
-                self.bytes += event.body.len() as u64;
-                self.due
-                    .entry(event.request_id)
-                    .or_insert((Instant::now(), 0));
-                self.pending
-                    .entry(event.request_id)
-                    .or_default()
-                    .push_back(event);
-            }
-            Line::Delivered { request_id, seq } => {
-                let Some(queue) = self.pending.get_mut(&request_id) else {
-                    return;
-                };
-                if let Some(at) = queue.iter().position(|e| e.seq == seq) {
-                    if let Some(e) = queue.remove(at) {
-                        self.depth -= 1;
-                        self.bytes -= e.body.len() as u64;
-                    }
-                }
-                if queue.is_empty() {
-                    self.pending.remove(&request_id);
-                    self.due.remove(&request_id);
-                }
-            }
-            Line::Seq {
-                request_id,
-                last_seq,
-            } => {
-                let last = self.last_seq.entry(request_id).or_default();
-                *last = (*last).max(last_seq);
-            }
-            Line::Expiry {
-                request_id,
-                expires_at,
-            } => {
-                self.expiries.insert(request_id, expires_at);
-            }
-        }
-    }
-
-    /// Appends `line` to the log (not synced). A failed write is cut off again, so the
-    /// log never holds half a line before a later one.
-    fn append(&mut self, line: &Line, path: &Path) -> Result<(), OutboxError> {
-        let mut bytes = serde_json::to_vec(line).map_err(|e| OutboxError::Io(e.to_string()))?;
-        bytes.push(b'\n');
-        let file = self
-            .file
-            .clone()
-            .ok_or_else(|| OutboxError::Io("the outbox log is not open".into()))?;
-        if let Err(e) = (&*file).write_all(&bytes) {
-            let _ = file.set_len(self.log_len);
-            return Err(io("cannot append to", path)(e));
-        }
-        self.log_len += bytes.len() as u64;
-        self.appended += bytes.len() as u64;
-        Ok(())
-    }
-
-    /// What the log must hold to be replayed into this state.
-    fn live_lines(&self) -> Vec<Line> {
-        let mut lines: Vec<Line> = self
-            .last_seq
-            .iter()
-            .map(|(&request_id, &last_seq)| Line::Seq {
-                request_id,
-                last_seq,
-            })
-            .collect();
-        lines.extend(
-            self.expiries
-                .iter()
-                .map(|(&request_id, &expires_at)| Line::Expiry {
-                    request_id,
-                    expires_at,
-                }),
-        );
-        lines.extend(self.pending.values().flatten().map(|e| Line::Event {
-            event: e.clone(),
-            expiry: None,
-        }));
-        lines
-    }
 }
 
 impl FileOutbox {
@@ -480,130 +346,5 @@ impl Outbox for FileOutbox {
                 .filter_map(|q| q.front().map(|e| e.created_at))
                 .min(),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::{Map, Value};
-
-    fn event(request_id: u64, n: u64) -> NewEvent {
-        let mut fields = Map::new();
-        fields.insert("event".into(), "upload-closed".into());
-        fields.insert("n".into(), Value::from(n));
-        NewEvent { request_id, fields }
-    }
-
-    const TTL: Duration = Duration::from_secs(60);
-
-    fn limits(events: u64, per_request: u64) -> OutboxLimits {
-        OutboxLimits {
-            events,
-            per_request,
-        }
-    }
-
-    #[tokio::test]
-    async fn events_survive_a_restart_in_order_and_delivered_ones_stay_gone() {
-        let dir = tempfile::tempdir().unwrap();
-        let outbox = FileOutbox::open(dir.path(), limits(100, 100)).unwrap();
-        for n in 1..=3 {
-            assert_eq!(outbox.push(event(7, n)).await.unwrap().seq, n);
-        }
-        outbox.push(event(8, 1)).await.unwrap();
-        let claims = outbox.claim("n", 10, TTL).await.unwrap();
-        assert_eq!(claims.len(), 2);
-        let seven = claims.iter().find(|c| c.request_id == 7).unwrap();
-        // Nobody else gets a claimed request.
-        assert!(outbox.claim("n", 10, TTL).await.unwrap().is_empty());
-        let first = &outbox.pending(seven, 10).await.unwrap()[0];
-        outbox.delivered(seven, first.seq).await.unwrap();
-        drop(outbox);
-
-        // A torn last line (a crash mid-append) is cut off.
-        let log = dir.path().join("outbox").join(LOG);
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&log)
-            .unwrap()
-            .write_all(b"{\"op\":\"event\",\"ev")
-            .unwrap();
-        let outbox = FileOutbox::open(dir.path(), limits(100, 100)).unwrap();
-        assert_eq!(outbox.stats().await.unwrap().depth, 3);
-        let claims = outbox.claim("n", 10, TTL).await.unwrap();
-        let seven = claims.iter().find(|c| c.request_id == 7).unwrap();
-        let seqs: Vec<u64> = outbox
-            .pending(seven, 10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.seq)
-            .collect();
-        assert_eq!(seqs, [2, 3]);
-        // Numbers go on from the last one, never reused.
-        assert_eq!(outbox.push(event(7, 4)).await.unwrap().seq, 4);
-    }
-
-    #[tokio::test]
-    async fn the_bound_refuses_and_an_expiry_is_stored_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let outbox = FileOutbox::open(dir.path(), limits(2, 2)).unwrap();
-        let t = OffsetDateTime::now_utc();
-        assert!(outbox.push_expiry(event(1, 1), t).await.unwrap().is_some());
-        assert!(outbox.push_expiry(event(1, 2), t).await.unwrap().is_none());
-        outbox.push(event(2, 1)).await.unwrap();
-        assert!(matches!(
-            outbox.push(event(3, 1)).await,
-            Err(OutboxError::Full(2))
-        ));
-        drop(outbox);
-        let outbox = FileOutbox::open(dir.path(), limits(2, 2)).unwrap();
-        assert!(outbox.push_expiry(event(1, 3), t).await.unwrap().is_none());
-        let later = t + time::Duration::hours(1);
-        // A new expiry of the same request is a new event (once there is room).
-        assert!(matches!(
-            outbox.push_expiry(event(1, 4), later).await,
-            Err(OutboxError::Full(_))
-        ));
-    }
-
-    #[tokio::test]
-    async fn a_failed_request_waits_for_its_backoff_and_compaction_keeps_what_is_live() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut outbox = FileOutbox::open(dir.path(), limits(1_000_000, 1_000_000)).unwrap();
-        let floor = 64 * 1024;
-        Arc::get_mut(&mut outbox.inner).unwrap().compact_floor = floor;
-        outbox.push(event(1, 1)).await.unwrap();
-        let claim = outbox.claim("n", 1, TTL).await.unwrap().remove(0);
-        let failed = Release::Failed {
-            attempts: 1,
-            retry_in: Duration::from_secs(3600),
-        };
-        outbox.release(&claim, failed).await.unwrap();
-        assert!(outbox.claim("n", 1, TTL).await.unwrap().is_empty());
-
-        // Enough traffic on another request to compact the log several times.
-        let body = "x".repeat(1000);
-        for n in 0..500u64 {
-            let mut e = event(2, n);
-            e.fields.insert("pad".into(), Value::from(body.as_str()));
-            let stored = outbox.push(e).await.unwrap();
-            let claim = Claim {
-                request_id: 2,
-                token: 0,
-                attempts: 0,
-            };
-            outbox.delivered(&claim, stored.seq).await.unwrap();
-        }
-        let len = std::fs::metadata(dir.path().join("outbox").join(LOG))
-            .unwrap()
-            .len();
-        assert!(len < 4 * floor, "{len}");
-        drop(outbox);
-        let outbox = FileOutbox::open(dir.path(), limits(1_000_000, 1_000_000)).unwrap();
-        let stats = outbox.stats().await.unwrap();
-        assert_eq!(stats.depth, 1);
-        assert_eq!(outbox.push(event(2, 0)).await.unwrap().seq, 501);
     }
 }
