@@ -69,7 +69,7 @@ cleanup() {
   [ -n "$MOTO_PID" ] && bash "$repo/bench/moto.sh" stop "$B/moto" || true
   [ -n "$PGDIR" ] && bash "$repo/bench/pg.sh" stop "$PGDIR" || true
   stop_openssh
-  rm -rf "$B"
+  [ -n "${KEEP:-}" ] && echo "kept $B" >&2 || rm -rf "$B" # KEEP=1 keeps it, to look at the logs
   cg_remove
 }
 trap cleanup EXIT
