@@ -93,9 +93,9 @@ fn main() -> std::process::ExitCode {
     tune_allocator();
     let result = match Cli::parse().command {
         Command::Serve { config, settings } => resolve(config, settings).and_then(|cfg| {
-            // Each SFTP session holds two blocking threads (requests, replies) while it
-            // lasts; tokio's default cap of 512 would leave sessions past 256 waiting for
-            // a thread, so the cap follows the connection limit.
+            // An SFTP session takes up to two blocking threads (requests; READ replies)
+            // while it has work; tokio's default cap of 512 could leave busy sessions past
+            // 256 waiting for a thread, so the cap follows the connection limit.
             let threads = cfg.max_connections.saturating_mul(2).saturating_add(64);
             runtime(threads)?.block_on(serve(cfg))
         }),

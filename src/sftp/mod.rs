@@ -4,6 +4,7 @@
 //! authorized [`SharedFile`] and a byte transport ([`Inbound`]/[`Outbound`]).
 
 mod activity;
+mod inbox;
 mod lease;
 mod local;
 mod queue;

@@ -370,6 +370,18 @@ impl Buffers {
         });
     }
 
+    /// Lets go of every buffer, once the session is idle: the pages of those returned are
+    /// given back to the system first. Freeing alone would not do that: glibc serves
+    /// blocks of this size from its arenas (see `tune_allocator` in main.rs) and keeps
+    /// freed arena memory resident.
+    pub fn release(&mut self) {
+        for b in self.lent.drain(..) {
+            if let Ok(mut buf) = b.try_into_mut() {
+                discard_pages(&mut buf);
+            }
+        }
+    }
+
     /// Freezes `buf` for the transport and keeps a handle to get it back later.
     pub fn lend(&mut self, buf: BytesMut) -> Bytes {
         let bytes = buf.freeze();
@@ -378,6 +390,26 @@ impl Buffers {
         }
         self.lent.push_back(bytes.clone());
         bytes
+    }
+}
+
+/// Gives the whole pages inside `buf`'s allocation back to the system (they read as zeros
+/// when next touched); its first and last bytes, where the allocator keeps its own
+/// records beside the allocation, are not touched.
+fn discard_pages(buf: &mut BytesMut) {
+    const PAGE: usize = 4096;
+    const MARGIN: usize = 64;
+    let start = buf.as_mut_ptr() as usize;
+    let from = (start + MARGIN).next_multiple_of(PAGE);
+    let to = (start + buf.capacity()).saturating_sub(MARGIN) / PAGE * PAGE;
+    if to > from {
+        // SAFETY: [from, to) lies inside the allocation `buf` owns alone (it is unique, and
+        // nothing reads its contents again: it is freed next). MADV_DONTNEED on private
+        // anonymous memory only replaces those pages by zero-filled ones on next access,
+        // which is what glibc's own malloc_trim does to free memory.
+        unsafe {
+            libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_DONTNEED);
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! Runs one SFTP session over a byte transport: a pump hands the client's bytes to the
-//! request loop ([`Session`], on a blocking thread) and a writer (another blocking thread)
-//! sends the replies the loop queues.
+//! request loop ([`Session`], run through an [`Inbox`] on a blocking thread while it has
+//! bytes to handle) and a writer task sends the replies the loop queues. Neither holds a
+//! thread while the session is idle: the writer moves to a blocking thread only to send
+//! READ data, which it reads from the file as it sends it.
 //!
 //! How a session ends: once the client's input has ended, or the server ends the session,
 //! what was received is still handled to the end (its writes are what a resume starts
@@ -15,16 +17,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::inbox::Inbox;
 use super::queue::{Buffers, Item, ReplyQueue};
 use super::session::{Session, SessionSummary, WriteClosed};
 use super::{Activity, Inbound, Outbound, SharedFile, MAX_IO_LEN};
 
-/// Received chunks waiting for the request thread.
-const PUMP_QUEUE: usize = 16;
 /// How long one batch of replies may wait for a client whose input has ended.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long replies may hold up, in all, a session the server is closing.
@@ -32,6 +33,9 @@ const SHUTDOWN_REPLY_WAIT: Duration = Duration::from_secs(1);
 /// Replies are gathered up to this many bytes before they are handed to the transport, so
 /// that many small replies, or a read's data and the next read's header, share messages.
 const WRITE_BATCH: usize = 256 * 1024;
+/// How long the writer keeps its reply buffers once no reply is queued: a download that
+/// pauses between files reuses them, an idle session gives them back.
+const BUFFERS_KEPT_IDLE: Duration = Duration::from_secs(1);
 
 /// How the input ended, which decides how long replies may wait for the client.
 #[derive(Clone, Copy, Debug)]
@@ -40,6 +44,16 @@ enum Ending {
     Client(Instant),
     /// The server is closing the session: everything must be sent by this instant.
     Server(Instant),
+}
+
+/// Ends the input of the request loop when dropped, so that a session dropped unfinished
+/// (its task aborted) still syncs and closes its files.
+struct EndsInput(Arc<Inbox>);
+
+impl Drop for EndsInput {
+    fn drop(&mut self) {
+        self.0.end();
+    }
 }
 
 /// Serves SFTP on `input`/`output` until the client ends the stream or `shutdown` fires.
@@ -54,25 +68,19 @@ pub async fn serve<I: Inbound, O: Outbound>(
 ) -> SessionSummary {
     let queue = Arc::new(ReplyQueue::new(activity.clone()));
     let (ended_tx, ended) = watch::channel(None::<Ending>);
-    // Replies are sent from a blocking thread as well: a READ's data is read from the file
-    // when its reply is sent, and a file that is not in the page cache (a dump of many GiB
-    // read once) would otherwise hold a runtime worker on the disk.
     let stop_writer = CancellationToken::new();
-    // Returning, or being dropped (a runtime shutting down), ends that thread as well.
+    // Returning, or being dropped (a runtime shutting down), ends the writer as well.
     let _writer_stops_with_us = stop_writer.clone().drop_guard();
-    let mut writer = tokio::task::spawn_blocking({
-        let runtime = tokio::runtime::Handle::current();
+    let mut writer = tokio::spawn({
         let (queue, stop) = (queue.clone(), stop_writer.clone());
-        move || {
-            runtime.block_on(async move {
-                tokio::select! {
-                    _ = write_replies(queue.clone(), output, ended) => {}
-                    _ = stop.cancelled() => {}
-                }
-                // However it ended, nothing more is sent: a request loop waiting for room
-                // in the queue must not wait for it.
-                queue.abandon();
-            })
+        async move {
+            tokio::select! {
+                _ = write_replies(queue.clone(), output, ended, stop.clone()) => {}
+                _ = stop.cancelled() => {}
+            }
+            // However it ended, nothing more is sent: a request loop waiting for room
+            // in the queue must not wait for it.
+            queue.abandon();
         }
     });
     let membership = activity.join(input.hangup_probe());
@@ -83,12 +91,8 @@ pub async fn serve<I: Inbound, O: Outbound>(
         on_write_closed,
         queue.clone(),
     );
-    // Requests are handled on a blocking thread: file I/O can stall for a long time (dirty
-    // page throttling, a slow disk, fsync) and must not stall the runtime's workers, which
-    // run every other connection's crypto. This task only pumps bytes to it.
-    let (tx, rx) = mpsc::channel::<Bytes>(PUMP_QUEUE);
-    let span = tracing::Span::current();
-    let worker = tokio::task::spawn_blocking(move || span.in_scope(|| session.run(rx)));
+    let (inbox, summary) = Inbox::new(session);
+    let inbox = EndsInput(inbox);
     tokio::pin!(shutdown);
     let mut by_server = false;
     loop {
@@ -104,20 +108,20 @@ pub async fn serve<I: Inbound, O: Outbound>(
         // The request loop stops taking chunks while its reply queue is full, and this
         // then stops reading the channel: that is the backpressure on a client that does
         // not read its replies. Shutdown is still heard meanwhile.
-        let sent = tokio::select! {
-            sent = tx.send(chunk) => sent.is_ok(),
+        let queued = tokio::select! {
+            queued = inbox.0.push(chunk) => queued,
             _ = &mut shutdown => {
                 by_server = true;
                 false
             }
             _ = &mut writer => false,
         };
-        if !sent {
+        if !queued {
             break;
         }
     }
     membership.draining();
-    drop(tx);
+    inbox.0.end();
     let now = Instant::now();
     let ending = if by_server {
         Ending::Server(now + SHUTDOWN_REPLY_WAIT)
@@ -129,7 +133,7 @@ pub async fn serve<I: Inbound, O: Outbound>(
     // The loop finishes what was received: it is working on our own disk, or waiting for
     // room in the queue, which the writer makes by sending or, once the client has stopped
     // reading, by dropping the rest.
-    let summary = worker.await.unwrap_or_default();
+    let summary = summary.await.unwrap_or_default();
     drop(membership);
     queue.close();
     if !writer.is_finished() {
@@ -159,48 +163,128 @@ async fn stalled(mut ended: watch::Receiver<Option<Ending>>, ready: Instant) {
     tokio::time::sleep_until(deadline).await
 }
 
+/// What the writer needs to send, moved onto a blocking thread and back with it.
+struct Sender<O> {
+    queue: Arc<ReplyQueue>,
+    out: O,
+    ended: watch::Receiver<Option<Ending>>,
+    stop: CancellationToken,
+    buffers: Buffers,
+}
+
+impl<O: Outbound> Sender<O> {
+    /// Sends one batch; false once the transport is gone or the client stopped reading.
+    async fn send(&mut self, data: Bytes) -> bool {
+        let ready = Instant::now();
+        tokio::select! {
+            sent = self.out.send(data) => sent.is_ok(),
+            _ = stalled(self.ended.clone(), ready) => {
+                tracing::debug!("the client stopped reading its replies; the rest are dropped");
+                false
+            }
+            _ = self.stop.cancelled() => false,
+        }
+    }
+
+    /// On a blocking thread: sends batches, starting with `first`, until the queue is
+    /// empty. READs are answered here, their data read from the file into the batch.
+    fn send_reads(&mut self, first: Item, runtime: &tokio::runtime::Handle) -> bool {
+        let mut item = Some(first);
+        while let Some(mut it) = item.take() {
+            let mut buf = self.buffers.get();
+            loop {
+                match it {
+                    Item::Encoded(b) => buf.extend_from_slice(&b),
+                    Item::Read(r) => self.queue.encode_read(&mut buf, &r),
+                }
+                if buf.len() >= WRITE_BATCH {
+                    break;
+                }
+                match self.queue.try_pop() {
+                    Some(next) => it = next,
+                    None => break,
+                }
+            }
+            let data = self.buffers.lend(buf);
+            if !runtime.block_on(self.send(data)) {
+                return false;
+            }
+            item = self.queue.try_pop();
+        }
+        true
+    }
+}
+
 async fn write_replies<O: Outbound>(
     queue: Arc<ReplyQueue>,
-    mut out: O,
+    out: O,
     ended: watch::Receiver<Option<Ending>>,
+    stop: CancellationToken,
 ) {
-    let mut buffers = Buffers::new(WRITE_BATCH + MAX_IO_LEN as usize + 64);
+    let mut sender = Sender {
+        queue: queue.clone(),
+        out,
+        ended,
+        stop,
+        buffers: Buffers::new(WRITE_BATCH + MAX_IO_LEN as usize + 64),
+    };
+    // A READ met while gathering encoded replies, sent next.
+    let mut carried = None;
     loop {
-        let first = match queue.try_pop() {
+        let first = match carried.take().or_else(|| queue.try_pop()) {
             Some(item) => item,
             None => {
-                buffers.trim();
-                match queue.pop().await {
+                sender.buffers.trim();
+                let item = match tokio::time::timeout(BUFFERS_KEPT_IDLE, queue.pop()).await {
+                    Ok(item) => item,
+                    Err(_) => {
+                        sender.buffers.release();
+                        queue.pop().await
+                    }
+                };
+                match item {
                     Some(item) => item,
                     None => break,
                 }
             }
         };
-        let mut buf = buffers.get();
-        let mut item = Some(first);
-        while let Some(it) = item {
-            match it {
-                Item::Encoded(b) => buf.extend_from_slice(&b),
-                Item::Read(r) => queue.encode_read(&mut buf, &r),
+        match first {
+            // Encoded replies (statuses, handles, attributes, names: an upload's are all of
+            // this kind) are sent from here, in the buffers they were encoded in.
+            Item::Encoded(mut buf) => {
+                while let Some(next) = queue.try_pop() {
+                    match next {
+                        Item::Encoded(b) if buf.len() < WRITE_BATCH => buf.extend_from_slice(&b),
+                        other => {
+                            carried = Some(other);
+                            break;
+                        }
+                    }
+                }
+                if !sender.send(buf.freeze()).await {
+                    return;
+                }
             }
-            item = if buf.len() < WRITE_BATCH {
-                queue.try_pop()
-            } else {
-                None
-            };
-        }
-        let ready = Instant::now();
-        tokio::select! {
-            sent = out.send(buffers.lend(buf)) => if sent.is_err() { return },
-            _ = stalled(ended.clone(), ready) => {
-                tracing::debug!("the client stopped reading its replies; the rest are dropped");
-                return;
+            // A READ's data is read from the file as its reply is sent: on a blocking
+            // thread, since a file not in the page cache (a dump of many GiB read once)
+            // would otherwise hold a runtime worker on the disk. The thread sends until
+            // the queue is empty, so a download moves there once, not once per batch.
+            read @ Item::Read(_) => {
+                let runtime = tokio::runtime::Handle::current();
+                let job = tokio::task::spawn_blocking(move || {
+                    let sent = sender.send_reads(read, &runtime);
+                    (sender, sent)
+                });
+                match job.await {
+                    Ok((back, true)) => sender = back,
+                    Ok((_, false)) | Err(_) => return,
+                }
             }
         }
     }
     let ready = Instant::now();
     tokio::select! {
-        _ = out.finish() => {}
-        _ = stalled(ended, ready) => {}
+        _ = sender.out.finish() => {}
+        _ = stalled(sender.ended, ready) => {}
     }
 }

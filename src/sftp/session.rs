@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use tokio::sync::mpsc;
 
 use super::queue::ReplyQueue;
 use super::rope::{Pieces, Rope};
@@ -109,18 +108,15 @@ impl Session {
         }
     }
 
-    /// The request loop: runs on a blocking thread until the pump closes the channel, then
-    /// syncs and closes whatever the client left open.
-    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Bytes>) -> SessionSummary {
-        while let Some(chunk) = rx.blocking_recv() {
-            self.feed(chunk);
-        }
+    /// Once the client's input has ended: syncs and closes whatever the client left open.
+    pub(super) fn finish(mut self) -> SessionSummary {
         self.close_all();
         self.summary
     }
 
-    /// Splits the byte stream into packets and answers each in order, once.
-    fn feed(&mut self, mut chunk: Bytes) {
+    /// Splits the byte stream into packets and answers each in order, once (on a blocking
+    /// thread: see [`super::inbox`]).
+    pub(super) fn feed(&mut self, mut chunk: Bytes) {
         self.wait_for_other_nodes();
         // Once per chunk, not per packet: the packets of one chunk arrived together.
         self.wait_for_other_sessions();
