@@ -181,21 +181,8 @@ fn provisioning_views_and_the_original_with_ranges() {
     );
 
     let fetch = |range: Option<&str>, out: &str| -> String {
-        let mut cmd = Command::new("curl");
-        cmd.args([
-            "-sS",
-            "-o",
-            out,
-            "-w",
-            "%{http_code}",
-            "-H",
-            &format!("Authorization: Bearer {TOKEN}"),
-        ]);
-        if let Some(r) = range {
-            cmd.args(["-H", &format!("Range: {r}")]);
-        }
-        cmd.arg(format!("http://{}/v1/requests/10534/original", g.admin));
-        text(&cmd.output().unwrap().stdout)
+        g.original(10534, range, std::path::Path::new(out))
+            .to_string()
     };
     let whole = g.dir.path().join("whole");
     assert_eq!(fetch(None, whole.to_str().unwrap()), "200");

@@ -69,26 +69,32 @@ impl Bucket {
 /// Small parts, so that a few MiB make several of them (S3's minimum is 5 MiB).
 const PART: u64 = 5 * 1024 * 1024;
 
-/// A gateway on a fresh bucket, with 5 MiB parts and a quick sweeper.
-fn s3_gateway(bucket: &Bucket, extra: &[&str]) -> Gateway {
+/// The flags of a node on `bucket`: 5 MiB parts, a quick sweeper, and `extra`.
+fn s3_flags(bucket: &Bucket, extra: &[&str]) -> Vec<String> {
     let mut flags = bucket.gateway_flags();
+    let part = PART.to_string();
     flags.extend(
-        [
-            "--s3-part-size",
-            &PART.to_string(),
-            "--s3-sweep-every",
-            "1s",
-        ]
-        .iter()
-        .map(|s| s.to_string()),
+        ["--s3-part-size", &part, "--s3-sweep-every", "1s"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string()),
     );
-    flags.extend(extra.iter().map(|s| s.to_string()));
+    flags
+}
+
+/// Starts (or restarts) `g` on `bucket` with [`s3_flags`].
+fn launch_on(g: &mut Gateway, bucket: &Bucket, extra: &[&str]) {
+    let flags = s3_flags(bucket, extra);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let env = bucket.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let mut g = Gateway::start();
-    g.stop("TERM");
     g.launch_env(&flags, &env);
+}
+
+/// A gateway on a fresh bucket, with 5 MiB parts and a quick sweeper.
+fn s3_gateway(bucket: &Bucket, extra: &[&str]) -> Gateway {
+    let mut g = Gateway::unstarted("127.0.0.1");
+    launch_on(&mut g, bucket, extra);
     g
 }
 
@@ -119,25 +125,6 @@ fn objects(bucket: &Bucket) -> Vec<String> {
          for o in r.get('Contents', []):\n    print(o['Key'])\n",
     );
     out.lines().map(str::to_string).collect()
-}
-
-/// `GET /v1/requests/{id}/original` into `to`, with a `Range` header if given; the status.
-fn original(g: &Gateway, id: u64, range: Option<&str>, to: &Path) -> u16 {
-    let mut cmd = std::process::Command::new("curl");
-    cmd.args(["-sS", "-o"]).arg(to).args([
-        "-w",
-        "%{http_code}",
-        "-H",
-        &format!("Authorization: Bearer {TOKEN}"),
-    ]);
-    if let Some(r) = range {
-        cmd.args(["-H", &format!("Range: {r}")]);
-    }
-    let out = cmd
-        .arg(format!("http://{}/v1/requests/{id}/original", g.admin))
-        .output()
-        .unwrap();
-    text(&out.stdout).trim().parse().unwrap()
 }
 
 /// The gateway's log without its colours.
@@ -254,12 +241,9 @@ fn upload_resume_after_close_and_download_on_s3() {
 
     // The operator's original, whole and by range.
     let got = work.join("original");
-    assert_eq!(original(&g, 10534, None, &got), 200);
+    assert_eq!(g.original(10534, None, &got), 200);
     assert_eq!(sha256(&got), sha256(&src));
-    assert_eq!(
-        original(&g, 10534, Some("bytes=5242870-5242889"), &got),
-        206
-    );
+    assert_eq!(g.original(10534, Some("bytes=5242870-5242889"), &got), 206);
     let data = std::fs::read(&src).unwrap();
     assert_eq!(std::fs::read(&got).unwrap(), &data[5242870..5242890]);
 
@@ -355,7 +339,7 @@ fn killed_client_leaves_a_prefix_that_put_a_completes_on_s3() {
         // with what was received, which is a prefix of the source.
         assert!(wait_until(Duration::from_secs(20), || g.sessions(7) == 0));
         let got = work.join("got");
-        let code = original(&g, 7, None, &got);
+        let code = g.original(7, None, &got);
         assert_eq!(code, 200, "seed {seed} round {round}");
         assert!(
             is_prefix(&got, &src),
@@ -381,9 +365,7 @@ fn a_node_lost_mid_part_loses_only_its_tail_and_put_a_through_another_completes(
     let mut a = s3_gateway(&bucket, &flags);
     // Another machine: the same host keys, its own data directory (and spool).
     let b = {
-        let mut f = bucket.gateway_flags();
-        f.extend(["--s3-part-size".to_string(), PART.to_string()]);
-        f.extend(flags.iter().map(|s| s.to_string()));
+        let f = s3_flags(&bucket, &flags);
         let f: Vec<&str> = f.iter().map(String::as_str).collect();
         Gateway::start_peer(&a, &f, &bucket.env())
     };
@@ -436,15 +418,7 @@ fn a_gateway_killed_mid_part_and_restarted_keeps_its_spooled_tail() {
     );
     assert_eq!(g.stop("KILL"), None);
     drop(wait_output(child, Duration::from_secs(20)));
-    let flags = {
-        let mut f = bucket.gateway_flags();
-        f.extend(["--s3-part-size".to_string(), PART.to_string()]);
-        f
-    };
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let env = bucket.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    g.launch_env(&flags, &env);
+    launch_on(&mut g, &bucket, &[]);
     // Restarted on the same node, STAT reports the spooled tail: every acknowledged byte.
     let size = remote_size(&g, "user_6", &key, "db.dump", &work);
     assert!(
@@ -481,24 +455,7 @@ fn abandoned_uploads_are_aborted_and_a_purge_leaves_nothing() {
     );
     let kept = "multipart uploads in progress kept";
     let before = g.log().matches(kept).count();
-    let flags = {
-        let mut f = bucket.gateway_flags();
-        f.extend(
-            [
-                "--s3-part-size",
-                &PART.to_string(),
-                "--s3-sweep-every",
-                "1s",
-            ]
-            .iter()
-            .map(|s| s.to_string()),
-        );
-        f
-    };
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let env = bucket.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    g.launch_env(&flags, &env);
+    launch_on(&mut g, &bucket, &[]);
     // Still in draft: kept by every sweep, for a resume.
     assert!(g.wait_log(kept, before + 2), "{}", g.log());
     assert_eq!(pending_uploads(&bucket).len(), 1);

@@ -256,6 +256,26 @@ impl Gateway {
         (code.trim().parse().unwrap(), json)
     }
 
+    /// `GET /v1/requests/{id}/original` into `to`, with a `Range` header if given; the
+    /// status.
+    pub fn original(&self, id: u64, range: Option<&str>, to: &Path) -> u16 {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-o"]).arg(to).args([
+            "-w",
+            "%{http_code}",
+            "-H",
+            &format!("Authorization: Bearer {TOKEN}"),
+        ]);
+        if let Some(r) = range {
+            cmd.args(["-H", &format!("Range: {r}")]);
+        }
+        let out = cmd
+            .arg(format!("http://{}/v1/requests/{id}/original", self.admin))
+            .output()
+            .unwrap();
+        text(&out.stdout).trim().parse().unwrap()
+    }
+
     /// Uploads `file` as the upgraded dump of request `id`.
     pub fn push_upgraded(&self, id: u64, file: &Path) -> u16 {
         let out = Command::new("curl")

@@ -581,17 +581,8 @@ impl Upload {
             g = self.moved.wait(g).unwrap_or_else(|p| p.into_inner());
         }
         if let Some(mp) = g.mp.take() {
-            let (s3, store, request, object) = (
-                self.ctx.s3.clone(),
-                self.ctx.store.clone(),
-                self.request,
-                self.object,
-            );
-            let done = wait(&self.ctx.rt, async move {
-                let _ = store.end_multipart(request, object, &mp.upload_id).await;
-                s3.abort(&mp.key, &mp.upload_id).await
-            });
-            if let Ok(Err(e)) = done {
+            if let Err(e) = self.drop_upload(mp) {
+                // The sweeper aborts what is left (an upgraded dump's upload after a day).
                 tracing::warn!(error = %e, "cannot abort an abandoned multipart upload");
             }
         }
@@ -622,6 +613,24 @@ impl Upload {
         source.discard()
     }
 
+    /// Forgets `mp` in the store, then aborts it on S3 (in that order: the store never
+    /// names an upload that S3 no longer has).
+    fn drop_upload(&self, mp: Multipart) -> io::Result<()> {
+        let (s3, store, request, object) = (
+            self.ctx.s3.clone(),
+            self.ctx.store.clone(),
+            self.request,
+            self.object,
+        );
+        wait(&self.ctx.rt, async move {
+            store
+                .end_multipart(request, object, &mp.upload_id)
+                .await
+                .map_err(io_err)?;
+            s3.abort(&mp.key, &mp.upload_id).await.map_err(io_err)
+        })?
+    }
+
     /// Removes the object and any upload of it in progress (an abandoned `.filepart`).
     pub fn discard(&self) -> io::Result<()> {
         let mut g = self.lock();
@@ -630,19 +639,7 @@ impl Upload {
             return Err(io::Error::other("the file is open for writing"));
         }
         if let Some(mp) = g.mp.take() {
-            let (s3, store, request, object) = (
-                self.ctx.s3.clone(),
-                self.ctx.store.clone(),
-                self.request,
-                self.object,
-            );
-            wait(&self.ctx.rt, async move {
-                store
-                    .end_multipart(request, object, &mp.upload_id)
-                    .await
-                    .map_err(io_err)?;
-                s3.abort(&mp.key, &mp.upload_id).await.map_err(io_err)
-            })??;
+            self.drop_upload(mp)?;
         }
         let (s3, key) = (self.ctx.s3.clone(), self.key.clone());
         wait(&self.ctx.rt, async move { s3.delete(&key).await })?.map_err(io_err)?;
