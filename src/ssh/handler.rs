@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use super::channel::{self, Start};
-use super::Conn;
+use super::connection::Conn;
 use crate::gateway::{Gateway, Grant, LiveGuard};
 use crate::keys::fingerprint;
 use crate::metrics::Metrics;
