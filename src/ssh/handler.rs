@@ -15,7 +15,7 @@ use russh::keys::ssh_key::Certificate;
 use russh::server::{
     Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Response, Session, VerifiedPublicKey,
 };
-use russh::{Channel, ChannelId, ChannelOpenFailure, Pty};
+use russh::{Channel, ChannelId, Pty};
 use tokio::sync::oneshot;
 
 use super::channel::Start;
@@ -109,7 +109,7 @@ impl russh::server::Handler for SshHandler {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(self.offered(user, offer.public_key).await)
+        Ok(self.key_offered(user, offer.public_key).await)
     }
 
     async fn auth_publickey(
@@ -126,8 +126,7 @@ impl russh::server::Handler for SshHandler {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.open_session(channel, reply, session).await;
-        Ok(())
+        self.open_session(channel, reply, session).await
     }
 
     async fn subsystem_request(
@@ -221,11 +220,7 @@ impl russh::server::Handler for SshHandler {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.refuse_channel("x11");
-        reply
-            .reject(ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
-        Ok(())
+        self.refuse_open("x11", reply).await
     }
 
     async fn channel_open_direct_tcpip(
@@ -238,11 +233,7 @@ impl russh::server::Handler for SshHandler {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.refuse_channel("direct-tcpip");
-        reply
-            .reject(ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
-        Ok(())
+        self.refuse_open("direct-tcpip", reply).await
     }
 
     async fn channel_open_forwarded_tcpip(
@@ -255,11 +246,7 @@ impl russh::server::Handler for SshHandler {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.refuse_channel("forwarded-tcpip");
-        reply
-            .reject(ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
-        Ok(())
+        self.refuse_open("forwarded-tcpip", reply).await
     }
 
     async fn channel_open_direct_streamlocal(
@@ -269,11 +256,7 @@ impl russh::server::Handler for SshHandler {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.refuse_channel("direct-streamlocal");
-        reply
-            .reject(ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
-        Ok(())
+        self.refuse_open("direct-streamlocal", reply).await
     }
 
     async fn tcpip_forward(

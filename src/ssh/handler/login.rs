@@ -24,7 +24,7 @@ impl SshHandler {
     }
 
     /// `key` offered for `user` without a signature.
-    pub(super) async fn offered(&mut self, user: &str, key: &PublicKey) -> Auth {
+    pub(super) async fn key_offered(&mut self, user: &str, key: &PublicKey) -> Auth {
         self.conn.auth_attempted.store(true, Ordering::Release);
         self.offered = self
             .gateway

@@ -2,8 +2,8 @@
 //! requests answered and logged a few per window (the rest counted into the next line, or
 //! the last when the client goes).
 
-use russh::server::{Auth, Session};
-use russh::{ChannelId, MethodKind, MethodSet};
+use russh::server::{Auth, ChannelOpenHandle, Session};
+use russh::{ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
 
 use super::SshHandler;
 use crate::ratelog::Verdict;
@@ -37,5 +37,17 @@ impl SshHandler {
             self.span.in_scope(|| tracing::info!(target: "audit", event = "request-refused", session = self.session, peer = %self.peer, kind, suppressed, "refused"));
         }
         session.channel_failure(channel)
+    }
+    /// A channel the client may not open: refused with an answer, and logged as above.
+    pub(super) async fn refuse_open(
+        &mut self,
+        kind: &str,
+        reply: ChannelOpenHandle,
+    ) -> Result<(), russh::Error> {
+        self.refuse_channel(kind);
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
     }
 }

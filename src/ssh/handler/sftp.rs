@@ -3,7 +3,7 @@
 //! activity, and what to do when a write handle closes).
 
 use russh::server::{ChannelOpenHandle, Msg, Session};
-use russh::{Channel, ChannelId, ChannelOpenFailure};
+use russh::{Channel, ChannelId};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
@@ -17,15 +17,11 @@ impl SshHandler {
         channel: Channel<Msg>,
         reply: ChannelOpenHandle,
         session: &mut Session,
-    ) {
+    ) -> Result<(), russh::Error> {
         // One session channel per connection: SFTP needs no more, and a cap keeps a client
         // from multiplying per-channel buffers.
         if self.grant.is_none() || self.channel_opened {
-            self.refuse_channel("second session");
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return;
+            return self.refuse_open("second session", reply).await;
         }
         self.channel_opened = true;
         let (tx, rx) = oneshot::channel();
@@ -38,6 +34,7 @@ impl SshHandler {
             *slot = Some(task);
         }
         reply.accept().await;
+        Ok(())
     }
 
     /// The subsystem `name` asked for on `channel`: `sftp` on the session channel starts.
