@@ -8,6 +8,8 @@ pub mod haproxy;
 pub mod postgres;
 pub mod s3;
 #[macro_use]
+pub mod multipart_contract;
+#[macro_use]
 pub mod store_contract;
 mod api;
 mod clients;
