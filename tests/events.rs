@@ -5,6 +5,9 @@
 //! delivered in order per request until the receiver answers 2xx, across a dead
 //! receiver, restarts and crashes, by any of two nodes on one PostgreSQL; one
 //! access-expired event per expiry.
+//!
+//! Over 400 lines on purpose: one test binary per subject, each test independent; a
+//! second file would be a second binary linking the whole crate again, for no gain.
 
 mod common;
 

@@ -4,6 +4,9 @@
 //! 64 MiB body, resume by `Content-Range` and `?offset=`, one writer beside SFTP (both
 //! ways, on one node and across two), a cancel mid-body, a client cut off mid-body or gone
 //! silent, and `sftp put -a` going on from what an HTTP upload left.
+//!
+//! Over 400 lines on purpose: one test binary per subject, each test independent; a
+//! second file would be a second binary linking the whole crate again, for no gain.
 
 mod common;
 

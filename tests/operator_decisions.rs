@@ -3,6 +3,9 @@
 //! racing it, a deleted request hands nothing to the next one with its id, strangers'
 //! wrong keys cannot lock an owner out, and the files on disk are private whatever the
 //! umask.
+//!
+//! Over 400 lines on purpose: one test binary per subject, each test independent; a
+//! second file would be a second binary linking the whole crate again, for no gain.
 
 mod common;
 

@@ -3,6 +3,9 @@
 //! store contract shared with the file store, then what only a shared database has —
 //! migrations by nodes starting at once, change notifications between nodes, a server
 //! restart under a running node, and the schema an operator sees.
+//!
+//! Over 400 lines on purpose: one test binary per subject, each test independent; a
+//! second file would be a second binary linking the whole crate again, for no gain.
 
 #[macro_use]
 mod common;

@@ -5,6 +5,9 @@
 //! swaps the certificate for new connections while one opened before goes on, and a bad
 //! file keeps the old one; an https:// hook is delivered with --hook-ca and refused
 //! (unknown issuer) without it.
+//!
+//! Over 400 lines on purpose: one test binary per subject, each test independent; a
+//! second file would be a second binary linking the whole crate again, for no gain.
 
 mod common;
 

@@ -4,6 +4,7 @@
 //! authorized [`SharedFile`] and a byte transport ([`Inbound`]/[`Outbound`]).
 
 mod activity;
+mod buffers;
 mod inbox;
 mod lease;
 mod local;

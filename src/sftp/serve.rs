@@ -21,8 +21,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::buffers::Buffers;
 use super::inbox::Inbox;
-use super::queue::{Buffers, Item, ReplyQueue};
+use super::queue::{Item, ReplyQueue};
 use super::session::{Session, SessionSummary, WriteClosed};
 use super::{Activity, Inbound, Outbound, SharedFile, MAX_IO_LEN};
 

@@ -27,13 +27,28 @@ pub const PARTIAL_SUFFIX: &str = ".filepart";
 /// `.` and empty components are skipped and `..` never climbs above `/`. Nothing may follow
 /// the file name, not even a trailing `/` or `..`, since the file is not a directory.
 pub fn resolve(path: &[u8], visible: &str) -> Resolved {
+    // The file (and its .filepart) are not directories: nothing may follow them.
+    let below_a_file = |stack: &[&[u8]]| matches!(stack, [only] if names_a_file(only, visible));
+    let Some(stack) = components(path, below_a_file) else {
+        return Resolved::Other;
+    };
+    match stack.as_slice() {
+        [] => Resolved::Root,
+        [name] if *name == visible.as_bytes() => Resolved::File,
+        [name] if name.strip_suffix(PARTIAL_SUFFIX.as_bytes()) == Some(visible.as_bytes()) => {
+            Resolved::Partial
+        }
+        _ => Resolved::Other,
+    }
+}
+
+/// The components of `path` with `.`, empty ones and `..` applied (`..` never climbs above
+/// `/`); `None` as soon as `stop` holds for those seen so far and another follows.
+fn components(path: &[u8], stop: impl Fn(&[&[u8]]) -> bool) -> Option<Vec<&[u8]>> {
     let mut stack: Vec<&[u8]> = Vec::new();
     for part in path.split(|&b| b == b'/') {
-        // The file (and its .filepart) are not directories: nothing may follow them.
-        if let [only] = stack.as_slice() {
-            if names_a_file(only, visible) {
-                return Resolved::Other;
-            }
+        if stop(&stack) {
+            return None;
         }
         match part {
             b"" | b"." => {}
@@ -43,14 +58,7 @@ pub fn resolve(path: &[u8], visible: &str) -> Resolved {
             name => stack.push(name),
         }
     }
-    match stack.as_slice() {
-        [] => Resolved::Root,
-        [name] if *name == visible.as_bytes() => Resolved::File,
-        [name] if name.strip_suffix(PARTIAL_SUFFIX.as_bytes()) == Some(visible.as_bytes()) => {
-            Resolved::Partial
-        }
-        _ => Resolved::Other,
-    }
+    Some(stack)
 }
 
 fn names_a_file(name: &[u8], visible: &str) -> bool {
@@ -62,16 +70,7 @@ fn names_a_file(name: &[u8], visible: &str) -> bool {
 /// directly below the root that does not exist (clients realpath a target before creating
 /// it). Deeper paths have no canonical form here.
 pub fn canonical(path: &[u8]) -> Option<Vec<u8>> {
-    let mut stack: Vec<&[u8]> = Vec::new();
-    for part in path.split(|&b| b == b'/') {
-        match part {
-            b"" | b"." => {}
-            b".." => {
-                stack.pop();
-            }
-            name => stack.push(name),
-        }
-    }
+    let stack = components(path, |_| false)?;
     match stack.as_slice() {
         [] => Some(b"/".to_vec()),
         [name] if !name.contains(&0) => Some([&b"/"[..], name].concat()),

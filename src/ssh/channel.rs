@@ -10,7 +10,7 @@ use russh::{Channel, ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::Conn;
+use super::connection::Conn;
 use crate::sftp::{self, Activity, HangupProbe, Inbound, Outbound, SharedFile, WriteClosed};
 
 /// Data a client may send before its subsystem request is answered (none, normally).

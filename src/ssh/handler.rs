@@ -1,26 +1,28 @@
 //! The russh handler of one connection. Every callback decides explicitly: public-key
-//! logins of a request's listed keys are accepted, one session channel with the `sftp`
-//! subsystem is allowed, and everything else is refused with an answer (russh's defaults
-//! leave several requests unanswered, which hangs clients).
+//! logins of a request's listed keys are accepted (`login`), one session channel with the
+//! `sftp` subsystem is allowed (`sftp`), and everything else is refused with an answer
+//! (`refuse`; russh's defaults leave several requests unanswered, which hangs clients).
+//! This file holds the handler's state and the callbacks, each a line or two.
+
+mod login;
+mod refuse;
+mod sftp;
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use russh::keys::ssh_key::Certificate;
 use russh::server::{
     Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Response, Session, VerifiedPublicKey,
 };
-use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty};
+use russh::{Channel, ChannelId, Pty};
 use tokio::sync::oneshot;
-use tracing::Instrument;
 
-use super::channel::{self, Start};
-use super::Conn;
+use super::channel::Start;
+use super::connection::Conn;
 use crate::gateway::{Gateway, Grant, LiveGuard};
-use crate::keys::fingerprint;
-use crate::metrics::Metrics;
-use crate::ratelog::{LogBudget, Verdict};
+use crate::ratelog::LogBudget;
+use refuse::reject;
 
 pub struct SshHandler {
     gateway: Arc<Gateway>,
@@ -50,15 +52,6 @@ impl Drop for SshHandler {
     }
 }
 
-fn reject() -> Auth {
-    let mut methods = MethodSet::empty();
-    methods.push(MethodKind::PublicKey);
-    Auth::Reject {
-        proceed_with_methods: Some(methods),
-        partial_success: false,
-    }
-}
-
 impl SshHandler {
     pub(crate) fn new(
         gateway: Arc<Gateway>,
@@ -79,33 +72,6 @@ impl SshHandler {
             refusals: LogBudget::default(),
             span: tracing::Span::current(),
         }
-    }
-
-    fn refuse_method(&self, user: &str, method: &str) -> Auth {
-        self.conn.auth_attempted.store(true, Ordering::Release);
-        Metrics::inc(&self.gateway.metrics.auth_failure_total);
-        self.span.in_scope(|| tracing::info!(target: "audit", event = "auth-refused", session = self.session, peer = %self.peer, user, method, "only public keys are accepted"));
-        reject()
-    }
-
-    /// Refused channels and requests cost a client nothing to repeat: a few are logged per
-    /// window, the rest counted into the next line (or the last, when the client goes).
-    fn refuse_channel(&mut self, kind: &str) {
-        if let Verdict::Log { suppressed } = self.refusals.check() {
-            self.span.in_scope(|| tracing::info!(target: "audit", event = "channel-refused", session = self.session, peer = %self.peer, kind, suppressed, "refused"));
-        }
-    }
-
-    fn refuse_request(
-        &mut self,
-        kind: &str,
-        channel: ChannelId,
-        session: &mut Session,
-    ) -> Result<(), russh::Error> {
-        if let Verdict::Log { suppressed } = self.refusals.check() {
-            self.span.in_scope(|| tracing::info!(target: "audit", event = "request-refused", session = self.session, peer = %self.peer, kind, suppressed, "refused"));
-        }
-        session.channel_failure(channel)
     }
 }
 
@@ -143,27 +109,7 @@ impl russh::server::Handler for SshHandler {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        self.conn.auth_attempted.store(true, Ordering::Release);
-        self.offered = self
-            .gateway
-            .authorize(user, offer.public_key, Some(self.peer.ip()), None)
-            .await;
-        if self.offered.is_some() {
-            return Ok(Auth::Accept);
-        }
-        Metrics::inc(&self.gateway.metrics.auth_failure_total);
-        self.span.in_scope(|| {
-            tracing::info!(
-                target: "audit",
-                event = "auth-refused",
-                session = self.session,
-                peer = %self.peer,
-                user,
-                key = %fingerprint(offer.public_key),
-                "key not accepted for this user"
-            )
-        });
-        Ok(reject())
+        Ok(self.key_offered(user, offer.public_key).await)
     }
 
     async fn auth_publickey(
@@ -171,58 +117,7 @@ impl russh::server::Handler for SshHandler {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        let offered = self.offered.take();
-        let Some(grant) = self
-            .gateway
-            .authorize(user, key.public_key, Some(self.peer.ip()), offered.as_ref())
-            .await
-        else {
-            return Ok(reject());
-        };
-        let grant = Arc::new(grant);
-        let Some(live) = self
-            .gateway
-            .register(
-                self.session,
-                grant.clone(),
-                self.peer,
-                self.conn.close.clone(),
-            )
-            .await
-        else {
-            self.span.in_scope(|| {
-                tracing::warn!(
-                    target: "audit",
-                    event = "login-refused",
-                    session = self.session,
-                    peer = %self.peer,
-                    user,
-                    request = grant.request_id,
-                    key = %fingerprint(key.public_key),
-                    "the request has as many live sessions as it may"
-                )
-            });
-            return Ok(reject());
-        };
-        self.span.in_scope(|| {
-            tracing::info!(
-                target: "audit",
-                event = "login",
-                session = self.session,
-                peer = %self.peer,
-                user,
-                request = grant.request_id,
-                access = ?grant.access,
-                key = %fingerprint(key.public_key),
-                "accepted"
-            )
-        });
-        self._live = Some(live);
-        self.conn.source.logged_in();
-        self.grant = Some(grant);
-        self.conn.authenticated.store(true, Ordering::Release);
-        Metrics::inc(&self.gateway.metrics.auth_success_total);
-        Ok(Auth::Accept)
+        Ok(self.login(user, key.public_key).await)
     }
 
     async fn channel_open_session(
@@ -231,27 +126,7 @@ impl russh::server::Handler for SshHandler {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // One session channel per connection: SFTP needs no more, and a cap keeps a client
-        // from multiplying per-channel buffers.
-        if self.grant.is_none() || self.channel_opened {
-            self.refuse_channel("second session");
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return Ok(());
-        }
-        self.channel_opened = true;
-        let (tx, rx) = oneshot::channel();
-        self.pending = Some((channel.id(), tx));
-        let span = tracing::info_span!(parent: &self.span, "sftp", session = self.session, peer = %self.peer, request = self.grant.as_ref().map(|g| g.request_id));
-        let task = tokio::spawn(
-            channel::run(channel, session.handle(), rx, self.conn.clone()).instrument(span),
-        );
-        if let Ok(mut slot) = self.conn.sftp.lock() {
-            *slot = Some(task);
-        }
-        reply.accept().await;
-        Ok(())
+        self.open_session(channel, reply, session).await
     }
 
     async fn subsystem_request(
@@ -260,32 +135,7 @@ impl russh::server::Handler for SshHandler {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let ours = matches!(&self.pending, Some((id, _)) if *id == channel);
-        if name != "sftp" || !ours {
-            return self.refuse_request(&format!("subsystem {name}"), channel, session);
-        }
-        let (Some(grant), Some((_, tx))) = (self.grant.as_ref(), self.pending.take()) else {
-            return session.channel_failure(channel);
-        };
-        // A grant that a change has ended since the login (its session is being closed)
-        // serves nothing more.
-        if self.conn.close.is_cancelled() {
-            return session.channel_failure(channel);
-        }
-        let file = self.gateway.shared_file(grant);
-        let activity = self.gateway.activity(grant.request_id);
-        let on_write_closed = self.gateway.on_write_closed(grant, self.peer);
-        if tx
-            .send(Start {
-                file,
-                activity,
-                on_write_closed,
-            })
-            .is_err()
-        {
-            return session.channel_failure(channel);
-        }
-        session.channel_success(channel)
+        self.start_subsystem(channel, name, session)
     }
 
     async fn shell_request(
@@ -370,11 +220,7 @@ impl russh::server::Handler for SshHandler {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.refuse_channel("x11");
-        reply
-            .reject(ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
-        Ok(())
+        self.refuse_open("x11", reply).await
     }
 
     async fn channel_open_direct_tcpip(
@@ -387,11 +233,7 @@ impl russh::server::Handler for SshHandler {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.refuse_channel("direct-tcpip");
-        reply
-            .reject(ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
-        Ok(())
+        self.refuse_open("direct-tcpip", reply).await
     }
 
     async fn channel_open_forwarded_tcpip(
@@ -404,11 +246,7 @@ impl russh::server::Handler for SshHandler {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.refuse_channel("forwarded-tcpip");
-        reply
-            .reject(ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
-        Ok(())
+        self.refuse_open("forwarded-tcpip", reply).await
     }
 
     async fn channel_open_direct_streamlocal(
@@ -418,11 +256,7 @@ impl russh::server::Handler for SshHandler {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.refuse_channel("direct-streamlocal");
-        reply
-            .reject(ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
-        Ok(())
+        self.refuse_open("direct-streamlocal", reply).await
     }
 
     async fn tcpip_forward(

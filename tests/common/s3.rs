@@ -36,7 +36,7 @@ use super::{python, rand_u64};
 
 /// What the tests say when moto cannot be started.
 const MISSING: &str = "the S3 tests need moto's server (pip package `moto[server]`, installed \
-    into the tests' venv by tests/common/mod.rs python(); it needs PyPI)";
+    into the tests' venv by tests/common/python.rs python(); it needs PyPI)";
 
 /// How long moto may take to import and bind (a few seconds on a loaded 2-core machine).
 const START_LIMIT: Duration = Duration::from_secs(120);
