@@ -2,9 +2,12 @@
 //! with the real OpenSSH client and curl.
 #![allow(dead_code)]
 
+pub mod boto3;
 pub mod haproxy;
 pub mod postgres;
 pub mod s3;
+#[macro_use]
+pub mod storage;
 #[macro_use]
 pub mod store_contract;
 pub mod wire;
@@ -404,6 +407,18 @@ impl Gateway {
         let (child, stdin) = self.spawn_sftp(user, key, &[], cwd, batch);
         drop(stdin);
         wait_output(child, Duration::from_secs(120))
+    }
+
+    /// Runs one batch, asserts it succeeded; its standard output.
+    pub fn sftp_ok(&self, user: &str, key: &ClientKey, batch: &str, cwd: &Path) -> String {
+        let out = self.sftp(user, key, batch, cwd);
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            text(&out.stderr),
+            self.log()
+        );
+        text(&out.stdout)
     }
 
     /// An `ssh` command to the gateway with extra arguments.
