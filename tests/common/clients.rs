@@ -59,6 +59,18 @@ impl Gateway {
         wait_output(child, Duration::from_secs(120))
     }
 
+    /// Runs one batch, asserts it succeeded; its standard output.
+    pub fn sftp_ok(&self, user: &str, key: &ClientKey, batch: &str, cwd: &Path) -> String {
+        let out = self.sftp(user, key, batch, cwd);
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            text(&out.stderr),
+            self.log()
+        );
+        text(&out.stdout)
+    }
+
     /// An `ssh` command to the gateway with extra arguments.
     pub fn ssh(&self, user: &str, key: &ClientKey, args: &[&str], command: &[&str]) -> Output {
         let child = Command::new("ssh")

@@ -4,11 +4,14 @@
 //! `clients.rs`, test files in `files.rs`, the Python venv in `python.rs`.
 #![allow(dead_code)]
 
+pub mod boto3;
 pub mod haproxy;
 pub mod postgres;
 pub mod s3;
 #[macro_use]
 pub mod multipart_contract;
+#[macro_use]
+pub mod storage;
 #[macro_use]
 pub mod store_contract;
 mod api;
