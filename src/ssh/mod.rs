@@ -5,10 +5,12 @@
 
 mod algorithms;
 mod channel;
+mod forward;
 mod handler;
 mod hangup;
 mod penalty;
 mod proxied;
+mod readahead;
 mod sources;
 mod watchdog;
 
@@ -41,6 +43,7 @@ use crate::sftp::HangupProbe;
 use handler::SshHandler;
 use penalty::Penalties;
 use proxied::Guarded;
+use readahead::ReadAhead;
 use sources::{SourceGuard, Sources};
 use watchdog::{Progress, Watched};
 
@@ -348,7 +351,7 @@ impl SshServer {
         let sever = CancellationToken::new();
         let socket = Guarded::new(socket, armed);
         let forged = socket.forged();
-        let socket = Watched::new(socket, progress.clone(), sever.clone());
+        let socket = ReadAhead::new(Watched::new(socket, progress.clone(), sever.clone()));
         let handler = SshHandler::new(self.gateway.clone(), conn.clone(), peer, session);
         // Counted from the accept, so that reading a PROXY header does not extend it.
         let deadline = tokio::time::Instant::from_std(accepted + self.login_grace);
