@@ -7,10 +7,19 @@
 //! loop back here. An idle session (most of a node's, most of the time) costs no thread and
 //! no stack; tokio's pool keeps a finished job's thread for the next job, of any session.
 //!
+//! A job is started only once the loop can do something with what is queued: the loop
+//! says, as it goes idle, how many bytes it [`wants`](Session::wants) (what the packet at
+//! the front still lacks). A 255 KiB WRITE arrives in about eight SSH packets; starting a
+//! job for each woke a thread (a futex and two context switches) to do nothing but queue
+//! the piece, for seven of the eight (measured: about one context switch per 32 KiB
+//! uploaded, see bench/RESULTS.md, issue 17).
+//!
 //! The inbox holds at most [`INBOX_BUDGET`] bytes, counting the chunk being handled; past
 //! that the producer waits for room, so a loop that is blocked (its reply queue is full
 //! because the client does not read, or the disk is slow) stops the producer, which stops
-//! reading the channel: that is the backpressure on the client.
+//! reading the channel: that is the backpressure on the client. A job is always started
+//! before the producer waits ([`START_AT`] is below the budget), so the two never wait for
+//! each other.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,6 +33,9 @@ use super::session::{Session, SessionSummary};
 /// Bytes received and not yet handled (with what is being handled) before the producer
 /// waits: 16 of OpenSSH's 32 KiB writes.
 pub(super) const INBOX_BUDGET: usize = 512 * 1024;
+/// Queued bytes that start a job whatever the loop wants (the rest of an oversized packet
+/// to discard can want more than the budget holds).
+const START_AT: usize = INBOX_BUDGET / 2;
 
 pub(super) struct Inbox {
     state: Mutex<State>,
@@ -40,6 +52,8 @@ struct State {
     bytes: usize,
     /// The loop, while no job runs it.
     idle: Option<Session>,
+    /// While no job runs: the bytes the loop needs before it can make progress.
+    wants: usize,
     /// No more input: the job that finds `chunks` empty finishes the loop.
     ended: bool,
     /// A job panicked: the loop is gone, input is refused.
@@ -57,6 +71,7 @@ impl Inbox {
                 chunks: VecDeque::new(),
                 bytes: 0,
                 idle: Some(session),
+                wants: 0,
                 ended: false,
                 broken: false,
                 done: Some(done),
@@ -72,8 +87,8 @@ impl Inbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `chunk` once there is room, and starts the loop if it is idle; false if the
-    /// loop is gone (it panicked), which ends the input.
+    /// Queues `chunk` once there is room, and starts the loop if it is idle and can use
+    /// what is queued; false if the loop is gone (it panicked), which ends the input.
     pub async fn push(self: &Arc<Self>, chunk: Bytes) -> bool {
         loop {
             // Registered before looking, so that room made in between is not missed.
@@ -86,7 +101,10 @@ impl Inbox {
                 if s.bytes < INBOX_BUDGET {
                     s.bytes += chunk.len();
                     s.chunks.push_back(chunk);
-                    self.start(&mut s);
+                    // While idle, `bytes` are the queued ones alone.
+                    if s.bytes >= s.wants.min(START_AT) {
+                        self.start(&mut s);
+                    }
                     return true;
                 }
             }
@@ -124,6 +142,7 @@ impl Inbox {
                     Some(chunk) => chunk,
                     None if s.ended => break,
                     None => {
+                        s.wants = session.wants();
                         s.idle = Some(session);
                         std::mem::forget(guard);
                         return;

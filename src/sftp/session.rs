@@ -155,6 +155,23 @@ impl Session {
         }
     }
 
+    /// How many more bytes [`feed`](Self::feed) needs before it can answer or discard
+    /// anything: the rest of an oversized packet being discarded, then what the packet at
+    /// the front lacks (its length field, or its head if oversized, or its body).
+    pub(super) fn wants(&self) -> usize {
+        let mut len = [0; 4];
+        let frame = if self.pending.peek(&mut len) {
+            match u32::from_be_bytes(len) {
+                len if len > MAX_PACKET_LEN => 9,
+                len => 4 + len as usize,
+            }
+        } else {
+            4
+        };
+        self.skip
+            .saturating_add(frame.saturating_sub(self.pending.len()))
+    }
+
     fn packet(&mut self, packet: Pieces) -> Reply {
         // A WRITE split across chunks is written from the chunks; only its head is copied.
         if packet.0.len() > 1 && packet.0[0].first() == Some(&wire::SSH_FXP_WRITE) {

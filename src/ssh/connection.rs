@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::handler::SshHandler;
 use super::hangup;
 use super::proxied::Guarded;
+use super::readahead::ReadAhead;
 use super::settings::WINDOW;
 use super::sources::SourceGuard;
 use super::watchdog::{Progress, Watched};
@@ -85,7 +86,7 @@ impl SshServer {
         let sever = CancellationToken::new();
         let socket = Guarded::new(socket, armed);
         let forged = socket.forged();
-        let socket = Watched::new(socket, progress.clone(), sever.clone());
+        let socket = ReadAhead::new(Watched::new(socket, progress.clone(), sever.clone()));
         let handler = SshHandler::new(self.gateway.clone(), conn.clone(), peer, session);
         // Counted from the accept, so that reading a PROXY header does not extend it.
         let deadline = tokio::time::Instant::from_std(accepted + self.login_grace);

@@ -6,10 +6,12 @@
 mod algorithms;
 mod channel;
 mod connection;
+mod forward;
 mod handler;
 mod hangup;
 mod penalty;
 mod proxied;
+mod readahead;
 mod settings;
 mod sources;
 mod watchdog;
