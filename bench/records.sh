@@ -16,6 +16,12 @@
 #    over QUIET seconds, from sftpgate_expiry_look_microseconds_total / _looks_total (a hook
 #    is configured for that, at a port nothing listens on: no event is due); and the
 #    gateway's whole CPU over those seconds, idle but for the sweeper;
+#  - the gateway's CPU per login and per GET (its threads' time on CPU, /proc/PID/schedstat,
+#    over the timed logins and GETs): a count that the load inflates less than latency;
+#  - with PostgreSQL and strace: the round trips to PostgreSQL per login, per GET and per
+#    idle second (the gateway's sends on its PostgreSQL connections, strace'd over a few
+#    extra logins and GETs, less the idle seconds' rate, and over STRACE_IDLE idle seconds; sqlx's pings count, its ping
+#    on giving a connection back to the pool too, though no caller waits for that one);
 #  - RSS (VmRSS) after provisioning, and after a restart on the same records.
 # Latencies are medians; on a machine others are building on they are noisy.
 #
@@ -23,11 +29,13 @@
 #                            Debian's postgresql, run as root or a user pg.sh can use)
 # Env: COUNTS ("1 1000 10000 100000")  STORES ("file postgres")  LOGINS (21)  GETS (201)
 #      THREADS (16)  QUIET (10)  PG_API (1000)  SFTPGATE_BIN (a built binary instead of building)
+#      TRACED (10: logins and GETs strace'd per count)  STRACE_IDLE (10 s)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 COUNTS=${COUNTS:-"1 1000 10000 100000"} STORES=${STORES:-"file postgres"}
 LOGINS=${LOGINS:-21} GETS=${GETS:-201} THREADS=${THREADS:-16} QUIET=${QUIET:-10} PG_API=${PG_API:-1000}
-COMMAND="COUNTS=\"$COUNTS\" STORES=\"$STORES\" LOGINS=$LOGINS GETS=$GETS THREADS=$THREADS QUIET=$QUIET PG_API=$PG_API bench/records.sh"
+TRACED=${TRACED:-10} STRACE_IDLE=${STRACE_IDLE:-10}
+COMMAND="COUNTS=\"$COUNTS\" STORES=\"$STORES\" LOGINS=$LOGINS GETS=$GETS THREADS=$THREADS QUIET=$QUIET PG_API=$PG_API TRACED=$TRACED STRACE_IDLE=$STRACE_IDLE bench/records.sh"
 die() { echo "records: $*" >&2; exit 1; }
 for tool in curl jq ssh-keygen python3; do
   command -v $tool >/dev/null || die "$tool not found (Debian: curl jq openssh-client python3-venv)"
@@ -56,6 +64,35 @@ status_kib() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$GATE_PID/status"; }
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 ms() { awk -v s="$1" 'BEGIN {printf "%.2f", s * 1000}'; }
 metric() { curl -sfS "$SADMIN/metrics" | awk -v m="sftpgate_$1" '$1 == m {print $2}'; }
+# The gateway's threads' time on CPU so far, in nanoseconds.
+oncpu() { local t sum=0; for t in /proc/"$GATE_PID"/task/*/schedstat; do sum=$((sum + $(cut -d' ' -f1 "$t"))); done; echo $sum; }
+per_ms() { awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN {printf "%.2f", (b - a) / n / 1e6}'; }
+logins() { "$PY" "$repo/bench/sessions.py" logins 127.0.0.1 "$GPORT" "$KEY" "user_$n" "$1"; }
+gets() { python3 "$repo/bench/records.py" gets "$SADMIN" bench "$1" "$n"; }
+# Round trips to PostgreSQL while "$@" runs: the gateway's sends on its connections to its
+# port (strace'd), per $UNITS, less $IDLE_RATE a second of the background's (the sweeper,
+# the hook's poll, the session exchange). "-" without PostgreSQL or strace.
+trips() {
+  if [ "$store" != postgres ] || ! command -v strace >/dev/null; then echo -; return; fi
+  local pgport=${URL##*:} && pgport=${pgport%%/*}
+  strace -f -qq -ttt -e trace=sendto,write,writev,sendmsg -e signal=none -p "$GATE_PID" -o "$B/trace" &
+  local st=$!
+  sleep 1 # attached to every thread
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$@" >/dev/null
+  t1=$(date +%s.%N)
+  kill "$st"; wait "$st" 2>/dev/null || true
+  local fds
+  fds=$(ls -l /proc/"$GATE_PID"/fd 2>/dev/null | awk '/socket:/ {gsub(/[^0-9]/, "", $NF); print $9, $NF}' |
+    while read -r fd inode; do
+      awk -v i="$inode" -v p="$(printf '%04X' "$pgport")" '$10 == i && $3 ~ ":"p"$" {print "'"$fd"'"}' /proc/net/tcp
+    done | paste -sd'|')
+  [ -n "$fds" ] || { echo -; return; }
+  grep -E "^[0-9]+ +[0-9.]+ (sendto|write|writev|sendmsg)\(($fds)," "$B/trace" |
+    awk -v a="$t0" -v b="$t1" -v u="$UNITS" -v r="${IDLE_RATE:-0}" \
+      '$2 >= a && $2 <= b {n++} END {printf "%.1f", (n - r * (b - a)) / u}'
+}
 # (Re)starts the gateway of this store on its data dir: sets GATE_PID, GPORT, SADMIN.
 gate() {
   [ -z "$GATE_PID" ] || { kill "$GATE_PID"; wait "$GATE_PID" 2>/dev/null || true; }
@@ -104,13 +141,19 @@ SQL
     look=$(awk -v l="$((looks1 - looks0))" -v u="$((us1 - us0))" 'BEGIN {if (l > 0) printf "%.3f", u / l / 1000; else print "nan"}')
     idle=$(awk -v a="$cpu0" -v b="$cpu1" -v s="$QUIET" 'BEGIN {printf "%.1f", (b - a) * 1000 / s}')
     rss1=$(status_kib VmRSS)
-    login=$("$PY" "$repo/bench/sessions.py" logins 127.0.0.1 "$GPORT" "$KEY" "user_$n" "$LOGINS" | median)
-    get=$(python3 "$repo/bench/records.py" gets "$SADMIN" bench "$GETS" "$n" | median)
+    c0=$(oncpu)
+    login=$(logins "$LOGINS" | median)
+    c1=$(oncpu)
+    get=$(gets "$GETS" | median)
+    c2=$(oncpu)
     rss2=$(status_kib VmRSS)
+    ti=$(UNITS=$STRACE_IDLE trips sleep "$STRACE_IDLE")
+    tl=$(IDLE_RATE=${ti/-/0} UNITS=$TRACED trips logins "$TRACED")
+    tg=$(IDLE_RATE=${ti/-/0} UNITS=$TRACED trips gets "$TRACED")
     gate
     sleep 2
     rss3=$(status_kib VmRSS)
-    rows+=("| $store | $n | $rate | $(ms "$login") ms | $(ms "$get") ms | $look ms | $idle ms/s | $(mib "$rss1") MiB | $(mib "$rss2") MiB | $(mib "$rss3") MiB |")
+    rows+=("| $store | $n | $rate | $(ms "$login") ms | $(per_ms "$c0" "$c1" "$LOGINS") ms | $tl | $(ms "$get") ms | $(per_ms "$c1" "$c2" "$GETS") ms | $tg | $look ms | $idle ms/s | $ti | $(mib "$rss1") MiB | $(mib "$rss2") MiB | $(mib "$rss3") MiB |")
     echo "${rows[-1]}" >&2
   done
   kill "$GATE_PID"; wait "$GATE_PID" 2>/dev/null || true
@@ -121,6 +164,6 @@ done
 echo
 echo "Run $(date -u +%Y-%m-%dT%H:%MZ) by \`$COMMAND\` on $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), sftpgate $("$GATE" --version 2>/dev/null | awk '{print $2}')."
 echo
-echo "| store | records | provisioned (API: records a second, $THREADS at once) | login (median of $LOGINS) | GET /v1/requests/{id} (median of $GETS) | expiry look (mean over ${QUIET} s) | gateway CPU while idle | RSS after provisioning | after the logins and GETs | after a restart |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
+echo "| store | records | provisioned (API: records a second, $THREADS at once) | login (median of $LOGINS) | gateway CPU a login | round trips to PostgreSQL a login | GET /v1/requests/{id} (median of $GETS) | gateway CPU a GET | round trips a GET | expiry look (mean over ${QUIET} s) | gateway CPU while idle | round trips an idle second | RSS after provisioning | after the logins and GETs | after a restart |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"

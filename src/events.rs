@@ -41,9 +41,9 @@ pub struct Events {
     pub failures: AtomicU64,
     /// Events the outbox refused.
     pub refusals: AtomicU64,
-    /// Looks for expiries made, and the time they took in all (microseconds): a look
-    /// reads every record with an expiry in the file store, so this is where the number
-    /// of records shows (bench/records.sh reads the mean look from these).
+    /// Looks for expiries made, and the time they took in all (microseconds): the part
+    /// of the sweeping that reads records (a range of the file store's expiry index, an
+    /// indexed query in PostgreSQL); bench/records.sh reads the mean look from these.
     pub expiry_looks: AtomicU64,
     pub expiry_look_micros: AtomicU64,
     /// Lines for refusals and failed POSTs, which repeat for as long as their cause lasts.

@@ -12,6 +12,8 @@ mod common;
 
 use std::time::Duration;
 
+use sqlx::Connection;
+
 use common::postgres::{database, Cluster, TestDb};
 use contract::record;
 use sftpgate::store::postgres::{Change, PgStore, PgStoreOptions};
@@ -163,6 +165,40 @@ async fn a_restarted_server_is_reconnected() {
     put(&store, record(2)).await;
     assert_eq!(next_change(&mut changes).await, Change::Record(2));
     assert_eq!(store.list().await.expect("list").len(), 2);
+}
+
+/// The pool pings only connections idle for a while: one that just served a read and
+/// died since (its backend terminated) fails the next read, which is read again on
+/// another connection; the caller sees only the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_outlives_its_connection_dying() {
+    let (store, guard) = fresh_pg().await;
+    put(&store, record(1)).await;
+    for _ in 0..3 {
+        assert_eq!(store.get(1).await.expect("get").map(|r| r.id), Some(1));
+        let mut other = sqlx::PgConnection::connect(&guard.0.url)
+            .await
+            .expect("another connection");
+        let killed: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&mut other)
+        .await
+        .expect("terminate");
+        assert!(
+            !killed.is_empty() && killed.iter().all(|k| *k),
+            "{killed:?}"
+        );
+        assert_eq!(
+            store
+                .get(1)
+                .await
+                .expect("get on a dead connection")
+                .map(|r| r.id),
+            Some(1)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Row};
+use sqlx::{Connection, Postgres, Row};
 
 use super::{private, sync_dir_io, NodeSessions, Operation, RequestSessions, StoreCounting};
 
@@ -60,6 +60,9 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a health answer is reused: a flood of health checks costs the database at
 /// most one `SELECT 1` per this.
 const HEALTH_CACHE: Duration = Duration::from_secs(1);
+/// A connection idle this long is pinged before it is used (see `connect_with`): one
+/// in use more often than this answered its release ping less than this ago.
+const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
 /// Other nodes' published sessions older than this are ignored (their node stopped or
 /// lost the database), and removed.
 pub const SESSIONS_STALE: Duration = Duration::from_secs(6);
@@ -130,11 +133,36 @@ pub struct PgStore {
     health: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
-/// The record columns, and its key lines as an array (empty: no keys), of `records r`.
-const SELECT: &str = "SELECT r.id::text AS id, r.filename, r.state, r.key_sha256, \
-    r.expires_at, r.operator_expires_at, r.created_at, r.updated_at, \
-    ARRAY(SELECT k.line FROM record_keys k WHERE k.record_id = r.id ORDER BY k.position) AS keys \
-    FROM records r";
+/// A timestamp column of `records r` as RFC 3339 text in UTC, to the microsecond (what
+/// PostgreSQL keeps), named as the column.
+macro_rules! utc {
+    ($column:literal) => {
+        concat!(
+            "to_char(r.",
+            $column,
+            " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS ",
+            $column
+        )
+    };
+}
+
+/// The record columns of `records r`, and its key lines joined by `\n` (NULL: no keys).
+/// All of it text, so that a read answers the same through the simple query protocol
+/// (see [`PgStore::get`]) as through a bound statement: sqlx reads text-format
+/// timestamps only when they have a fraction, and arrays need quoting rules; RFC 3339 and
+/// a joined string have neither problem.
+const SELECT: &str = concat!(
+    "SELECT r.id::text AS id, r.filename, r.state, r.key_sha256, ",
+    utc!("expires_at"),
+    ", ",
+    utc!("operator_expires_at"),
+    ", ",
+    utc!("created_at"),
+    ", ",
+    utc!("updated_at"),
+    ", (SELECT string_agg(k.line, chr(10) ORDER BY k.position) FROM record_keys k \
+     WHERE k.record_id = r.id) AS keys FROM records r"
+);
 
 /// A statement sent unnamed, so that no prepared statement outlives its transaction
 /// (PgBouncer in transaction mode hands the next one to another client).
@@ -169,6 +197,20 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.acquire_timeout)
+            // sqlx pings every connection it hands out, and again every one given back:
+            // a round trip before each statement that the caller waits for. The one on
+            // release stays (sqlx always makes it); a connection is pinged before use only
+            // when it has been idle long enough to have died unseen. One that died within
+            // that time fails its statement: reads by id are read again (`records.rs`).
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_AFTER_IDLE {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(connect)
             .await?;
         migrate::migrate(&pool).await?;

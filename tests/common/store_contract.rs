@@ -98,6 +98,34 @@ macro_rules! store_contract {
                 assert_eq!(store.list().await.expect("list"), wanted);
             }
 
+            /// Microseconds (what both stores keep) and key text with what an SQL array
+            /// or a text protocol would quote or escape come back exactly, through every
+            /// read.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn odd_text_and_microseconds_read_back_exactly() {
+                let (store, _guard) = fresh().await;
+                let mut r = record(42);
+                let micros = time::Duration::microseconds(123_457);
+                r.created_at += micros;
+                r.updated_at = r.created_at + time::Duration::microseconds(1);
+                r.expires_at = Some(r.created_at + time::Duration::HOUR);
+                r.operator_expires_at = Some(r.created_at - micros + time::Duration::DAY);
+                r.filename = "a \"quoted\", {braced} \\ 'name'.dump".into();
+                r.ssh_keys = "NULL\n\"quoted\" {a,b} \\x\r\n\nssh-ed25519 AAAA c,d\n".into();
+                let put = r.clone();
+                store
+                    .update(42, change(move |_| Decision::Put(put)))
+                    .await
+                    .expect("put");
+                assert_eq!(store.get(42).await.expect("get").as_ref(), Some(&r));
+                assert_eq!(store.list().await.expect("list"), vec![r.clone()]);
+                let kept = store
+                    .update(42, change(|_| Decision::Keep))
+                    .await
+                    .expect("keep");
+                assert_eq!(kept.before.as_ref(), Some(&r));
+            }
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn keep_changes_nothing() {
                 let (store, _guard) = fresh().await;

@@ -4,8 +4,9 @@
 
 use std::time::Instant;
 
-use sqlx::postgres::PgRow;
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::{Executor, Postgres, Row, Transaction};
+use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::{query, PgStore, PgStoreError, CHANNEL, SELECT};
@@ -20,12 +21,16 @@ impl PgStore {
         if self.known_down() {
             self.health().await?;
         }
-        let sql = format!("{SELECT} WHERE r.id = $1::numeric");
-        let row = query(&sql)
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .inspect_err(|e| self.note_unreachable(e))?;
+        // One round trip: the simple query protocol, the id written into the text (an
+        // integer, nothing to escape). A bound statement, sent unnamed (see `query`), takes
+        // two, Parse then Bind, and a login or an API read waits on each.
+        let sql = format!("{SELECT} WHERE r.id = {id}::numeric");
+        let row = read_again_if_broken(&self.pool, || {
+            // Not `RawSql::fetch_optional`: in sqlx 0.8 it is `fetch_one`.
+            self.pool.fetch_optional(sqlx::raw_sql(&sql))
+        })
+        .await
+        .inspect_err(|e| self.note_unreachable(e))?;
         row.as_ref().map(record_from).transpose()
     }
 
@@ -172,6 +177,41 @@ impl PgStore {
     }
 }
 
+/// `read`, run again while it fails on a broken connection, at most once per connection
+/// the pool may hold: after PostgreSQL restarted, the pool's connections that were idle
+/// too briefly to be pinged (see `PgStore::connect_with`) fail on first use, and each
+/// failure closes one. A read is safe to repeat; a database that is down fails the
+/// connect (or the pool's timeout) instead, which is not repeated.
+async fn read_again_if_broken<T, F, Fut>(pool: &PgPool, mut read: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut left = pool.options().get_max_connections();
+    loop {
+        match read().await {
+            Err(e) if left > 0 && broken_connection(&e) => {
+                tracing::debug!(error = %e, "a pooled connection was broken; reading again");
+                left -= 1;
+            }
+            answer => return answer,
+        }
+    }
+}
+
+/// Whether `e` says the connection was lost, rather than that the statement failed: an
+/// I/O error, or PostgreSQL's classes 08 (connection exception) and 57P (the server
+/// shutting down or restarting).
+fn broken_connection(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
+    }
+}
+
 /// Record `id`, its row locked until the transaction ends.
 async fn read_locked(
     tx: &mut Transaction<'_, Postgres>,
@@ -268,17 +308,26 @@ pub(super) fn record_from(row: &PgRow) -> Result<Record, PgStoreError> {
         .map_err(|_| corrupt("the id is not a request id".into()))?;
     let state: String = row.try_get("state")?;
     let state = State::parse(&state).ok_or_else(|| corrupt(format!("unknown state {state:?}")))?;
-    let keys: Vec<String> = row.try_get("keys")?;
+    let keys: Option<String> = row.try_get("keys")?;
+    // The timestamps come as RFC 3339 text (see `SELECT`).
+    let time = |column: &str| -> Result<Option<OffsetDateTime>, PgStoreError> {
+        let text: Option<String> = row.try_get(column)?;
+        text.map(|t| {
+            OffsetDateTime::parse(&t, &Rfc3339).map_err(|e| corrupt(format!("{column} {t:?}: {e}")))
+        })
+        .transpose()
+    };
+    let required = |column: &str| time(column)?.ok_or_else(|| corrupt(format!("no {column}")));
     Ok(Record {
         id,
         filename: row.try_get("filename")?,
         state,
         key_sha256: row.try_get("key_sha256")?,
-        ssh_keys: keys.join("\n"),
-        expires_at: row.try_get::<Option<OffsetDateTime>, _>("expires_at")?,
-        operator_expires_at: row.try_get::<Option<OffsetDateTime>, _>("operator_expires_at")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
+        ssh_keys: keys.unwrap_or_default(),
+        expires_at: time("expires_at")?,
+        operator_expires_at: time("operator_expires_at")?,
+        created_at: required("created_at")?,
+        updated_at: required("updated_at")?,
     })
 }
 
