@@ -83,8 +83,10 @@ def stat_table(rows, args, w):
     if not any(c for _, c in counted):
         return
     requests = args.size_mb * 1024 * 1024 / 32768
-    w("Counted in the sampled transfer (perf stat on sftpgate's threads), per SFTP request of"
-      " 32 KiB (OpenSSH's `sftp` default; %d requests a transfer):" % requests)
+    # Per 32 KiB moved, a fixed unit: OpenSSH's `sftp` sends up to 255 KiB a WRITE when
+    # the server's limits@openssh.com allows it (ours does), so requests vary in size.
+    w("Counted in the sampled transfer (perf stat on sftpgate's threads), per 32 KiB moved"
+      " (%d units a transfer; OpenSSH's `sftp` WRITEs are up to 255 KiB each):" % requests)
     w("")
     w("| row | " + " | ".join(name for name, _ in STAT_COLUMNS) + " |")
     w("|---|" + "---|" * len(STAT_COLUMNS))
