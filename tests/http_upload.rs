@@ -81,30 +81,9 @@ fn fetch_original(g: &Gateway, id: u64, to: &Path) {
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
-/// POSTs `body` (a file) to the upload call with `query` and the `headers` given (and a
-/// `Content-Type`); returns the HTTP status and the JSON answer.
+/// POSTs `body` (a file) to the upload call with `query` and the `headers` given.
 fn post(g: &Gateway, query: &str, body: &Path, headers: &[&str]) -> (u16, Value) {
-    let extra: Vec<&str> = headers.iter().flat_map(|h| ["-H", h]).collect();
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "-w",
-            "\n%{http_code}",
-            "-H",
-            "Content-Type: application/octet-stream",
-        ])
-        .args(&extra)
-        .arg("--data-binary")
-        .arg(format!("@{}", body.display()))
-        .arg(format!("{}?{query}", upload_url(g)))
-        .output()
-        .unwrap();
-    let all = text(&out.stdout);
-    let (json, code) = all
-        .rsplit_once('\n')
-        .unwrap_or_else(|| panic!("curl said {all:?} {}", text(&out.stderr)));
-    let json = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json:?}"));
-    (code.trim().parse().unwrap(), json)
+    g.upload_post(query, body, headers)
 }
 
 /// The first `len` bytes of `src` from `at`, written to a new file `to`.

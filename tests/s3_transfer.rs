@@ -141,25 +141,8 @@ fn the_http_upload_and_its_offset_resume_on_s3() {
     let data = std::fs::read(&src).unwrap();
     std::fs::write(&rest, &data[(PART + 100) as usize..]).unwrap();
     let post = |query: &str, file: &Path| {
-        let out = std::process::Command::new("curl")
-            .args([
-                "-sS",
-                "-w",
-                "\n%{http_code}",
-                "-H",
-                "Content-Type: application/octet-stream",
-            ])
-            .arg("--data-binary")
-            .arg(format!("@{}", file.display()))
-            .arg(format!(
-                "http://{}/database/v1/upload?key=k-6&request=6{query}",
-                g.admin
-            ))
-            .output()
-            .unwrap();
-        let t = text(&out.stdout);
-        let (body, code) = t.rsplit_once('\n').unwrap();
-        (code.trim().parse::<u16>().unwrap(), body.to_string())
+        let (code, json) = g.upload_post(&format!("key=k-6&request=6{query}"), file, &[]);
+        (code, json.to_string())
     };
     let (code, body) = post("", &first);
     assert_eq!(code, 200, "{body}");

@@ -11,6 +11,34 @@ use serde_json::Value;
 use super::{text, ClientKey, Gateway, TOKEN};
 
 impl Gateway {
+    /// The customer's upload call (`POST /database/v1/upload`), as the reference's curl
+    /// sample sends it: `body` (a file) with `query` (`request=..&key=..`, any `offset=`)
+    /// and the `headers` given besides its `Content-Type`; the HTTP status and the JSON
+    /// answer.
+    pub fn upload_post(&self, query: &str, body: &Path, headers: &[&str]) -> (u16, Value) {
+        let extra: Vec<&str> = headers.iter().flat_map(|h| ["-H", h]).collect();
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-w",
+                "\n%{http_code}",
+                "-H",
+                "Content-Type: application/octet-stream",
+            ])
+            .args(&extra)
+            .arg("--data-binary")
+            .arg(format!("@{}", body.display()))
+            .arg(format!("http://{}/database/v1/upload?{query}", self.admin))
+            .output()
+            .unwrap();
+        let all = text(&out.stdout);
+        let (json, code) = all
+            .rsplit_once('\n')
+            .unwrap_or_else(|| panic!("curl said {all:?} {}", text(&out.stderr)));
+        let json = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json:?}"));
+        (code.trim().parse().unwrap(), json)
+    }
+
     /// The customer's `request_sftp_access` as the reference's curl sample sends it: a
     /// multipart form of `form` (a value `@path` is a file), `query` (`?request=..&key=..`)
     /// after the route; returns the parsed JSON answer.
