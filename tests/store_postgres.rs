@@ -171,11 +171,19 @@ async fn a_restarted_server_is_reconnected() {
 /// died since (its backend terminated) fails the next read, which is read again on
 /// another connection; the caller sees only the record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_read_outlives_its_connection_dying() {
+async fn the_reads_a_login_waits_on_outlive_their_connection_dying() {
+    use sftpgate::store::postgres::PgLeases;
+    use sftpgate::store::LeaseStore;
     let (store, guard) = fresh_pg().await;
     put(&store, record(1)).await;
-    for _ in 0..3 {
-        assert_eq!(store.get(1).await.expect("get").map(|r| r.id), Some(1));
+    let leases = PgLeases::new(store.pool().clone());
+    assert!(leases
+        .acquire(1, "a", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .is_some());
+    // Every connection of the store's pool, ended by PostgreSQL.
+    let kill_all = || async {
         let mut other = sqlx::PgConnection::connect(&guard.0.url)
             .await
             .expect("another connection");
@@ -190,6 +198,10 @@ async fn a_read_outlives_its_connection_dying() {
             !killed.is_empty() && killed.iter().all(|k| *k),
             "{killed:?}"
         );
+    };
+    for _ in 0..3 {
+        assert_eq!(store.get(1).await.expect("get").map(|r| r.id), Some(1));
+        kill_all().await;
         assert_eq!(
             store
                 .get(1)
@@ -198,6 +210,12 @@ async fn a_read_outlives_its_connection_dying() {
                 .map(|r| r.id),
             Some(1)
         );
+        // The lease look, the login's other read.
+        kill_all().await;
+        assert!(leases
+            .held_elsewhere(1, "b")
+            .await
+            .expect("lease look on a dead connection"));
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use sqlx::postgres::PgPool;
 use sqlx::Row;
 
+use super::records::read_again_if_broken;
 use crate::store::lease::{Fence, LeaseError, LeaseStore};
 
 pub struct PgLeases {
@@ -115,14 +116,18 @@ impl LeaseStore for PgLeases {
     }
 
     async fn held_elsewhere(&self, request: u64, node: &str) -> Result<bool, LeaseError> {
-        sqlx::query(
-            "SELECT EXISTS (SELECT 1 FROM leases WHERE request_id = $1::numeric \
-                AND node <> $2 AND expires_at > now()) AS held",
-        )
-        .persistent(false)
-        .bind(request.to_string())
-        .bind(node)
-        .fetch_one(&self.pool)
+        // A login waits on this read too: read again on a connection that died unpinged
+        // (see `PgStore::connect_with`), as the record's read is.
+        read_again_if_broken(&self.pool, || {
+            sqlx::query(
+                "SELECT EXISTS (SELECT 1 FROM leases WHERE request_id = $1::numeric \
+                    AND node <> $2 AND expires_at > now()) AS held",
+            )
+            .persistent(false)
+            .bind(request.to_string())
+            .bind(node)
+            .fetch_one(&self.pool)
+        })
         .await
         .and_then(|r| r.try_get::<bool, _>("held"))
         .map_err(unavailable)

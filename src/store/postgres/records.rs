@@ -178,11 +178,15 @@ impl PgStore {
 }
 
 /// `read`, run again while it fails on a broken connection, at most once per connection
-/// the pool may hold: after PostgreSQL restarted, the pool's connections that were idle
+/// the pool may hold (for every read a login waits on: the record here, the lease look in
+/// `leases.rs`): after PostgreSQL restarted, the pool's connections that were idle
 /// too briefly to be pinged (see `PgStore::connect_with`) fail on first use, and each
 /// failure closes one. A read is safe to repeat; a database that is down fails the
 /// connect (or the pool's timeout) instead, which is not repeated.
-async fn read_again_if_broken<T, F, Fut>(pool: &PgPool, mut read: F) -> Result<T, sqlx::Error>
+pub(super) async fn read_again_if_broken<T, F, Fut>(
+    pool: &PgPool,
+    mut read: F,
+) -> Result<T, sqlx::Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
