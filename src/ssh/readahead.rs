@@ -13,7 +13,9 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, ReadBuf};
+use tokio_util::io::poll_read_buf;
 
 use super::forward::forward_writes;
 
@@ -23,29 +25,23 @@ pub const READ_AHEAD: usize = 128 * 1024;
 
 pub struct ReadAhead<S> {
     inner: S,
-    buf: Vec<u8>,
-    /// Where the unserved bytes of `buf` start.
-    pos: usize,
+    /// The bytes read and not yet served.
+    buf: BytesMut,
 }
 
 impl<S> ReadAhead<S> {
     pub fn new(inner: S) -> ReadAhead<S> {
         ReadAhead {
             inner,
-            buf: Vec::new(),
-            pos: 0,
+            buf: BytesMut::new(),
         }
     }
 
     /// Copies what `out` takes of the unserved bytes.
     fn serve(&mut self, out: &mut ReadBuf<'_>) {
-        let n = out.remaining().min(self.buf.len() - self.pos);
-        out.put_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        if self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        }
+        let n = out.remaining().min(self.buf.len());
+        out.put_slice(&self.buf[..n]);
+        self.buf.advance(n);
     }
 }
 
@@ -56,30 +52,25 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let me = &mut *self;
-        if me.pos < me.buf.len() {
+        if !me.buf.is_empty() {
             me.serve(out);
             return Poll::Ready(Ok(()));
         }
         if out.remaining() >= READ_AHEAD {
             return Pin::new(&mut me.inner).poll_read(cx, out);
         }
-        if me.buf.capacity() < READ_AHEAD {
-            me.buf.reserve_exact(READ_AHEAD);
-        }
-        let mut fill = ReadBuf::uninit(&mut me.buf.spare_capacity_mut()[..READ_AHEAD]);
-        match Pin::new(&mut me.inner).poll_read(cx, &mut fill) {
-            Poll::Ready(Ok(())) => {
-                let n = fill.filled().len();
-                // SAFETY: the first `n` bytes of the spare capacity were just written
-                // (`ReadBuf::filled` is initialised by construction).
-                unsafe { me.buf.set_len(n) };
+        // Empty here: `reserve` takes the whole allocation back (or makes one) without
+        // copying anything.
+        me.buf.reserve(READ_AHEAD);
+        match poll_read_buf(Pin::new(&mut me.inner), cx, &mut me.buf) {
+            Poll::Ready(Ok(_)) => {
                 me.serve(out);
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
                 // Nothing to read now: an idle connection keeps no buffer.
-                me.buf = Vec::new();
+                me.buf = BytesMut::new();
                 Poll::Pending
             }
         }
