@@ -247,7 +247,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         }),
         node: cfg.node_name.clone(),
     };
-    let ssh = SshServer::new(gateway.clone(), &settings);
+    let ssh = SshServer::new(gateway.clone(), &settings).context("cannot start the SSH threads")?;
     tracker.spawn(ssh.serve(ssh_listener, shutdown.clone(), tracker.clone()));
     tracker.spawn(gateway.clone().run_sweeper(shutdown.clone()));
     if let Dumps::S3(s3) = gateway.dumps() {

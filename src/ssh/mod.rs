@@ -13,6 +13,7 @@ mod penalty;
 mod proxied;
 mod readahead;
 mod settings;
+mod shards;
 mod sources;
 mod watchdog;
 
@@ -38,6 +39,7 @@ use crate::proxy_protocol::read_header;
 use crate::ratelog::{LogBudget, Verdict};
 use penalty::Penalties;
 use settings::russh_config;
+use shards::Shards;
 use sources::{SourceGuard, Sources};
 
 /// How long a balancer may take to send the PROXY header (at most the login grace time).
@@ -62,11 +64,22 @@ pub struct SshServer {
     header_log: Mutex<LogBudget>,
     /// Headers from sources that may not send one, logged a few per window.
     forged_log: Mutex<LogBudget>,
+    /// The threads connections run on (see `shards`).
+    shards: Shards,
 }
 
 impl SshServer {
-    pub fn new(gateway: Arc<Gateway>, settings: &SshSettings) -> Arc<SshServer> {
-        Arc::new(SshServer {
+    pub fn new(gateway: Arc<Gateway>, settings: &SshSettings) -> std::io::Result<Arc<SshServer>> {
+        // One shard a core. A session takes up to two blocking threads (requests; READ
+        // replies) while it has work, and any shard may end up with most of the
+        // connections, so each may start that many for the whole connection limit.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let blocking = settings
+            .max_connections
+            .saturating_mul(2)
+            .saturating_add(64);
+        let shards = Shards::start(cores, blocking)?;
+        Ok(Arc::new(SshServer {
             gateway,
             config: Arc::new(russh_config(settings)),
             login_grace: settings.login_grace,
@@ -79,7 +92,8 @@ impl SshServer {
             node: settings.node.as_str().into(),
             header_log: Mutex::default(),
             forged_log: Mutex::default(),
-        })
+            shards,
+        }))
     }
 
     /// Whether the client `peer` may connect now (no penalty, within its per-source
@@ -161,16 +175,30 @@ impl SshServer {
             );
             let server = self.clone();
             let close = shutdown.child_token();
-            tracker.spawn(
+            // Off this runtime's reactor, onto the shard's (see `shards`).
+            let socket = match socket.into_std() {
+                Ok(socket) => socket,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot hand the connection over");
+                    Metrics::dec(&metrics.connections_current);
+                    continue;
+                }
+            };
+            self.shards.spawn(&tracker, move || {
                 async move {
-                    server
-                        .admit(socket, peer, source, session, close, accepted)
-                        .await;
+                    match TcpStream::from_std(socket) {
+                        Ok(socket) => {
+                            server
+                                .admit(socket, peer, source, session, close, accepted)
+                                .await
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot take the connection over"),
+                    }
                     Metrics::dec(&server.gateway.metrics.connections_current);
                     drop(permit);
                 }
-                .instrument(span),
-            );
+                .instrument(span)
+            });
         }
     }
 
