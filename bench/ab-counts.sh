@@ -10,6 +10,7 @@
 #   bench/ab-counts.sh A_BINARY B_BINARY
 # Env: SIZE_MB (256)  RUNS (3)  OPS ("up": "up down")
 #      CIPHERS ("chacha20-poly1305@openssh.com aes256-gcm@openssh.com")
+#      ALLOCS (unset; 1: also malloc and calloc calls per 32 KiB, by uprobes on glibc)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 [ $# = 2 ] || { echo "usage: $0 A_BINARY B_BINARY" >&2; exit 2; }
@@ -41,6 +42,15 @@ head -c 1048576 "$SRC" >"$B/warm"
 for GPORT in $A_PORT $B_PORT; do sftp_to gate aes256-gcm@openssh.com $U "put $B/warm shared.dump"; done
 EVENTS=raw_syscalls:sys_enter,context-switches,sched:sched_wakeup
 for call in futex recvfrom epoll_wait pwritev write; do EVENTS+=,syscalls:sys_enter_$call; done
+# ALLOCS=1: also glibc's malloc and calloc calls, by uprobes (set up here, removed at the end).
+# Each probe hit traps into the kernel, so the CPU figures of such a run are not comparable.
+if [ "${ALLOCS:-}" = 1 ]; then
+  LIBC=$(ldd "$A_BIN" | awk '/libc\.so/ {print $3}')
+  perf probe -q -d 'probe_libc:*' 2>/dev/null || true
+  perf probe -q -x "$LIBC" --add malloc --add calloc || die "perf probe cannot probe $LIBC"
+  trap 'perf probe -q -d "probe_libc:*" 2>/dev/null || true; cleanup' EXIT
+  EVENTS+=,probe_libc:malloc,probe_libc:calloc
+fi
 UNITS=$((SIZE_MB * 32))
 GIB=$(awk -v m="$SIZE_MB" 'BEGIN {print m / 1024}')
 one() { # A|B cipher op
@@ -73,15 +83,19 @@ one() { # A|B cipher op
     -v cpu="$(awk -v a="$c0" -v b="$c1" -v g="$GIB" 'BEGIN {print (b - a) / g}')" \
     -v s="$(awk -v a="$t0" -v b="$t1" -v g="$GIB" 'BEGIN {print (b - a) / g}')" '
     {v[$3] = $1}
-    END {printf "%-2s %-5s %-18s %7.2f %7.2f %7.2f %6.2f %6.2f %6.2f %6.2f %6.2f %6.2f %6.2f\n", w, op, c, cpu, s,
+    END {printf "%-2s %-5s %-18s %7.2f %7.2f %7.2f %6.2f %6.2f %6.2f %6.2f %6.2f %6.2f %6.2f", w, op, c, cpu, s,
       v["raw_syscalls:sys_enter"] / u, v["syscalls:sys_enter_futex"] / u, v["syscalls:sys_enter_recvfrom"] / u,
       v["syscalls:sys_enter_epoll_wait"] / u, v["syscalls:sys_enter_pwritev"] / u, v["syscalls:sys_enter_write"] / u,
-      v["context-switches"] / u, v["sched:sched_wakeup"] / u}' "$B/stat.csv"
+      v["context-switches"] / u, v["sched:sched_wakeup"] / u
+      if ("probe_libc:malloc" in v) printf " %6.2f %6.2f", v["probe_libc:malloc"] / u, v["probe_libc:calloc"] / u
+      printf "\n"}' "$B/stat.csv"
 }
 echo "A: $A_BIN"
 echo "B: $B_BIN"
 echo "load average at the start: $(cut -d' ' -f1-3 /proc/loadavg); $SIZE_MB MiB a transfer; counts per 32 KiB"
-printf '%-2s %-5s %-18s %7s %7s %7s %6s %6s %6s %6s %6s %6s %6s\n' "" op cipher CPU-s/GiB s/GiB syscalls futex recv epoll pwritev write cs wakeups
+printf '%-2s %-5s %-18s %7s %7s %7s %6s %6s %6s %6s %6s %6s %6s' "" op cipher CPU-s/GiB s/GiB syscalls futex recv epoll pwritev write cs wakeups
+if [ "${ALLOCS:-}" = 1 ]; then printf ' %6s %6s' malloc calloc; fi
+printf '\n'
 for run in $(seq "$RUNS"); do
   for op in $OPS; do
     for cipher in $CIPHERS; do

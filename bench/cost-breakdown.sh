@@ -6,8 +6,10 @@
 # rules at its top) and gives each category its share of that CPU. Beside each row: the floor
 # (the cipher's `openssl speed`, one copy into or out of the page cache and the loopback socket
 # copy, bench/copy-floor.py, all measured here), the excess over it by category, the same
-# transfer without perf, and OpenSSH sshd's CPU for it (its cgroup) with the ratio. Every
-# transferred file is checked by sha256.
+# transfer without perf, and OpenSSH sshd's CPU and wall time for it (its cgroup) with the
+# ratios. Beside openssl's cipher, the same AEADs in the libraries a Rust SSH server can link
+# (examples/cipher_cost.rs): the floor sftpgate can reach with the cipher it links, and what of
+# each target that leaves. Every transferred file is checked by sha256.
 #
 # usage (as root; Debian: installs linux-perf and llvm when perf or llvm-symbolizer is missing):
 #   bench/cost-breakdown.sh
@@ -15,6 +17,9 @@
 #      without it, sshd; medians, and the samples of the sampled one of median CPU)
 #      CIPHERS ("chacha20-poly1305@openssh.com aes256-gcm@openssh.com")  OPS ("up down")
 #      PERF_FREQ (1999 samples per second)  SFTPGATE_BIN (a built binary instead of building)
+#      CIPHER_MIB (256: MiB per measurement of examples/cipher_cost.rs, the least of 3 kept)
+#      CIPHER_PROFILE (release: the cargo profile cipher_cost is built with; CI's smoke uses dev,
+#               whose dependencies the tests built already, figures meaningless)
 #      RESULTS (unset or "-": print only; a path: also write the table into that file's section
 #               "Where each CPU-second per GiB goes (issue 17)", replacing only that section)
 #      BASELINE (../shared/bench/openssh-baseline.sh)  KEEP (a directory: keep perf data there)
@@ -25,6 +30,8 @@ RUNS=${RUNS:-1}
 CIPHERS=${CIPHERS-"chacha20-poly1305@openssh.com aes256-gcm@openssh.com"}
 OPS=${OPS:-"up down"}
 PERF_FREQ=${PERF_FREQ:-1999}
+CIPHER_MIB=${CIPHER_MIB:-256}
+CIPHER_PROFILE=${CIPHER_PROFILE:-release}
 RESULTS=${RESULTS:--}
 BASELINE=${BASELINE:-$repo/../shared/bench/openssh-baseline.sh}
 KEEP=${KEEP:-}
@@ -82,7 +89,7 @@ join_and_make_src
 GIB=$(awk -v m="$SIZE_MB" 'BEGIN {print m / 1024}')
 
 # --- the floor: the cipher alone, one page-cache copy, one loopback socket copy ---
-echo "measuring the floor (openssl speed, page cache, loopback socket)..." >&2
+echo "measuring the floor (the ciphers' libraries, openssl speed, page cache, loopback socket)..." >&2
 FLOORS=$B/floors.json
 openssl_name() {
   case $1 in
@@ -93,7 +100,11 @@ openssl_name() {
   esac
 }
 {
-  echo "{\"copies\": $(python3 "$repo/bench/copy-floor.py" "$SRC" "$B/gate/data" 3), \"ciphers\": {"
+  # The AEADs of the libraries a Rust server can link, measured on the same packets; built
+  # from this checkout whatever SFTPGATE_BIN is (it measures the libraries, not the gateway).
+  libraries=$(cd "$repo" && cargo run --profile "$CIPHER_PROFILE" --quiet --example cipher_cost -- "$CIPHER_MIB") ||
+    die "examples/cipher_cost.rs failed"
+  echo "{\"libraries\": $libraries, \"copies\": $(python3 "$repo/bench/copy-floor.py" "$SRC" "$B/gate/data" 3), \"ciphers\": {"
   sep=
   for cipher in $CIPHERS; do
     # kB/s (1000 bytes) over CPU user time, 32 KiB buffers: the last field of the last line;
@@ -127,15 +138,19 @@ move() { # side cipher op; then checks the bytes
   settle "$1"
   if [ "$3" = down ]; then check "$B/dl.bin"; else check "$file"; fi
 }
-# The measuring steps set CPU (CPU-s/GiB of the server side) rather than print it: they run in
+# The measuring steps set CPU (CPU-s/GiB of the server side) and WALL (the client's seconds per
+# GiB, login included, as compare-openssh.sh counts them) rather than print them: they run in
 # this shell, so that a failed check stops the run and perf is stopped by the cleanup.
 timed() { # side cipher op
-  local c0 c1
+  local c0 c1 t0 t1
   prepare "$1" "$3"
   c0=$(server_cpu "$1")
+  t0=$(date +%s.%N)
   move "$1" "$2" "$3"
+  t1=$(date +%s.%N)
   c1=$(server_cpu "$1")
   CPU=$(awk -v a="$c0" -v b="$c1" -v g="$GIB" 'BEGIN {print (b - a) / g}')
+  WALL=$(awk -v a="$t0" -v b="$t1" -v g="$GIB" 'BEGIN {print (b - a) / g}')
 }
 # Counted beside the samples, in the same transfer: system calls by kind, context switches and
 # the wake-ups sftpgate's threads make (kernel tracepoints; a kernel without them skips this).
@@ -185,16 +200,16 @@ for cipher in $CIPHERS; do
   for op in $OPS; do
     # RUNS sampled transfers; the one of median CPU gives the samples (a loaded machine
     # disturbs one transfer now and then). Unsampled ones of each side after each.
-    sampled= plain= openssh=
+    sampled= plain= openssh= plain_wall= openssh_wall=
     for run in $(seq "$RUNS"); do
       echo "  $op $cipher: run $run, sftpgate under perf, without, then sshd" >&2
       profiled "$cipher" $op "$B/perf-$run.data"
       sampled+="$CPU "
       mv "$B/stat.csv" "$B/stat-$run.csv" 2>/dev/null || : >"$B/stat-$run.csv"
       timed gate "$cipher" $op
-      plain+="$CPU "
+      plain+="$CPU " plain_wall+="$WALL "
       timed openssh "$cipher" $op
-      openssh+="$CPU "
+      openssh+="$CPU " openssh_wall+="$WALL "
     done
     under_perf=$(echo $sampled | tr ' ' '\n' | median)
     pick=$(echo $sampled | tr ' ' '\n' | awk -v m="$under_perf" '{d = $1 - m; if (d < 0) d = -d; if (NR == 1 || d < best) {best = d; n = NR}} END {print n}')
@@ -211,8 +226,10 @@ for cipher in $CIPHERS; do
       --arg sampled "$sampled" --rawfile stat "$B/stat-$pick.csv" \
       --argjson plain "$(echo $plain | tr ' ' '\n' | median)" \
       --argjson sshd "$(echo $openssh | tr ' ' '\n' | median)" \
+      --argjson gate_wall "$(echo $plain_wall | tr ' ' '\n' | median)" \
+      --argjson sshd_wall "$(echo $openssh_wall | tr ' ' '\n' | median)" \
       --slurpfile c "$B/classified.json" \
-      '{op: $op, cipher: $cipher, gate_perf: $perf, sampled: $sampled, gate: $plain, sshd: $sshd, stat: $stat, classified: $c[0]}' >>"$ROWS"
+      '{op: $op, cipher: $cipher, gate_perf: $perf, sampled: $sampled, gate: $plain, sshd: $sshd, gate_wall: $gate_wall, sshd_wall: $sshd_wall, stat: $stat, classified: $c[0]}' >>"$ROWS"
   done
 done
 

@@ -8,7 +8,9 @@
 
 A row of ROWS (one JSON object a line): op, cipher, gate_perf (sftpgate's CPU-s/GiB in the
 sampled transfer), gate (the same transfer without perf), sshd, classified (perf-classify.py's
-output). FLOORS: copy-floor.py's output under "copies" and openssl speed's kB/s per cipher.
+output), gate_wall and sshd_wall (the client's seconds per GiB, medians). FLOORS: copy-floor.py's
+output under "copies", openssl speed's kB/s per cipher under "ciphers", and
+examples/cipher_cost.rs's CPU-s/GiB per cipher, library and direction under "libraries".
 Each category's CPU-s/GiB is its share of the samples times gate_perf; the excess over the floor
 is that minus the floor's part of the same kind (the cipher, the page-cache copy, the socket
 copy), and all of it for the kinds the floor has none of.
@@ -30,15 +32,28 @@ NAMES = {
     "rest": "the rest",
 }
 ORDER = list(NAMES)
+# The library russh links for its ciphers in sftpgate's build (russh's default feature; the
+# build's Cargo.toml says why), and the direction of the server's AEAD for each operation.
+LINKED = "aws-lc-rs"
+SERVER_AEAD = {"up": "open", "down": "seal"}
 
 
 def row_name(r):
     return "%s %s" % ("put" if r["op"] == "up" else "get", r["cipher"].split("@")[0])
 
 
-def floors_of(r, floors):
+def library_cost(r, floors, library=LINKED):
+    return floors["libraries"][r["cipher"]][library][SERVER_AEAD[r["op"]]]
+
+
+def floors_of(r, floors, linked=False):
+    """The floor's parts: with openssl's cipher (the issue's floor), or with the library
+    sftpgate links (linked=True), the least a server built on it can spend."""
     c = floors["copies"]
-    cipher = GIB / (floors["ciphers"][r["cipher"]]["kB_per_s"] * 1000)
+    if linked:
+        cipher = library_cost(r, floors)
+    else:
+        cipher = GIB / (floors["ciphers"][r["cipher"]]["kB_per_s"] * 1000)
     # One copy through the socket: the cheaper side's figure for either direction. On loopback
     # the sender also runs the receiver's TCP processing, in amounts that depend on where the
     # scheduler puts the two (a real NIC would not); sftpgate's own sends cost less than the
@@ -99,6 +114,52 @@ def stat_table(rows, args, w):
     w("")
 
 
+def targets_table(rows, floors, w):
+    """Each CPU target against what a server linking LINKED cannot avoid, and what is left."""
+    w("What stands in the way of each CPU target. Unavoidable for a server built on russh: the"
+      " cipher as the library it links (%s) does it, one page-cache copy and one socket copy,"
+      " and on an upload the fdatasync that makes it durable before the close is answered"
+      " (sftpgate's promise; sshd does not sync). The rest is the excess over those, by"
+      " category, from the samples scaled to the CPU without perf (CPU-s/GiB):" % LINKED)
+    w("")
+    w("| row | sftpgate | target: the lesser of 0.45 x sshd and 2 x floor | unavoidable:"
+      " cipher (%s) + page cache + socket (+ fdatasync) | left for the rest (target -"
+      " unavoidable) | the rest, measured | its largest parts | the cipher in the server |"
+      " the AEAD: %s / fastest library / openssl |" % (LINKED, LINKED))
+    w("|---|---|---|---|---|---|---|---|---|")
+    c = floors["copies"]
+    for r in rows:
+        target = min(0.45 * r["sshd"], 2 * sum(floors_of(r, floors).values()))
+        f = floors_of(r, floors, linked=True)
+        sync = c["writeback"] if r["op"] == "up" else 0.0
+        unavoidable = sum(f.values()) + sync
+        cl = r["classified"]
+        spent = {k: cl["categories"][k]["share"] * r["gate"] for k in ORDER}
+        excess = {k: spent[k] - f.get(k, 0.0) for k in ORDER}
+        if r["op"] == "up":
+            excess["kfile"] -= sync
+        largest = sorted(excess.items(), key=lambda kv: -kv[1])[:3]
+        libs = floors["libraries"][r["cipher"]]
+        fastest = min(libs, key=lambda lib: libs[lib][SERVER_AEAD[r["op"]]])
+        openssl = GIB / (floors["ciphers"][r["cipher"]]["kB_per_s"] * 1000)
+        w("| %s | %.2f | %.2f | %.2f + %.2f + %.2f%s = %.2f | %.2f | %.2f | %s | %.2f | %.2f / %.2f"
+          " (%s) / %.2f |" % (
+              row_name(r), r["gate"], target, f["cipher"], f["kfile"], f["ksock"],
+              " + %.2f" % sync if sync else "", unavoidable, target - unavoidable,
+              r["gate"] - unavoidable,
+              ", ".join("%s %.2f" % (NAMES[k], v) for k, v in largest),
+              spent["cipher"], f["cipher"], libs[fastest][SERVER_AEAD[r["op"]]], fastest,
+              openssl))
+    w("")
+    w("The AEADs as each library does them on 32 KiB SSH packets, CPU-s/GiB on one thread, the"
+      " least of 3 (examples/cipher_cost.rs; the server opens on an upload and seals on a"
+      " download): " + "; ".join(
+          "%s: %s" % (cipher.split("@")[0], ", ".join(
+              "%s seal %.2f open %.2f" % (lib, v["seal"], v["open"]) for lib, v in libs.items()))
+          for cipher, libs in floors["libraries"].items()) + ".")
+    w("")
+
+
 def table(args):
     rows = [json.loads(l) for l in open(args.rows) if l.strip()]
     floors = json.load(open(args.floors))
@@ -112,16 +173,19 @@ def table(args):
           args.command, args.size_mb))
     w("")
     w("| row | sftpgate CPU-s/GiB | sshd CPU-s/GiB | sftpgate / sshd (target <= 0.45) | floor s/GiB |"
-      " sftpgate / floor (target <= 2) | sftpgate under perf | samples (sampled / measured CPU) |")
-    w("|---|---|---|---|---|---|---|---|")
+      " sftpgate / floor (target <= 2) | throughput sftpgate / OpenSSH (target >= 1) |"
+      " sftpgate under perf | samples (sampled / measured CPU) |")
+    w("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         fl = sum(floors_of(r, floors).values())
         cl = r["classified"]
         sampled = cl["period_ns"] / 1e9 / (args.size_mb / 1024)
-        w("| %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %d (%.0f%%) |" % (
+        w("| %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %d (%.0f%%) |" % (
             row_name(r), r["gate"], r["sshd"], r["gate"] / r["sshd"], fl, r["gate"] / fl,
-            r["gate_perf"], cl["samples"], 100 * sampled / r["gate_perf"]))
+            r["sshd_wall"] / r["gate_wall"], r["gate_perf"], cl["samples"],
+            100 * sampled / r["gate_perf"]))
     w("")
+    targets_table(rows, floors, w)
     w("Where sftpgate's CPU goes, in the sampled transfer: CPU-s/GiB (share of the samples).")
     w("")
     w("| row | " + " | ".join(NAMES[c] for c in ORDER) + " | total |")
