@@ -485,3 +485,51 @@ async fn a_slow_but_steady_reader_gets_every_reply_after_its_input_ends() {
     assert_eq!(Sha256::digest(&got), Sha256::digest(&content));
     session.await.unwrap();
 }
+
+#[tokio::test]
+async fn reads_answered_on_arrival_keep_their_order_with_the_requests_around_them() {
+    let (mut c, _dir) = start(true).await;
+    let h = open(&mut c, 1, 0x1B).await; // READ|WRITE|CREAT|TRUNC
+    let r = c
+        .call(6, &[&s(&h), &0u64.to_be_bytes(), &s(b"hello")])
+        .await;
+    assert_eq!(status_of(&r), 0);
+    let read = |id: u32| {
+        framed(&req(
+            5,
+            id,
+            &[&s(&h), &0u64.to_be_bytes(), &5u32.to_be_bytes()],
+        ))
+    };
+    // In one piece: a READ (answered where it arrives), a WRITE over what it read (which
+    // the request thread handles), and a READ after it.
+    let mut stream = read(10);
+    stream.extend(framed(&req(
+        6,
+        11,
+        &[&s(&h), &0u64.to_be_bytes(), &s(b"HELLO")],
+    )));
+    stream.extend(read(12));
+    c.send_raw(&stream).await;
+    // A READ in two pieces, then an empty packet.
+    let split = read(13);
+    c.send_raw(&split[..7]).await;
+    tokio::task::yield_now().await;
+    c.send_raw(&split[7..]).await;
+    c.send_raw(&0u32.to_be_bytes()).await;
+    let data = |r: &[u8]| (r[0], id_of(r), r[9..].to_vec());
+    assert_eq!(data(&c.recv().await), (103, 10, b"hello".to_vec()));
+    let r = c.recv().await;
+    assert_eq!((id_of(&r), status_of(&r)), (11, 0));
+    assert_eq!(data(&c.recv().await), (103, 12, b"HELLO".to_vec()));
+    assert_eq!(data(&c.recv().await), (103, 13, b"HELLO".to_vec()));
+    let r = c.recv().await;
+    assert_eq!(
+        (id_of(&r), status_of(&r)),
+        (0, 5),
+        "the empty packet is malformed"
+    );
+    // The stream is still in step.
+    let r = c.call(17, &[&s(b"db.dump")]).await;
+    assert_eq!(r[0], 105);
+}

@@ -7,19 +7,20 @@
 //! loop back here. An idle session (most of a node's, most of the time) costs no thread and
 //! no stack; tokio's pool keeps a finished job's thread for the next job, of any session.
 //!
-//! A job is started only once the loop can do something with what is queued: the loop
-//! says, as it goes idle, how many bytes it [`wants`](Session::wants) (what the packet at
-//! the front still lacks). A 255 KiB WRITE arrives in about eight SSH packets; starting a
-//! job for each woke a thread (a futex and two context switches) to do nothing but queue
-//! the piece, for seven of the eight (measured: about one context switch per 32 KiB
-//! uploaded, see bench/RESULTS.md, issue 17).
+//! While the loop is idle, a chunk is taken in where it arrives, on the runtime's thread
+//! ([`Session::feed_reads`]): a packet still arriving is kept, a READ is answered there (it
+//! only queues a description), and a job is started only for a whole packet of another
+//! kind. A 255 KiB WRITE arrives in about eight SSH packets; starting a job for each woke a
+//! thread (a futex and two context switches) to do nothing but queue the piece, and a
+//! download's READs woke one per batch of requests (measured: about one context switch per
+//! 32 KiB uploaded, half of one per 32 KiB downloaded, see bench/RESULTS.md, issue 17).
 //!
 //! The inbox holds at most [`INBOX_BUDGET`] bytes, counting the chunk being handled; past
 //! that the producer waits for room, so a loop that is blocked (its reply queue is full
 //! because the client does not read, or the disk is slow) stops the producer, which stops
-//! reading the channel: that is the backpressure on the client. A job is always started
-//! before the producer waits ([`START_AT`] is below the budget), so the two never wait for
-//! each other.
+//! reading the channel: that is the backpressure on the client. Chunks queue only while a
+//! job runs, so the producer never waits for a loop that nobody runs. The loop itself
+//! holds at most the one packet still arriving.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,9 +34,6 @@ use super::session::{Session, SessionSummary};
 /// Bytes received and not yet handled (with what is being handled) before the producer
 /// waits: 16 of OpenSSH's 32 KiB writes.
 pub(super) const INBOX_BUDGET: usize = 512 * 1024;
-/// Queued bytes that start a job whatever the loop wants (the rest of an oversized packet
-/// to discard can want more than the budget holds).
-const START_AT: usize = INBOX_BUDGET / 2;
 
 pub(super) struct Inbox {
     state: Mutex<State>,
@@ -52,8 +50,6 @@ struct State {
     bytes: usize,
     /// The loop, while no job runs it.
     idle: Option<Session>,
-    /// While no job runs: the bytes the loop needs before it can make progress.
-    wants: usize,
     /// No more input: the job that finds `chunks` empty finishes the loop.
     ended: bool,
     /// A job panicked: the loop is gone, input is refused.
@@ -71,7 +67,6 @@ impl Inbox {
                 chunks: VecDeque::new(),
                 bytes: 0,
                 idle: Some(session),
-                wants: 0,
                 ended: false,
                 broken: false,
                 done: Some(done),
@@ -98,17 +93,44 @@ impl Inbox {
                 if s.broken || s.ended {
                     return false;
                 }
+                // Idle, the loop has nothing queued: it takes the chunk in here.
+                if let Some(session) = s.idle.take() {
+                    drop(s);
+                    self.take_in(session, chunk);
+                    return true;
+                }
                 if s.bytes < INBOX_BUDGET {
                     s.bytes += chunk.len();
                     s.chunks.push_back(chunk);
-                    // While idle, `bytes` are the queued ones alone.
-                    if s.bytes >= s.wants.min(START_AT) {
-                        self.start(&mut s);
-                    }
                     return true;
                 }
             }
             room.await;
+        }
+    }
+
+    /// With the loop idle (so nothing is queued): the loop takes `chunk` in here, on the
+    /// runtime's thread, and a job is started only for what it left to do.
+    fn take_in(self: &Arc<Self>, mut session: Session, chunk: Bytes) {
+        // A panic ends this session as it would in a job, not the connection's task.
+        let fed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let guard = PanicGuard(self);
+            let done = session.feed_reads(chunk);
+            std::mem::forget(guard);
+            done
+        }));
+        let Ok(done) = fed else {
+            return; // the guard has marked the inbox broken; the loop is gone
+        };
+        let mut s = self.lock();
+        if done {
+            s.idle = Some(session);
+        } else {
+            // What is left is in the loop's own buffer: an empty chunk has the job go on
+            // from there.
+            s.chunks.push_back(Bytes::new());
+            s.idle = Some(session);
+            self.start(&mut s);
         }
     }
 
@@ -142,7 +164,6 @@ impl Inbox {
                     Some(chunk) => chunk,
                     None if s.ended => break,
                     None => {
-                        s.wants = session.wants();
                         s.idle = Some(session);
                         std::mem::forget(guard);
                         return;

@@ -1,10 +1,13 @@
 //! [`Storage`] on the local filesystem: the file (and its `.filepart`) are plain files, a
-//! WRITE is one `pwritev`, a READ one `pread` into the reply buffer, a CLOSE an fsync.
+//! WRITE is one `pwritev`, a READ one `pread` into the reply buffer (a `preadv2` that does
+//! not wait, from the page cache, when the writer tries that first), a CLOSE an fsync.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -100,6 +103,7 @@ impl Storage for LocalStorage {
         Ok(Arc::new(LocalBody {
             file,
             append: mode.append,
+            nowait: AtomicBool::new(true),
         }))
     }
 
@@ -143,6 +147,8 @@ pub struct LocalBody {
     file: File,
     /// Opened O_APPEND: the kernel puts every write at the end.
     append: bool,
+    /// Cleared once the file system has refused a `RWF_NOWAIT` read: not asked again.
+    nowait: AtomicBool,
 }
 
 impl LocalBody {
@@ -152,6 +158,7 @@ impl LocalBody {
         LocalBody {
             file,
             append: false,
+            nowait: AtomicBool::new(true),
         }
     }
 }
@@ -181,6 +188,53 @@ impl Body for LocalBody {
             }
         }
         Ok(())
+    }
+
+    /// `preadv2(RWF_NOWAIT)`, which reads only what the page cache holds: EAGAIN once it
+    /// would have to wait for the disk. A short read is followed by another, which tells
+    /// the end of the file (0) from data not cached (EAGAIN). Through libc: rustix's
+    /// `preadv2` takes initialised slices, and the spare capacity is not.
+    fn read_cached_into(&self, buf: &mut BytesMut, offset: u64, len: usize) -> bool {
+        if !self.nowait.load(Ordering::Relaxed) {
+            return false;
+        }
+        buf.reserve(len);
+        let base = buf.len();
+        while buf.len() - base < len {
+            let filled = buf.len() - base;
+            let Ok(at) = i64::try_from(offset.saturating_add(filled as u64)) else {
+                break;
+            };
+            let spare = &mut buf.spare_capacity_mut()[..len - filled];
+            let iov = libc::iovec {
+                iov_base: spare.as_mut_ptr().cast(),
+                iov_len: spare.len(),
+            };
+            // SAFETY: the iovec is the buffer's own spare capacity, which the kernel writes
+            // at most `iov_len` bytes of; `file` is open for as long as `self` is.
+            let n = unsafe { libc::preadv2(self.file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
+            match usize::try_from(n) {
+                Ok(0) => break, // the end of the file
+                Ok(n) => {
+                    // SAFETY: preadv2 has initialised the first `n` bytes of the spare capacity.
+                    unsafe { buf.set_len(buf.len() + n) };
+                }
+                Err(_) => {
+                    match io::Error::last_os_error().raw_os_error() {
+                        Some(libc::EINTR) => continue,
+                        Some(libc::EAGAIN) => {}
+                        // A file system (or kernel) without RWF_NOWAIT reads.
+                        Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS) => {
+                            self.nowait.store(false, Ordering::Relaxed)
+                        }
+                        _ => {}
+                    }
+                    buf.truncate(base);
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// In one system call unless the kernel takes less.
@@ -227,5 +281,50 @@ impl Body for LocalBody {
     fn finish(&self) -> io::Result<u64> {
         self.file.sync_data()?;
         Ok(self.file.metadata()?.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body over a file holding `data`, written and synced, so that its pages can be
+    /// dropped from the page cache.
+    fn body_with(data: &[u8]) -> (tempfile::NamedTempFile, LocalBody) {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(data).unwrap();
+        f.as_file().sync_all().unwrap();
+        let file = File::open(f.path()).unwrap();
+        (f, LocalBody::new(file))
+    }
+
+    #[test]
+    fn a_cached_read_takes_what_the_page_cache_holds_and_stops_at_the_end() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let (_f, body) = body_with(&data);
+        let mut buf = BytesMut::from(&b"head"[..]);
+        assert!(body.read_cached_into(&mut buf, 1000, 100_000));
+        assert_eq!(&buf[..4], b"head");
+        assert_eq!(&buf[4..], &data[1000..101_000]);
+        // Across the end: what there is, then nothing, and both count as done.
+        let mut buf = BytesMut::new();
+        assert!(body.read_cached_into(&mut buf, 250_000, 100_000));
+        assert_eq!(&buf[..], &data[250_000..]);
+        let mut buf = BytesMut::new();
+        assert!(body.read_cached_into(&mut buf, 400_000, 10));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_cached_read_of_data_the_page_cache_lacks_appends_nothing_and_a_read_gets_it() {
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
+        let (_f, body) = body_with(&data);
+        // The file is clean (synced): dropping its pages leaves it on the disk alone.
+        rustix::fs::fadvise(&body.file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        let mut buf = BytesMut::from(&b"head"[..]);
+        assert!(!body.read_cached_into(&mut buf, 500_000, 65_536));
+        assert_eq!(&buf[..], b"head");
+        body.read_into(&mut buf, 500_000, 65_536).unwrap();
+        assert_eq!(&buf[4..], &data[500_000..565_536]);
     }
 }

@@ -14,6 +14,7 @@
 //! window shut) holds a bounded amount of memory, however many it sends.
 
 use std::collections::VecDeque;
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -91,6 +92,11 @@ struct Inner {
     bytes: usize,
     /// The request loop waits for room.
     waiting: bool,
+    /// READs the writer has taken and not yet read from the file. The writer reads each
+    /// one as soon as it takes it, before it waits for anything (or puts it back).
+    reading: usize,
+    /// The request loop waits for `reading` to reach 0.
+    settling: bool,
     closed: bool,
     /// The writer is gone: replies are dropped instead of queued, and nobody waits.
     abandoned: bool,
@@ -116,6 +122,8 @@ pub(crate) struct ReplyQueue {
     ready: Notify,
     /// The request loop waits here for room.
     room: Condvar,
+    /// The request loop waits here for the READs the writer has taken to be read.
+    read_out: Condvar,
     /// Where the bytes sent by reads are counted, whichever path encodes them.
     activity: Arc<Activity>,
     /// Runs once when the writer has found the queue empty and is about to wait: where the
@@ -130,6 +138,7 @@ impl ReplyQueue {
             inner: Mutex::default(),
             ready: Notify::new(),
             room: Condvar::new(),
+            read_out: Condvar::new(),
             activity,
             #[cfg(test)]
             after_empty_look: Mutex::default(),
@@ -138,10 +147,72 @@ impl ReplyQueue {
 
     /// Appends the reply to a single READ (its data, or EOF/failure) and counts what it
     /// sends.
+    /// For the writer, which took `r` from the queue.
     pub fn encode_read(&self, buf: &mut BytesMut, r: &PendingRead) {
-        let n = encode_read(buf, r.id, &*r.file, r.offset, r.len) as u64;
-        r.sent.fetch_add(n, Ordering::Relaxed);
-        self.activity.bytes_read.fetch_add(n, Ordering::Relaxed);
+        self.encode_read_now(buf, r);
+        self.read_finished();
+    }
+
+    /// The READ's reply, read now; as `encode_read` without counting a taken READ read.
+    fn encode_read_now(&self, buf: &mut BytesMut, r: &PendingRead) {
+        let read = |buf: &mut BytesMut| r.file.read_into(buf, r.offset, r.len as usize);
+        let n = encode_read(buf, r.id, |buf| read(buf).map(|()| true));
+        self.count_sent(r, n.unwrap_or(0));
+    }
+
+    /// As `encode_read` if the data can be read without waiting (see
+    /// [`Body::read_cached_into`]); false, with nothing appended, if it cannot.
+    pub fn encode_cached_read(&self, buf: &mut BytesMut, r: &PendingRead) -> bool {
+        let read = |buf: &mut BytesMut| r.file.read_cached_into(buf, r.offset, r.len as usize);
+        match encode_read(buf, r.id, |buf| Ok(read(buf))) {
+            Some(n) => {
+                self.count_sent(r, n);
+                self.read_finished();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A READ the writer took (see `reading`) is read: a change of the file may go on.
+    fn read_finished(&self) {
+        let mut inner = self.lock();
+        inner.reading = inner.reading.saturating_sub(1);
+        if inner.reading == 0 && std::mem::take(&mut inner.settling) {
+            drop(inner);
+            self.read_out.notify_all();
+        }
+    }
+
+    /// Puts back at the front a reply the writer took but will not send now (a READ it
+    /// would have to wait for the disk to read, or the first of another batch), so that
+    /// nothing it holds is left unread while it waits: the request loop settles it.
+    pub fn put_back(&self, item: Item) {
+        let mut inner = self.lock();
+        if inner.abandoned {
+            return;
+        }
+        match &item {
+            Item::Encoded(buf) => inner.bytes += buf.len(),
+            Item::Read(_) => {
+                inner.reads += 1;
+                inner.bytes += DESCRIPTION_COST;
+                inner.reading = inner.reading.saturating_sub(1);
+            }
+        }
+        inner.items.push_front(item);
+        let wake = inner.reading == 0 && std::mem::take(&mut inner.settling);
+        drop(inner);
+        if wake {
+            self.read_out.notify_all();
+        }
+    }
+
+    fn count_sent(&self, r: &PendingRead, n: usize) {
+        r.sent.fetch_add(n as u64, Ordering::Relaxed);
+        self.activity
+            .bytes_read
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -156,6 +227,12 @@ impl ReplyQueue {
             inner = self.room.wait(inner).unwrap_or_else(|p| p.into_inner());
         }
         inner
+    }
+
+    /// Whether a reply pushed now is queued at once, without waiting for room.
+    pub fn has_room(&self) -> bool {
+        let inner = self.lock();
+        inner.bytes < REPLY_BUDGET || inner.abandoned
     }
 
     /// Appends an encoded reply, once there is room for it.
@@ -207,6 +284,11 @@ impl ReplyQueue {
     /// to send what is queued (which sends the oldest reads in the meantime).
     pub fn settle_reads(&self) {
         let mut inner = self.lock();
+        // A READ the writer has taken must be read before the change, as the queued ones.
+        while inner.reading > 0 && !inner.abandoned {
+            inner.settling = true;
+            inner = self.read_out.wait(inner).unwrap_or_else(|p| p.into_inner());
+        }
         let mut i = 0;
         while inner.reads > 0 && !inner.abandoned {
             if inner.bytes >= REPLY_BUDGET {
@@ -234,12 +316,12 @@ impl ReplyQueue {
         let mut buf = BytesMut::new();
         match run.take_first() {
             Some(first) => {
-                self.encode_read(&mut buf, &first);
+                self.encode_read_now(&mut buf, &first);
                 inner.bytes += buf.len();
                 inner.items.insert(i, Item::Encoded(buf));
             }
             None => {
-                self.encode_read(&mut buf, run);
+                self.encode_read_now(&mut buf, run);
                 inner.bytes = inner.bytes + buf.len() - DESCRIPTION_COST;
                 inner.reads -= 1;
                 inner.items[i] = Item::Encoded(buf);
@@ -259,9 +341,10 @@ impl ReplyQueue {
         let mut inner = self.lock();
         inner.abandoned = true;
         inner.items.clear();
-        (inner.reads, inner.bytes) = (0, 0);
+        (inner.reads, inner.bytes, inner.reading) = (0, 0, 0);
         drop(inner);
         self.room.notify_all();
+        self.read_out.notify_all();
     }
 
     /// The bytes queued, as charged against the budget.
@@ -284,6 +367,7 @@ impl ReplyQueue {
         let closed = inner.closed;
         if let Some(Item::Read(run)) = inner.items.front_mut() {
             if let Some(first) = run.take_first() {
+                inner.reading += 1;
                 return (Some(Item::Read(first)), closed);
             }
         }
@@ -294,6 +378,7 @@ impl ReplyQueue {
             Item::Encoded(buf) => buf.len(),
             Item::Read(_) => {
                 inner.reads -= 1;
+                inner.reading += 1;
                 DESCRIPTION_COST
             }
         };
@@ -326,27 +411,36 @@ impl ReplyQueue {
     }
 }
 
-/// Appends a DATA reply of up to `len` bytes read at `offset`, or an EOF/failure STATUS;
-/// returns how many data bytes it carries.
-fn encode_read(buf: &mut BytesMut, id: u32, file: &dyn Body, offset: u64, len: u32) -> usize {
+/// Appends a DATA reply with what `read` appends (a READ's data), or an EOF/failure STATUS;
+/// returns how many data bytes it carries, or `None` with nothing appended if `read` said
+/// it could not read now.
+fn encode_read(
+    buf: &mut BytesMut,
+    id: u32,
+    read: impl FnOnce(&mut BytesMut) -> io::Result<bool>,
+) -> Option<usize> {
     let base = buf.len();
     let mark = Encoder(buf).data_begin(id);
-    let result = file.read_into(buf, offset, len as usize);
+    let result = read(buf);
     let filled = buf.len() - mark.1;
     match result {
-        Ok(()) if filled > 0 => {
+        Ok(true) if filled > 0 => {
             Encoder(buf).data_finish(mark);
-            filled
+            Some(filled)
         }
-        Ok(()) => {
+        Ok(true) => {
             buf.truncate(base);
             Encoder(buf).status(id, StatusCode::Eof, "End of file");
-            0
+            Some(0)
+        }
+        Ok(false) => {
+            buf.truncate(base);
+            None
         }
         Err(e) => {
             buf.truncate(base);
             Encoder(buf).status(id, StatusCode::Failure, &e.to_string());
-            0
+            Some(0)
         }
     }
 }

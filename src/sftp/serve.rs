@@ -1,8 +1,8 @@
 //! Runs one SFTP session over a byte transport: a pump hands the client's bytes to the
 //! request loop ([`Session`], run through an [`Inbox`] on a blocking thread while it has
 //! bytes to handle) and a writer task sends the replies the loop queues. Neither holds a
-//! thread while the session is idle: the writer moves to a blocking thread only to send
-//! READ data, which it reads from the file as it sends it.
+//! thread while the session is idle: the writer reads READ data from the file as it sends
+//! it, and moves to a blocking thread only for data the page cache does not hold.
 //!
 //! How a session ends: once the client's input has ended, or the server ends the session,
 //! what was received is still handled to the end (its writes are what a resume starts
@@ -187,10 +187,39 @@ impl<O: Outbound> Sender<O> {
         }
     }
 
-    /// On a blocking thread: sends batches, starting with `first`, until the queue is
-    /// empty. READs are answered here, their data read from the file into the batch.
-    fn send_reads(&mut self, first: Item, runtime: &tokio::runtime::Handle) -> bool {
-        let mut item = Some(first);
+    /// One batch, starting with `first`, of encoded replies and READs answered from the
+    /// page cache without waiting; and whether it stopped at a READ that would have
+    /// waited, which it put back.
+    fn fill_cached(&mut self, first: Item) -> (Option<Bytes>, bool) {
+        let mut buf = self.buffers.get();
+        let mut it = first;
+        let cold = loop {
+            match it {
+                Item::Encoded(b) => buf.extend_from_slice(&b),
+                Item::Read(r) => {
+                    if !self.queue.encode_cached_read(&mut buf, &r) {
+                        self.queue.put_back(Item::Read(r));
+                        break true;
+                    }
+                }
+            }
+            if buf.len() >= WRITE_BATCH {
+                break false;
+            }
+            match self.queue.try_pop() {
+                Some(next) => it = next,
+                None => break false,
+            }
+        };
+        // An empty buffer is lent too: unshared, it is the next one `get` returns.
+        let batch = self.buffers.lend(buf);
+        (Some(batch).filter(|b| !b.is_empty()), cold)
+    }
+
+    /// On a blocking thread: sends batches until the queue is empty. READs are answered
+    /// here, their data read from the file into the batch.
+    fn send_reads(&mut self, runtime: &tokio::runtime::Handle) -> bool {
+        let mut item = self.queue.try_pop();
         while let Some(mut it) = item.take() {
             let mut buf = self.buffers.get();
             loop {
@@ -229,10 +258,8 @@ async fn write_replies<O: Outbound>(
         stop,
         buffers: Buffers::new(WRITE_BATCH + MAX_IO_LEN as usize + 64),
     };
-    // A READ met while gathering encoded replies, sent next.
-    let mut carried = None;
     loop {
-        let first = match carried.take().or_else(|| queue.try_pop()) {
+        let first = match queue.try_pop() {
             Some(item) => item,
             None => {
                 sender.buffers.trim();
@@ -256,8 +283,9 @@ async fn write_replies<O: Outbound>(
                 while let Some(next) = queue.try_pop() {
                     match next {
                         Item::Encoded(b) if buf.len() < WRITE_BATCH => buf.extend_from_slice(&b),
+                        // Sent next; put back meanwhile (see `ReplyQueue::put_back`).
                         other => {
-                            carried = Some(other);
+                            queue.put_back(other);
                             break;
                         }
                     }
@@ -266,14 +294,26 @@ async fn write_replies<O: Outbound>(
                     return;
                 }
             }
-            // A READ's data is read from the file as its reply is sent: on a blocking
-            // thread, since a file not in the page cache (a dump of many GiB read once)
-            // would otherwise hold a runtime worker on the disk. The thread sends until
-            // the queue is empty, so a download moves there once, not once per batch.
+            // A READ's data is read from the file as its reply is sent: here while the
+            // page cache has it, which it mostly has (the file was just uploaded or
+            // written, or is read again), so that a download wakes no other thread; on a
+            // blocking thread from the first read that would wait for the disk (a dump of
+            // many GiB read once), which would otherwise hold this runtime's thread and
+            // every connection on it. That thread sends until the queue is empty, so a cold
+            // download moves there once, not once per batch.
             read @ Item::Read(_) => {
+                let (batch, cold) = sender.fill_cached(read);
+                if let Some(batch) = batch {
+                    if !sender.send(batch).await {
+                        return;
+                    }
+                }
+                if !cold {
+                    continue;
+                }
                 let runtime = tokio::runtime::Handle::current();
                 let job = tokio::task::spawn_blocking(move || {
-                    let sent = sender.send_reads(read, &runtime);
+                    let sent = sender.send_reads(&runtime);
                     (sender, sent)
                 });
                 match job.await {

@@ -116,14 +116,11 @@ impl Session {
 
     /// Splits the byte stream into packets and answers each in order, once (on a blocking
     /// thread: see [`super::inbox`]).
-    pub(super) fn feed(&mut self, mut chunk: Bytes) {
+    pub(super) fn feed(&mut self, chunk: Bytes) {
         self.wait_for_other_nodes();
         // Once per chunk, not per packet: the packets of one chunk arrived together.
         self.wait_for_other_sessions();
-        let skipped = self.skip.min(chunk.len());
-        chunk.advance(skipped);
-        self.skip -= skipped;
-        self.pending.push(chunk);
+        self.take_in(chunk);
         let mut len = [0; 4];
         while self.pending.peek(&mut len) {
             let len = u32::from_be_bytes(len);
@@ -153,6 +150,59 @@ impl Session {
             self.summary.requests += 1;
             self.packet(packet).send(&self.queue);
         }
+    }
+
+    /// Answers the READs at the front of what has arrived, with `chunk`, on the caller's
+    /// thread: queueing a READ's description is all its answer takes, and cannot wait
+    /// while the reply queue has room. True if nothing is left that
+    /// [`feed`](Self::feed) could answer now (a packet still arriving counts as nothing:
+    /// what the loop holds of it is at most one packet); false if it stopped at a whole
+    /// packet of another kind, a full queue or a wait the session still owes, for `feed`
+    /// (on a blocking thread) to go on from.
+    pub(super) fn feed_reads(&mut self, chunk: Bytes) -> bool {
+        self.take_in(chunk);
+        if self.owes_a_wait() {
+            return false;
+        }
+        let mut head = [0; 5];
+        while self.pending.peek(&mut head) {
+            let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+            if len > MAX_PACKET_LEN {
+                return false;
+            }
+            // A packet still arriving, of any kind (a 255 KiB WRITE comes in eight pieces),
+            // waits here: a job is started once there is something to do.
+            if self.pending.len() < 4 + len as usize {
+                break;
+            }
+            if head[4] != wire::SSH_FXP_READ || !self.queue.has_room() {
+                return false;
+            }
+            self.pending.advance(4);
+            let packet = self.pending.take(len as usize);
+            self.summary.requests += 1;
+            self.packet(packet).send(&self.queue);
+        }
+        // The front packet still arriving, or no packet: nothing to answer. A whole one
+        // here is an empty (malformed) packet, which `feed` answers.
+        self.wants() > 0
+    }
+
+    /// Adds `chunk` to the bytes received, less what is left to discard of an oversized
+    /// packet.
+    fn take_in(&mut self, mut chunk: Bytes) {
+        let skipped = self.skip.min(chunk.len());
+        chunk.advance(skipped);
+        self.skip -= skipped;
+        self.pending.push(chunk);
+    }
+
+    /// Whether `feed` would wait before it answers anything (see `wait_for_other_nodes`
+    /// and `wait_for_other_sessions`).
+    fn owes_a_wait(&self) -> bool {
+        let nodes =
+            !self.other_nodes_checked && self.shared.writable && self.shared.leases.is_some();
+        nodes || self.activity.must_wait(self.number)
     }
 
     /// How many more bytes [`feed`](Self::feed) needs before it can answer or discard

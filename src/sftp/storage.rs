@@ -83,6 +83,13 @@ pub trait Body: Send + Sync {
     fn meta(&self) -> io::Result<Meta>;
     /// Appends up to `len` bytes from `offset` to `buf`; fewer (or none) at the end.
     fn read_into(&self, buf: &mut BytesMut, offset: u64, len: usize) -> io::Result<()>;
+    /// As `read_into`, but only if that needs no wait for a disk or a network (the data is
+    /// in the page cache): true if it appended all of it (or all there is), false with
+    /// nothing appended otherwise, errors included (`read_into` then says what they are).
+    /// The reply writer calls it on the runtime's own thread, which must never block.
+    fn read_cached_into(&self, _buf: &mut BytesMut, _offset: u64, _len: usize) -> bool {
+        false
+    }
     /// Writes `data` at `offset`, or at the end for `None` (an APPEND handle), all of it.
     fn write(&self, offset: Option<u64>, data: &[Bytes]) -> io::Result<()>;
     /// A SETSTAT through the handle (see [`Storage::set_attrs`]).

@@ -127,3 +127,52 @@ fn a_full_queue_blocks_pushes_until_the_writer_goes() {
     pusher.join().unwrap();
     assert_eq!(q.queued(), 0);
 }
+
+/// A READ the writer has taken is read before the request loop changes the file: the loop
+/// settles the queued reads, and waits for the taken one (found when READs began to be
+/// answered on the runtime's thread: a WRITE after a READ sometimes gave it the new data).
+#[test]
+fn a_change_waits_for_the_read_the_writer_has_taken() {
+    let (q, file) = queue_and_file(100);
+    q.push_read(read(&file, 1, 0, 10));
+    let Some(Item::Read(taken)) = q.try_pop() else {
+        panic!("the read was not queued");
+    };
+    let (settled_tx, settled) = std::sync::mpsc::channel();
+    let loop_side = q.clone();
+    let change = std::thread::spawn(move || {
+        loop_side.settle_reads();
+        settled_tx.send(()).unwrap();
+    });
+    // Nothing can signal that the loop is waiting; it must not be done within this time.
+    let early = settled.recv_timeout(std::time::Duration::from_millis(100));
+    assert!(early.is_err(), "the change went ahead of the taken read");
+    let mut buf = BytesMut::new();
+    q.encode_read(&mut buf, &taken);
+    settled.recv().unwrap();
+    change.join().unwrap();
+    assert_eq!(q.lock().reading, 0);
+}
+
+/// A READ the writer puts back (it would have waited for the disk) is settled by the loop
+/// like any queued one, and is the next reply the writer takes.
+#[test]
+fn a_read_put_back_is_settled_and_taken_next() {
+    let (q, file) = queue_and_file(100);
+    q.push_read(read(&file, 1, 0, 10));
+    q.push(|e| e.status(2, StatusCode::Ok, ""));
+    let Some(taken) = q.try_pop() else {
+        panic!("the read was not queued");
+    };
+    q.put_back(taken);
+    q.settle_reads(); // returns: nothing is taken any more
+    let Some(item @ Item::Encoded(_)) = q.try_pop() else {
+        panic!("the read put back was not settled first");
+    };
+    assert_eq!(ids(&q, item), vec![1]);
+    let Some(item) = q.try_pop() else {
+        panic!("the status was lost");
+    };
+    assert_eq!(ids(&q, item), vec![2]);
+    assert_eq!(q.queued(), 0);
+}
