@@ -155,7 +155,7 @@ timed() { # side cipher op
 # Counted beside the samples, in the same transfer: system calls by kind, context switches and
 # the wake-ups sftpgate's threads make (kernel tracepoints; a kernel without them skips this).
 STAT_EVENTS=raw_syscalls:sys_enter,context-switches,sched:sched_wakeup
-for call in futex epoll_wait epoll_pwait recvfrom sendto pwritev pwrite64 pread64 preadv write read fdatasync; do
+for call in futex epoll_wait epoll_pwait recvfrom sendto pwritev pwrite64 pread64 preadv preadv2 write read fdatasync; do
   STAT_EVENTS+=,syscalls:sys_enter_$call
 done
 perf stat -x, -o /dev/null -e "$STAT_EVENTS" -- true 2>/dev/null || STAT_EVENTS=

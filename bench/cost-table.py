@@ -85,7 +85,7 @@ STAT_COLUMNS = [
     ("recvfrom", ["recvfrom"]),
     ("sendto", ["sendto"]),
     ("pwrite(v)", ["pwritev", "pwrite64"]),
-    ("pread(v)", ["pread64", "preadv"]),
+    ("pread(v)", ["pread64", "preadv", "preadv2"]),
     ("write (eventfd)", ["write"]),
     ("fdatasync", ["fdatasync"]),
     ("context switches", ["context-switches"]),

@@ -93,9 +93,10 @@ fn main() -> std::process::ExitCode {
     tune_allocator();
     let result = match Cli::parse().command {
         Command::Serve { config, settings } => resolve(config, settings).and_then(|cfg| {
-            // An SFTP session takes up to two blocking threads (requests; READ replies)
-            // while it has work; tokio's default cap of 512 could leave busy sessions past
-            // 256 waiting for a thread, so the cap follows the connection limit.
+            // SSH connections run on their own runtimes, each with its own blocking pool
+            // (ssh/shards.rs). This one's pool does the HTTP API's file and store work, an
+            // upload or download holding a thread while it streams: tokio's default cap of
+            // 512 could leave busy ones waiting, so the cap follows the connection limit.
             let threads = cfg.max_connections.saturating_mul(2).saturating_add(64);
             runtime(threads)?.block_on(serve(cfg))
         }),
