@@ -129,7 +129,8 @@ def targets_table(rows, floors, w):
     w("|---|---|---|---|---|---|---|---|---|")
     c = floors["copies"]
     for r in rows:
-        target = min(0.45 * r["sshd"], 2 * sum(floors_of(r, floors).values()))
+        issue_floor = floors_of(r, floors)
+        target = min(0.45 * r["sshd"], 2 * sum(issue_floor.values()))
         f = floors_of(r, floors, linked=True)
         sync = c["writeback"] if r["op"] == "up" else 0.0
         unavoidable = sum(f.values()) + sync
@@ -139,17 +140,15 @@ def targets_table(rows, floors, w):
         if r["op"] == "up":
             excess["kfile"] -= sync
         largest = sorted(excess.items(), key=lambda kv: -kv[1])[:3]
-        libs = floors["libraries"][r["cipher"]]
-        fastest = min(libs, key=lambda lib: libs[lib][SERVER_AEAD[r["op"]]])
-        openssl = GIB / (floors["ciphers"][r["cipher"]]["kB_per_s"] * 1000)
+        fastest = min(floors["libraries"][r["cipher"]], key=lambda lib: library_cost(r, floors, lib))
         w("| %s | %.2f | %.2f | %.2f + %.2f + %.2f%s = %.2f | %.2f | %.2f | %s | %.2f | %.2f / %.2f"
           " (%s) / %.2f |" % (
               row_name(r), r["gate"], target, f["cipher"], f["kfile"], f["ksock"],
               " + %.2f" % sync if sync else "", unavoidable, target - unavoidable,
               r["gate"] - unavoidable,
               ", ".join("%s %.2f" % (NAMES[k], v) for k, v in largest),
-              spent["cipher"], f["cipher"], libs[fastest][SERVER_AEAD[r["op"]]], fastest,
-              openssl))
+              spent["cipher"], f["cipher"], library_cost(r, floors, fastest), fastest,
+              issue_floor["cipher"]))
     w("")
     w("The AEADs as each library does them on 32 KiB SSH packets, CPU-s/GiB on one thread, the"
       " least of 3 (examples/cipher_cost.rs; the server opens on an upload and seals on a"

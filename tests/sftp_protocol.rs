@@ -487,7 +487,7 @@ async fn a_slow_but_steady_reader_gets_every_reply_after_its_input_ends() {
 }
 
 #[tokio::test]
-async fn reads_answered_on_arrival_keep_their_order_with_the_requests_around_them() {
+async fn reads_among_other_requests_keep_their_order_and_their_data() {
     let (mut c, _dir) = start(true).await;
     let h = open(&mut c, 1, 0x1B).await; // READ|WRITE|CREAT|TRUNC
     let r = c
@@ -502,7 +502,7 @@ async fn reads_answered_on_arrival_keep_their_order_with_the_requests_around_the
         ))
     };
     // In one piece: a READ (answered where it arrives), a WRITE over what it read (which
-    // the request thread handles), and a READ after it.
+    // the request thread handles, after the READ has its data), and a READ after it.
     let mut stream = read(10);
     stream.extend(framed(&req(
         6,

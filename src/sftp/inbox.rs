@@ -113,25 +113,31 @@ impl Inbox {
     /// runtime's thread, and a job is started only for what it left to do.
     fn take_in(self: &Arc<Self>, mut session: Session, chunk: Bytes) {
         // A panic ends this session as it would in a job, not the connection's task.
-        let fed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let guard = PanicGuard(self);
-            let done = session.feed_reads(chunk);
-            std::mem::forget(guard);
-            done
-        }));
+        let fed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.feed_reads(chunk)));
         let Ok(done) = fed else {
-            return; // the guard has marked the inbox broken; the loop is gone
+            self.break_down();
+            return;
         };
         let mut s = self.lock();
-        if done {
-            s.idle = Some(session);
-        } else {
+        s.idle = Some(session);
+        if !done {
             // What is left is in the loop's own buffer: an empty chunk has the job go on
             // from there.
             s.chunks.push_back(Bytes::new());
-            s.idle = Some(session);
             self.start(&mut s);
         }
+    }
+
+    /// The loop is gone (it panicked): the producer stops instead of waiting for room
+    /// forever, and the summary's receiver learns that there is none.
+    fn break_down(&self) {
+        let mut s = self.lock();
+        s.broken = true;
+        s.done = None;
+        s.chunks.clear();
+        drop(s);
+        self.room.notify_one();
     }
 
     /// The input has ended: once what was queued is handled, the loop finishes (syncs and
@@ -194,11 +200,6 @@ struct PanicGuard<'a>(&'a Inbox);
 
 impl Drop for PanicGuard<'_> {
     fn drop(&mut self) {
-        let mut s = self.0.lock();
-        s.broken = true;
-        s.done = None;
-        s.chunks.clear();
-        drop(s);
-        self.0.room.notify_one();
+        self.0.break_down();
     }
 }

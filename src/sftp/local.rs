@@ -202,8 +202,10 @@ impl Body for LocalBody {
         let base = buf.len();
         while buf.len() - base < len {
             let filled = buf.len() - base;
+            // An offset past what the call takes: `read_into` answers it (an error).
             let Ok(at) = i64::try_from(offset.saturating_add(filled as u64)) else {
-                break;
+                buf.truncate(base);
+                return false;
             };
             let spare = &mut buf.spare_capacity_mut()[..len - filled];
             let iov = libc::iovec {
@@ -213,26 +215,24 @@ impl Body for LocalBody {
             // SAFETY: the iovec is the buffer's own spare capacity, which the kernel writes
             // at most `iov_len` bytes of; `file` is open for as long as `self` is.
             let n = unsafe { libc::preadv2(self.file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
-            match usize::try_from(n) {
-                Ok(0) => break, // the end of the file
-                Ok(n) => {
-                    // SAFETY: preadv2 has initialised the first `n` bytes of the spare capacity.
-                    unsafe { buf.set_len(buf.len() + n) };
+            let Ok(n) = usize::try_from(n) else {
+                let errno = io::Error::last_os_error().raw_os_error();
+                if errno == Some(libc::EINTR) {
+                    continue;
                 }
-                Err(_) => {
-                    match io::Error::last_os_error().raw_os_error() {
-                        Some(libc::EINTR) => continue,
-                        Some(libc::EAGAIN) => {}
-                        // A file system (or kernel) without RWF_NOWAIT reads.
-                        Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS) => {
-                            self.nowait.store(false, Ordering::Relaxed)
-                        }
-                        _ => {}
-                    }
-                    buf.truncate(base);
-                    return false;
+                // A file system (or kernel) without RWF_NOWAIT reads; EAGAIN is data the
+                // page cache lacks, any other error `read_into`'s to report.
+                if matches!(errno, Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS)) {
+                    self.nowait.store(false, Ordering::Relaxed);
                 }
+                buf.truncate(base);
+                return false;
+            };
+            if n == 0 {
+                break; // the end of the file
             }
+            // SAFETY: preadv2 has initialised the first `n` bytes of the spare capacity.
+            unsafe { buf.set_len(buf.len() + n) };
         }
         true
     }
@@ -313,6 +313,14 @@ mod tests {
         let mut buf = BytesMut::new();
         assert!(body.read_cached_into(&mut buf, 400_000, 10));
         assert!(buf.is_empty());
+        // Past what preadv2 takes: left to `read_into`, which refuses it.
+        assert!(!body.read_cached_into(&mut buf, u64::MAX - 5, 10));
+        assert!(buf.is_empty());
+        assert!(body.read_into(&mut buf, u64::MAX - 5, 10).is_err());
+        assert!(
+            body.nowait.load(Ordering::Relaxed),
+            "RWF_NOWAIT given up for no reason"
+        );
     }
 
     #[test]
@@ -324,6 +332,10 @@ mod tests {
         let mut buf = BytesMut::from(&b"head"[..]);
         assert!(!body.read_cached_into(&mut buf, 500_000, 65_536));
         assert_eq!(&buf[..], b"head");
+        assert!(
+            body.nowait.load(Ordering::Relaxed),
+            "EAGAIN gave up RWF_NOWAIT"
+        );
         body.read_into(&mut buf, 500_000, 65_536).unwrap();
         assert_eq!(&buf[4..], &data[500_000..565_536]);
     }

@@ -103,6 +103,13 @@ struct Inner {
 }
 
 impl Inner {
+    /// One READ the writer took is read or put back; true if the request loop waits for
+    /// the last one and should be woken.
+    fn release_taken(&mut self) -> bool {
+        self.reading = self.reading.saturating_sub(1);
+        self.reading == 0 && std::mem::take(&mut self.settling)
+    }
+
     /// Returns `n` bytes of budget; true if the loop waits and should be woken.
     fn release(&mut self, n: usize) -> bool {
         self.bytes -= n;
@@ -145,9 +152,8 @@ impl ReplyQueue {
         }
     }
 
-    /// Appends the reply to a single READ (its data, or EOF/failure) and counts what it
-    /// sends.
-    /// For the writer, which took `r` from the queue.
+    /// Appends the reply to a single READ the writer took (its data, or EOF/failure) and
+    /// counts what it sends.
     pub fn encode_read(&self, buf: &mut BytesMut, r: &PendingRead) {
         self.encode_read_now(buf, r);
         self.read_finished();
@@ -161,25 +167,29 @@ impl ReplyQueue {
     }
 
     /// As `encode_read` if the data can be read without waiting (see
-    /// [`Body::read_cached_into`]); false, with nothing appended, if it cannot.
-    pub fn encode_cached_read(&self, buf: &mut BytesMut, r: &PendingRead) -> bool {
+    /// [`Body::read_cached_into`]); if it cannot, nothing is appended, the READ is put back
+    /// (see [`put_back`](Self::put_back)) and this returns false.
+    pub fn encode_cached_read(&self, buf: &mut BytesMut, r: PendingRead) -> bool {
         let read = |buf: &mut BytesMut| r.file.read_cached_into(buf, r.offset, r.len as usize);
         match encode_read(buf, r.id, |buf| Ok(read(buf))) {
             Some(n) => {
-                self.count_sent(r, n);
+                self.count_sent(&r, n);
                 self.read_finished();
                 true
             }
-            None => false,
+            None => {
+                self.put_back(Item::Read(r));
+                false
+            }
         }
     }
 
     /// A READ the writer took (see `reading`) is read: a change of the file may go on.
     fn read_finished(&self) {
         let mut inner = self.lock();
-        inner.reading = inner.reading.saturating_sub(1);
-        if inner.reading == 0 && std::mem::take(&mut inner.settling) {
-            drop(inner);
+        let wake = inner.release_taken();
+        drop(inner);
+        if wake {
             self.read_out.notify_all();
         }
     }
@@ -192,16 +202,18 @@ impl ReplyQueue {
         if inner.abandoned {
             return;
         }
-        match &item {
-            Item::Encoded(buf) => inner.bytes += buf.len(),
+        let wake = match &item {
+            Item::Encoded(buf) => {
+                inner.bytes += buf.len();
+                false
+            }
             Item::Read(_) => {
                 inner.reads += 1;
                 inner.bytes += DESCRIPTION_COST;
-                inner.reading = inner.reading.saturating_sub(1);
+                inner.release_taken()
             }
-        }
+        };
         inner.items.push_front(item);
-        let wake = inner.reading == 0 && std::mem::take(&mut inner.settling);
         drop(inner);
         if wake {
             self.read_out.notify_all();

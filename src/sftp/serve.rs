@@ -187,21 +187,22 @@ impl<O: Outbound> Sender<O> {
         }
     }
 
-    /// One batch, starting with `first`, of encoded replies and READs answered from the
-    /// page cache without waiting; and whether it stopped at a READ that would have
-    /// waited, which it put back.
-    fn fill_cached(&mut self, first: Item) -> (Option<Bytes>, bool) {
+    /// One batch of replies, starting with `first`, up to [`WRITE_BATCH`]: encoded replies
+    /// and READs, their data read into it. With `cached_only`, only from the page cache: it
+    /// stops at the first READ that would wait for the disk, which goes back to the queue
+    /// (see [`ReplyQueue::encode_cached_read`]), and says so.
+    fn fill(&mut self, first: Item, cached_only: bool) -> (Bytes, bool) {
         let mut buf = self.buffers.get();
         let mut it = first;
         let cold = loop {
             match it {
                 Item::Encoded(b) => buf.extend_from_slice(&b),
-                Item::Read(r) => {
-                    if !self.queue.encode_cached_read(&mut buf, &r) {
-                        self.queue.put_back(Item::Read(r));
+                Item::Read(r) if cached_only => {
+                    if !self.queue.encode_cached_read(&mut buf, r) {
                         break true;
                     }
                 }
+                Item::Read(r) => self.queue.encode_read(&mut buf, &r),
             }
             if buf.len() >= WRITE_BATCH {
                 break false;
@@ -212,30 +213,15 @@ impl<O: Outbound> Sender<O> {
             }
         };
         // An empty buffer is lent too: unshared, it is the next one `get` returns.
-        let batch = self.buffers.lend(buf);
-        (Some(batch).filter(|b| !b.is_empty()), cold)
+        (self.buffers.lend(buf), cold)
     }
 
-    /// On a blocking thread: sends batches until the queue is empty. READs are answered
-    /// here, their data read from the file into the batch.
+    /// On a blocking thread: sends batches until the queue is empty, READs read from the
+    /// file whether the page cache has them or not.
     fn send_reads(&mut self, runtime: &tokio::runtime::Handle) -> bool {
         let mut item = self.queue.try_pop();
-        while let Some(mut it) = item.take() {
-            let mut buf = self.buffers.get();
-            loop {
-                match it {
-                    Item::Encoded(b) => buf.extend_from_slice(&b),
-                    Item::Read(r) => self.queue.encode_read(&mut buf, &r),
-                }
-                if buf.len() >= WRITE_BATCH {
-                    break;
-                }
-                match self.queue.try_pop() {
-                    Some(next) => it = next,
-                    None => break,
-                }
-            }
-            let data = self.buffers.lend(buf);
+        while let Some(first) = item {
+            let (data, _) = self.fill(first, false);
             if !runtime.block_on(self.send(data)) {
                 return false;
             }
@@ -302,11 +288,9 @@ async fn write_replies<O: Outbound>(
             // every connection on it. That thread sends until the queue is empty, so a cold
             // download moves there once, not once per batch.
             read @ Item::Read(_) => {
-                let (batch, cold) = sender.fill_cached(read);
-                if let Some(batch) = batch {
-                    if !sender.send(batch).await {
-                        return;
-                    }
+                let (batch, cold) = sender.fill(read, true);
+                if !batch.is_empty() && !sender.send(batch).await {
+                    return;
                 }
                 if !cold {
                     continue;

@@ -121,10 +121,44 @@ impl Session {
         // Once per chunk, not per packet: the packets of one chunk arrived together.
         self.wait_for_other_sessions();
         self.take_in(chunk);
+        self.answer_packets(false);
+    }
+
+    /// Answers the READs at the front of what has arrived, with `chunk`, on the caller's
+    /// thread: queueing a READ's description is all its answer takes, and cannot wait
+    /// while the reply queue has room. True if nothing is left that
+    /// [`feed`](Self::feed) could answer now (a packet still arriving counts as nothing:
+    /// what the loop holds of it is at most one packet); false if it stopped at a whole
+    /// packet of another kind, a full queue or a wait the session still owes, for `feed`
+    /// (on a blocking thread) to go on from.
+    pub(super) fn feed_reads(&mut self, chunk: Bytes) -> bool {
+        self.take_in(chunk);
+        if self.owes_other_nodes_wait() || self.activity.must_wait(self.number) {
+            return false;
+        }
+        self.answer_packets(true)
+    }
+
+    /// Adds `chunk` to the bytes received, less what is left to discard of an oversized
+    /// packet.
+    fn take_in(&mut self, mut chunk: Bytes) {
+        let skipped = self.skip.min(chunk.len());
+        chunk.advance(skipped);
+        self.skip -= skipped;
+        self.pending.push(chunk);
+    }
+
+    /// Answers the whole packets received, in order. With `reads_only`, it stops before
+    /// any that is not a READ (an oversized or empty one included) or cannot be queued
+    /// without waiting, and returns false; true once no whole packet is left.
+    fn answer_packets(&mut self, reads_only: bool) -> bool {
         let mut len = [0; 4];
         while self.pending.peek(&mut len) {
             let len = u32::from_be_bytes(len);
             if len > MAX_PACKET_LEN {
+                if reads_only {
+                    return false;
+                }
                 // Answer under the packet's own id, then discard its body as it arrives,
                 // so the stream stays in step.
                 let mut head = [0; 9];
@@ -142,40 +176,12 @@ impl Session {
                 self.skip = total - self.pending.advance(total);
                 continue;
             }
-            if self.pending.len() < 4 + len as usize {
-                break;
-            }
-            self.pending.advance(4);
-            let packet = self.pending.take(len as usize);
-            self.summary.requests += 1;
-            self.packet(packet).send(&self.queue);
-        }
-    }
-
-    /// Answers the READs at the front of what has arrived, with `chunk`, on the caller's
-    /// thread: queueing a READ's description is all its answer takes, and cannot wait
-    /// while the reply queue has room. True if nothing is left that
-    /// [`feed`](Self::feed) could answer now (a packet still arriving counts as nothing:
-    /// what the loop holds of it is at most one packet); false if it stopped at a whole
-    /// packet of another kind, a full queue or a wait the session still owes, for `feed`
-    /// (on a blocking thread) to go on from.
-    pub(super) fn feed_reads(&mut self, chunk: Bytes) -> bool {
-        self.take_in(chunk);
-        if self.owes_a_wait() {
-            return false;
-        }
-        let mut head = [0; 5];
-        while self.pending.peek(&mut head) {
-            let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-            if len > MAX_PACKET_LEN {
-                return false;
-            }
             // A packet still arriving, of any kind (a 255 KiB WRITE comes in eight pieces),
-            // waits here: a job is started once there is something to do.
+            // waits for the rest.
             if self.pending.len() < 4 + len as usize {
                 break;
             }
-            if head[4] != wire::SSH_FXP_READ || !self.queue.has_room() {
+            if reads_only && !self.read_queued_at_once(len) {
                 return false;
             }
             self.pending.advance(4);
@@ -183,43 +189,17 @@ impl Session {
             self.summary.requests += 1;
             self.packet(packet).send(&self.queue);
         }
-        // The front packet still arriving, or no packet: nothing to answer. A whole one
-        // here is an empty (malformed) packet, which `feed` answers.
-        self.wants() > 0
+        true
     }
 
-    /// Adds `chunk` to the bytes received, less what is left to discard of an oversized
-    /// packet.
-    fn take_in(&mut self, mut chunk: Bytes) {
-        let skipped = self.skip.min(chunk.len());
-        chunk.advance(skipped);
-        self.skip -= skipped;
-        self.pending.push(chunk);
-    }
-
-    /// Whether `feed` would wait before it answers anything (see `wait_for_other_nodes`
-    /// and `wait_for_other_sessions`).
-    fn owes_a_wait(&self) -> bool {
-        let nodes =
-            !self.other_nodes_checked && self.shared.writable && self.shared.leases.is_some();
-        nodes || self.activity.must_wait(self.number)
-    }
-
-    /// How many more bytes [`feed`](Self::feed) needs before it can answer or discard
-    /// anything: the rest of an oversized packet being discarded, then what the packet at
-    /// the front lacks (its length field, or its head if oversized, or its body).
-    pub(super) fn wants(&self) -> usize {
-        let mut len = [0; 4];
-        let frame = if self.pending.peek(&mut len) {
-            match u32::from_be_bytes(len) {
-                len if len > MAX_PACKET_LEN => 9,
-                len => 4 + len as usize,
-            }
-        } else {
-            4
-        };
-        self.skip
-            .saturating_add(frame.saturating_sub(self.pending.len()))
+    /// Whether the whole packet at the front, of `len` bytes, is a READ that the reply
+    /// queue takes without waiting for room.
+    fn read_queued_at_once(&self, len: u32) -> bool {
+        let mut head = [0; 5];
+        len > 0
+            && self.pending.peek(&mut head)
+            && head[4] == wire::SSH_FXP_READ
+            && self.queue.has_room()
     }
 
     fn packet(&mut self, packet: Pieces) -> Reply {
@@ -293,9 +273,10 @@ impl Session {
     /// to resume from (and appends). That node holds the upload's lease until it has
     /// written and fsynced what it received, so the session waits, boundedly, for it.
     fn wait_for_other_nodes(&mut self) {
-        if std::mem::replace(&mut self.other_nodes_checked, true) || !self.shared.writable {
+        if !self.owes_other_nodes_wait() {
             return;
         }
+        self.other_nodes_checked = true;
         let Some(leases) = &self.shared.leases else {
             return;
         };
@@ -303,6 +284,12 @@ impl Session {
             tracing::warn!("another node still holds the upload's lease; going on");
             self.lease_wait_spent = true;
         }
+    }
+
+    /// Whether [`wait_for_other_nodes`](Self::wait_for_other_nodes) has yet to wait: once,
+    /// for a session that may write a file with leases.
+    fn owes_other_nodes_wait(&self) -> bool {
+        !self.other_nodes_checked && self.shared.writable && self.shared.leases.is_some()
     }
 
     /// A hold on the upload's lease for a change of the file: `held` (a write handle's)

@@ -165,7 +165,13 @@ fn a_read_put_back_is_settled_and_taken_next() {
         panic!("the read was not queued");
     };
     q.put_back(taken);
-    q.settle_reads(); // returns: nothing is taken any more
+    // Nothing is taken any more, so settling does not wait.
+    let (reading, reads) = {
+        let inner = q.lock();
+        (inner.reading, inner.reads)
+    };
+    assert_eq!((reading, reads), (0, 1));
+    q.settle_reads();
     let Some(item @ Item::Encoded(_)) = q.try_pop() else {
         panic!("the read put back was not settled first");
     };
