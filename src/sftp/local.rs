@@ -288,10 +288,24 @@ impl Body for LocalBody {
 mod tests {
     use super::*;
 
-    /// A body over a file holding `data`, written and synced, so that its pages can be
-    /// dropped from the page cache.
+    /// A new file on a disk's file system: TMPDIR, unless it is a tmpfs (as on Fedora and
+    /// Arch), which answers RWF_NOWAIT reads with EOPNOTSUPP and holds every page in memory;
+    /// then beside the test binary, under the build's target directory.
+    fn disk_file() -> tempfile::NamedTempFile {
+        let tmp = std::env::temp_dir();
+        let is_tmpfs = rustix::fs::statfs(&tmp).is_ok_and(|s| s.f_type == libc::TMPFS_MAGIC);
+        let exe = std::env::current_exe().unwrap();
+        let dir = if is_tmpfs {
+            exe.parent().unwrap()
+        } else {
+            &tmp
+        };
+        tempfile::NamedTempFile::new_in(dir).unwrap()
+    }
+
+    /// A body over a file holding `data`, written through the page cache and synced.
     fn body_with(data: &[u8]) -> (tempfile::NamedTempFile, LocalBody) {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let mut f = disk_file();
         f.write_all(data).unwrap();
         f.as_file().sync_all().unwrap();
         let file = File::open(f.path()).unwrap();
@@ -323,82 +337,76 @@ mod tests {
         );
     }
 
-    /// Drops `file`'s pages from the page cache, and says how many of those holding
-    /// `range` the kernel kept. POSIX_FADV_DONTNEED is advice: a kernel may keep a page
-    /// (one still on a CPU's LRU batch, say), so MADV_PAGEOUT of a mapping is the second
-    /// try, and mincore tells what is left.
-    fn evict(file: &File, len: usize, range: std::ops::Range<usize>) -> usize {
-        rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    /// A body over a file of `blocks` 4 KiB blocks written with O_DIRECT, which bypasses
+    /// the page cache: none of its pages is cached until something reads it. (Dropping the
+    /// pages of a file written the usual way is only advice, POSIX_FADV_DONTNEED: on CI the
+    /// data was still cached after it.) Also returns the data.
+    fn uncached_body(blocks: usize) -> (tempfile::NamedTempFile, LocalBody, Vec<u8>) {
+        const BLOCK: usize = 4096; // O_DIRECT's alignment of buffer, offset and length
+        let data: Vec<u8> = (0..blocks * BLOCK).map(|i| (i % 253) as u8).collect();
+        let mut aligned = vec![0u8; data.len() + BLOCK];
+        let skip = aligned.as_ptr().align_offset(BLOCK);
+        let aligned = &mut aligned[skip..skip + data.len()];
+        aligned.copy_from_slice(&data);
+        let f = disk_file();
+        let mut direct = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(f.path())
+            .expect("this file system takes O_DIRECT writes");
+        direct.write_all(aligned).unwrap();
+        direct.sync_all().unwrap();
+        let body = LocalBody::new(File::open(f.path()).unwrap());
+        (f, body, data)
+    }
+
+    /// How many of the pages holding `file`'s bytes in `range` the page cache holds.
+    fn cached_pages(file: &File, range: std::ops::Range<usize>) -> usize {
         // SAFETY: sysconf reads a constant of the system.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap();
-        let fd = file.as_raw_fd();
-        // SAFETY: a fresh read-only shared mapping of `len` bytes of an open file, only read
-        // through `map` below and unmapped before return.
+        let len = range.end;
+        // SAFETY: a fresh read-only mapping of the file's first `len` bytes, never read
+        // through, unmapped below.
         let map = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ,
                 libc::MAP_SHARED,
-                fd,
+                file.as_raw_fd(),
                 0,
             )
         };
         assert_ne!(map, libc::MAP_FAILED);
-        let resident = |map: *mut libc::c_void| {
-            let mut vec = vec![0u8; len.div_ceil(page)];
-            // SAFETY: `vec` holds one byte per page of the `len`-byte mapping.
-            assert_eq!(unsafe { libc::mincore(map, len, vec.as_mut_ptr()) }, 0);
-            vec[range.start / page..range.end.div_ceil(page)]
-                .iter()
-                .filter(|v| *v & 1 == 1)
-                .count()
-        };
-        if resident(map) > 0 {
-            // Touch each page so that it is mapped here, then ask for it to be paged out.
-            for at in (0..len).step_by(page) {
-                // SAFETY: `at` is inside the mapping.
-                unsafe { std::ptr::read_volatile(map.cast::<u8>().add(at)) };
-            }
-            // SAFETY: the range is the mapping made above.
-            unsafe { libc::madvise(map, len, libc::MADV_PAGEOUT) };
-        }
-        let kept = resident(map);
-        // SAFETY: unmaps exactly the mapping made above, no longer used.
+        let mut resident = vec![0u8; len.div_ceil(page)];
+        // SAFETY: `resident` holds a byte for each page of the mapping.
+        let listed = unsafe { libc::mincore(map, len, resident.as_mut_ptr()) };
+        // SAFETY: exactly the mapping made above.
         unsafe { libc::munmap(map, len) };
-        kept
+        assert_eq!(listed, 0);
+        resident[range.start / page..]
+            .iter()
+            .filter(|r| *r & 1 == 1)
+            .count()
     }
 
     #[test]
     fn a_cached_read_of_data_the_page_cache_lacks_appends_nothing_and_a_read_gets_it() {
-        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
-        let (_f, body) = body_with(&data);
-        // The file is clean (synced): dropping its pages leaves it on the disk alone. Either
-        // way a cached read appends all it was asked for or nothing; with the pages gone it
-        // must be nothing (EAGAIN). A kernel may keep some, or a readahead the read itself
-        // starts may finish first, so a few tries; a cold read that waits every time fails.
-        let mut waited = Vec::new();
+        let (_f, body, data) = uncached_body(256);
+        let range = 500_000..565_536;
+        let (at, len) = (range.start as u64, range.len());
+        assert_eq!(cached_pages(&body.file, range.clone()), 0);
         let mut buf = BytesMut::from(&b"head"[..]);
-        for _ in 0..10 {
-            let kept = evict(&body.file, data.len(), 500_000..565_536);
-            if !body.read_cached_into(&mut buf, 500_000, 65_536) {
-                assert_eq!(&buf[..], b"head");
-                waited.clear();
-                break;
-            }
-            assert_eq!(&buf[4..], &data[500_000..565_536]);
-            buf.truncate(4);
-            waited.push(kept);
-        }
         assert!(
-            waited.is_empty() || waited.iter().all(|&kept| kept > 0),
-            "pages kept at each try {waited:?}: a read of none in the cache did not say EAGAIN"
+            !body.read_cached_into(&mut buf, at, len),
+            "a read of pages none of which is cached did not say EAGAIN"
         );
+        assert_eq!(&buf[..], b"head");
         assert!(
             body.nowait.load(Ordering::Relaxed),
             "EAGAIN gave up RWF_NOWAIT"
         );
-        body.read_into(&mut buf, 500_000, 65_536).unwrap();
-        assert_eq!(&buf[4..], &data[500_000..565_536]);
+        body.read_into(&mut buf, at, len).unwrap();
+        assert_eq!(&buf[4..], &data[range]);
     }
 }
